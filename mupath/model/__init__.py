@@ -1,0 +1,13 @@
+"""The root model and its components: how a timm ViT is cut into shareable pieces and put back
+together along a path."""
+from mupath.model.root import RootSpec, create_root, load_weights, cut_root, root_num_params
+from mupath.model.components import (
+    ComponentSpec, build_component, new_component_tensors, component_num_params, slot_order,
+)
+from mupath.model.path_model import PathModel
+
+__all__ = [
+    "RootSpec", "create_root", "load_weights", "cut_root", "root_num_params",
+    "ComponentSpec", "build_component", "new_component_tensors", "component_num_params",
+    "slot_order", "PathModel",
+]

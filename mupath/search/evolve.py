@@ -1,0 +1,228 @@
+"""The evolution loop (µ2Net `task_iter` / `end_task`): for each task iteration, round-robin over
+the tasks; per task, generations of mutated children are trained on an executor, improved ones join
+the task's population, and only the best path is committed, its components locked. After every
+commit every other task is re-run and must give bit-identical logits."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mupath.errors import MupathError
+from mupath.runtime.executors import make_executor
+from mupath.search.mutation import ChildPlan, CompInfo, Lineage, make_child, sample_ds_hparams
+from mupath.search.scoring import accounted_params, compute_locks, score
+from mupath.search.selection import select_parent
+from mupath.search.settings import EvolveSettings
+from mupath.store.records import ROOT_TASK, PathRecord
+
+if TYPE_CHECKING:
+    from mupath.system import System
+
+
+class Progress(Protocol):
+    """What the loop reports while it works (the CLI draws rich progress bars from it)."""
+
+    def task_started(self, task: str, iteration: int, candidates: int) -> None: ...
+    def candidate_step(self, index: int, step: int, total: int) -> None: ...
+    def candidate_done(self, result: dict[str, Any]) -> None: ...
+    def task_done(self, entry: "TaskReport") -> None: ...
+
+
+@dataclasses.dataclass
+class TaskReport:
+    task: str
+    iteration: int
+    path_id: str
+    changed: bool
+    val_quality: float
+    test_accuracy: float
+    score: float
+    candidates: int
+    improved: int
+    failures: list[str]
+    train_images: int
+    train_time: float
+    wall_time: float
+    parent_task: str | None
+
+
+@dataclasses.dataclass
+class EvolveReport:
+    run_id: str
+    resumed: bool
+    tasks: list[TaskReport]
+    wall_time: float
+
+
+def _seed_for(*parts: Any) -> int:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _ids(rng: random.Random) -> Any:
+    """Unique ids that are also reproducible for a given seed (uuid from the run's random stream)."""
+    def new_id(prefix: str) -> str:
+        return f"{prefix}{uuid.UUID(int=rng.getrandbits(128), version=4).hex[:16]}"
+    return new_id
+
+
+def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
+           progress: Progress | None = None) -> EvolveReport:
+    """Run (or resume) an evolution over `tasks`; see the module docstring."""
+    started = time.perf_counter()
+    key = settings.resume_key(tasks)
+    run_id, resumed = system.start_run(key)
+    done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
+    executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker)
+    reports: list[TaskReport] = []
+    try:
+        for iteration in range(settings.iterations):
+            for task in tasks:
+                if (iteration, task) in done:
+                    continue
+                system.check_interrupt()
+                reports.append(_evolve_task(system, task, iteration, settings, executor, run_id, progress))
+        system.finish_run(run_id)
+    finally:
+        executor.close()
+        shutil.rmtree(system.scratch_dir(run_id), ignore_errors=True)
+    return EvolveReport(run_id, resumed, reports, time.perf_counter() - started)
+
+
+def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSettings, executor: Any,
+                 run_id: str, progress: Progress | None) -> TaskReport:
+    t_start = time.perf_counter()
+    rng = random.Random(_seed_for(settings.seed, task, iteration))
+    new_id = _ids(random.Random(_seed_for(settings.seed, task, iteration, "ids", run_id)))
+    info = system.task_record(task)
+    space = system.search_space(settings)
+    retained = system.manifest.retained()
+    locks = compute_locks(retained)
+    if task in retained:                      # start_task: this task's own components are trainable again
+        for cid in retained[task].components.values():
+            locks[cid].discard(task)
+    comps: dict[str, CompInfo] = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
+                                  for c in system.manifest.components().values()}
+    sizes = {cid: c.num_params for cid, c in comps.items()}
+    root_params = system.root_params
+    paths: dict[str, PathRecord] = {p.id: p for p in retained.values()}
+    root_path = retained[ROOT_TASK]
+    seeds = [p for t, p in sorted(retained.items()) if t != task]   # other tasks' best paths + the root
+    rng.shuffle(seeds)
+    population = [retained[task]] if task in retained else []
+    scores: dict[str, float] = {}
+
+    def rescore(path: PathRecord) -> float:
+        return score(path.quality, accounted_params(path.components.values(), task, locks, sizes),
+                     root_params, settings.scale_factor)
+
+    for p in population:
+        scores[p.id] = rescore(p)
+    offspring: Counter = Counter(system.manifest.offspring())
+    new_offspring: Counter = Counter()
+    lineage = Lineage(paths, comps, lambda cid: not locks.get(cid), root_path, new_id)
+    if progress:
+        progress.task_started(task, iteration, settings.generations * settings.candidates)
+    failures: list[str] = []
+    improved = 0
+    train_images = 0
+    train_time = 0.0
+    scratch = system.scratch_dir(run_id)
+    for generation in range(settings.generations):
+        system.check_interrupt()
+        best = _best(population, scores)
+        ds_hp = sample_ds_hparams(best.hparams if best else None, space, rng)
+        plans: list[ChildPlan] = []
+        for _ in range(settings.candidates):
+            parent = select_parent(population, scores, seeds, offspring, task, rng)
+            offspring[(parent.id, task)] += 1
+            new_offspring[(parent.id, task)] += 1
+            plans.append(make_child(parent, task, info.num_classes, ds_hp, space, lineage, rng,
+                                    system.patch_size, settings.mutate_adapters))
+        jobs = [_job(system, plan, task, info.data_blob, settings, locks, sizes, comps, scores, paths,
+                     scratch, _seed_for(settings.seed, task, iteration, generation, i))
+                for i, plan in enumerate(plans)]
+        on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
+        on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
+        results = executor.run(jobs, on_done=on_done, on_step=on_step)
+        for plan, res in zip(plans, results):
+            train_images += int(res.get("images", 0))
+            train_time += float(res.get("train_time", 0.0))
+            if res.get("failure"):
+                failures.append(f"{plan.path.id}: {res['failure']}")
+            if not res.get("improved"):
+                continue
+            improved += 1
+            child = plan.path
+            child.quality = float(res["quality"])
+            child.metrics.update({k: res.get(k) for k in ("evals", "steps", "images", "train_time",
+                                                          "eval_time", "owned_params", "accounted_params")})
+            child.metrics.update({"generation": generation, "iteration": iteration, "run_id": run_id})
+            for s in plan.slots:
+                if s.trainable:
+                    comps[s.id] = CompInfo(s.id, s.kind, s.slot, s.config,
+                                           int(res["component_params"][s.id]), scratch=res["scratch_file"])
+                    sizes[s.id] = comps[s.id].num_params
+            paths[child.id] = child
+            population.append(child)
+            scores[child.id] = float(res["score"])
+    best = _best(population, scores)
+    if best is None:
+        raise MupathError(f"no candidate for task '{task}' trained successfully "
+                          f"({failures[0] if failures else 'no candidates'}); lower the learning rate "
+                          "or check the task's data")
+    changed = task not in retained or best.id != retained[task].id
+    test_acc = system.commit(task, best, comps, new_offspring, run_id, iteration, changed,
+                             {"score": scores[best.id], "candidates": len(failures) + improved,
+                              "failures": failures[:20]})
+    if settings.check_immutability:
+        system.check_immutability(exclude=task)
+    parent_task = paths[best.parent_id].task if best.parent_id in paths else None
+    entry = TaskReport(task, iteration, best.id, changed, best.quality, test_acc, scores[best.id],
+                       settings.generations * settings.candidates, improved, failures, train_images,
+                       train_time, time.perf_counter() - t_start, parent_task)
+    if progress:
+        progress.task_done(entry)
+    return entry
+
+
+def _best(population: list[PathRecord], scores: dict[str, float]) -> PathRecord | None:
+    """Highest score; among ties the most recent (µ2Net)."""
+    best = None
+    for p in population:
+        if best is None or scores[p.id] >= scores[best.id]:
+            best = p
+    return best
+
+
+def _job(system: "System", plan: ChildPlan, task: str, data_blob: str, settings: EvolveSettings,
+         locks: dict[str, set[str]], sizes: dict[str, int], comps: dict[str, CompInfo],
+         scores: dict[str, float], paths: dict[str, PathRecord], scratch: Path, seed: int) -> dict[str, Any]:
+    """The JSON job of one candidate."""
+    frozen = [s.id for s in plan.slots if not s.trainable]
+    refs: dict[str, dict[str, Any]] = {}
+    for s in plan.slots:
+        src = s.id if not s.trainable else (s.init or {}).get("from") or (s.init or {}).get("resample")
+        if src:
+            c = comps[src]
+            refs[src] = {"blob": c.blob} if c.blob else {"scratch": c.scratch, "id": src}
+    parent = paths.get(plan.path.parent_id or "")
+    bar = scores.get(parent.id) if parent is not None and parent.task == task else None
+    return {
+        "store": str(system.path), "root": system.root_spec.to_json(), "task_blob": data_blob,
+        "path_id": plan.path.id, "hparams": plan.path.hparams, "refs": refs,
+        "slots": [dataclasses.asdict(s) for s in plan.slots],
+        "frozen_accounted": accounted_params(frozen, task, locks, sizes),
+        "root_params": system.root_params, "scale_factor": settings.scale_factor, "bar": bar,
+        "steps_per_validation": settings.steps_per_validation, "validations": settings.validations,
+        "batch_size": settings.batch_size, "val_limit": settings.val_limit, "seed": seed,
+        "scratch_file": str(scratch / f"{plan.path.id}.safetensors"),
+    }

@@ -1,0 +1,201 @@
+"""Child creation (µ2Net `Path.clone` + mutations): copy the parent's hyperparameters, move some one
+step in their ordered lists, maybe insert identity adapters, change the depth, then pick every
+component by walking up the ancestry: owned components are always copied, frozen ones are shared
+unless the clone mutation fires (always for the final norm), the head is this task's or a new one."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from typing import Any, Callable, Mapping
+
+from mupath.search.space import SearchSpace, is_data_key, is_model_key
+from mupath.store.records import PathRecord
+
+FORCE_CLONE = ("norm",)   #: reference `force_finetune_components = ['encoder_norm']`
+
+
+@dataclasses.dataclass(frozen=True)
+class CompInfo:
+    """What the search needs to know about a component, committed (blob) or still in training
+    (scratch file of the candidate that produced it)."""
+
+    id: str
+    kind: str
+    slot: str
+    config: dict[str, Any]
+    num_params: int
+    blob: str | None = None
+    scratch: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotPlan:
+    """One slot of a child: which component, whether the child owns (trains) it, and how to get its
+    initial tensors: {"from": comp_id} copy, {"new": seed} fresh, {"resample": comp_id, "grid": [h, w]}."""
+
+    slot: str
+    id: str
+    kind: str
+    config: dict[str, Any]
+    trainable: bool
+    init: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass
+class ChildPlan:
+    path: PathRecord
+    slots: list[SlotPlan]
+    mutations: dict[str, Any]
+
+
+def incremental(value: Any, values: list[Any], rng: random.Random) -> Any:
+    """Move one step up or down the ordered list (p = 0.5 each), clamped at the ends."""
+    idx = values.index(value) if value in values else min(
+        range(len(values)), key=lambda i: abs(float(values[i]) - float(value)) if _numeric(values[i]) else 0)
+    idx = max(0, min(len(values) - 1, idx + (1 if rng.random() < 0.5 else -1)))
+    return values[idx]
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def sample_ds_hparams(best: Mapping[str, Any] | None, space: SearchSpace, rng: random.Random) -> dict[str, Any]:
+    """Generation-shared data hyperparameters: defaults, overwritten by the current best path's,
+    then each mutated with probability of the default µ (reference `sample_ds_hparams`)."""
+    hp = {k: v for k, v in space.defaults.items() if is_data_key(k)}
+    if best:
+        hp.update({k: v for k, v in best.items() if is_data_key(k)})
+    mu = float(space.defaults["_mu_"])
+    for key in sorted(space.ranges):
+        if is_data_key(key) and rng.random() < mu:
+            hp[key] = incremental(hp[key], space.ranges[key], rng)
+    return hp
+
+
+def mutate_hparams(parent: Mapping[str, Any], space: SearchSpace, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copy the parent's hparams and move each model key one step with probability µ (the parent's)."""
+    hp = copy.deepcopy(dict(parent))
+    mu = float(parent["_mu_"])
+    changed: dict[str, Any] = {}
+    for key in sorted(space.ranges):
+        if is_model_key(key) and rng.random() < mu:
+            new = incremental(hp[key], space.ranges[key], rng)
+            if new != hp[key]:
+                changed[key] = [hp[key], new]
+                hp[key] = new
+    return hp, changed
+
+
+def pos_grid(image_size: int, patch: int) -> list[int]:
+    return [image_size // patch, image_size // patch]
+
+
+@dataclasses.dataclass
+class Lineage:
+    """Read access the child builder needs: path and component lookups, ownership, ids."""
+
+    paths: Mapping[str, PathRecord]
+    comps: Mapping[str, CompInfo]
+    trainable: Callable[[str], bool]          # does the current task own this component?
+    root_path: PathRecord
+    new_id: Callable[[str], str]
+
+    def chain(self, start: PathRecord) -> list[PathRecord]:
+        """start, its parent, grandparent ... ending with the root path (orphans fall back to it)."""
+        out, seen, cur = [], set(), start
+        while cur is not None and cur.id not in seen:
+            out.append(cur)
+            seen.add(cur.id)
+            cur = self.paths.get(cur.parent_id) if cur.parent_id else None
+        if out[-1].id != self.root_path.id:
+            out.append(self.root_path)
+        return out
+
+
+def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[str, Any],
+               space: SearchSpace, lineage: Lineage, rng: random.Random, patch_size: int,
+               mutate_adapters: bool) -> ChildPlan:
+    """A mutated child of `parent` for `task` (see module docstring)."""
+    base = {k: v for k, v in space.defaults.items()}
+    base.update(parent.hparams)
+    base.update(ds_hp)
+    base["num_classes"] = num_classes
+    hp, changed = mutate_hparams(base, space, rng)
+    mu = float(base["_mu_"])   # the parent's µ decides this child's mutations
+    num_layers = int(hp["num_layers"])
+    adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)
+    if mutate_adapters:
+        for i in range(num_layers):
+            if i not in adapters and rng.random() < mu:
+                adapters.append(i)
+                changed.setdefault("adapters_added", []).append(i)
+    hp["adapter_layers"] = sorted(adapters)
+    wanted = _wanted_slots(num_layers, hp["adapter_layers"], int(hp["adapter_dim"]), num_classes,
+                           pos_grid(int(hp["ds_image_size"]), patch_size), lineage)
+    chain = lineage.chain(parent)
+    slots: list[SlotPlan] = []
+    cloned: list[str] = []
+    for slot, (kind, config) in wanted.items():
+        found = _find(slot, config, chain, lineage)
+        if found is None:
+            slots.append(_fresh(slot, kind, config, lineage, rng))
+            continue
+        comp = lineage.comps[found]
+        if lineage.trainable(found) or slot in FORCE_CLONE or rng.random() < mu:
+            if not lineage.trainable(found):
+                cloned.append(slot)
+            slots.append(SlotPlan(slot, lineage.new_id("c"), kind, dict(comp.config), True, {"from": found}))
+        else:
+            slots.append(SlotPlan(slot, found, kind, dict(comp.config), False))
+    if cloned:
+        changed["cloned"] = cloned
+    child = PathRecord(id=lineage.new_id("p"), task=task, parent_id=parent.id,
+                       components={s.slot: s.id for s in slots}, hparams=hp,
+                       metrics={"mutations": changed, "parent_task": parent.task})
+    return ChildPlan(child, slots, changed)
+
+
+def _wanted_slots(num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
+                  grid: list[int], lineage: Lineage) -> dict[str, tuple[str, dict[str, Any]]]:
+    root = lineage.root_path.components
+    dim = int(lineage.comps[root["cls_token"]].config["dim"])
+    wanted: dict[str, tuple[str, dict[str, Any]]] = {
+        "patch_embed": ("patch_embed", {"dim": dim}),
+        "cls_token": ("cls_token", {"dim": dim}),
+        "pos_embed": ("pos_embed", {"dim": dim, "grid": grid}),
+    }
+    for i in range(num_layers):
+        if i in adapters:
+            wanted[f"adapter_{i}"] = ("adapter", {"dim": dim, "width": adapter_dim})
+        wanted[f"block_{i}"] = ("block", {"dim": dim})
+    wanted["norm"] = ("norm", {"dim": dim})
+    wanted["head"] = ("head", {"dim": dim, "num_classes": num_classes})
+    return wanted
+
+
+def _find(slot: str, config: dict[str, Any], chain: list[PathRecord], lineage: Lineage) -> str | None:
+    """Nearest ancestor's component for `slot` whose shape fits; a head only if this task owns it."""
+    for path in chain:
+        cid = path.components.get(slot)
+        if cid is None:
+            continue
+        comp = lineage.comps[cid]
+        if slot == "head" and not lineage.trainable(cid):
+            continue
+        if comp.config != config:
+            continue        # image size (pos_embed), adapter width or class count changed
+        return cid
+    return None
+
+
+def _fresh(slot: str, kind: str, config: dict[str, Any], lineage: Lineage, rng: random.Random) -> SlotPlan:
+    """A component no ancestor has: resampled root position embedding (always trainable, µ2Net),
+    identity adapter, zero head."""
+    if kind == "pos_embed":
+        src = lineage.root_path.components["pos_embed"]
+        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, {"resample": src, "grid": config["grid"]})
+    if kind in ("adapter", "head"):
+        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, {"new": rng.randrange(2 ** 31)})
+    raise ValueError(f"no ancestor has a component for slot {slot}")

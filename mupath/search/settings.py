@@ -1,0 +1,83 @@
+"""Settings of one `evolve` run. Each has a documented default and is settable from the API
+(`System.evolve(**settings)`) and the CLI (`mupath evolve --option`)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from mupath.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolveSettings:
+    #: task iterations: each pass visits every selected task once, round-robin (reference: 2)
+    iterations: int = 1
+    #: generations per task iteration
+    generations: int = 2
+    #: candidates per generation (the reference trains one per accelerator core)
+    candidates: int = 4
+    #: processes training candidates at once (1 = in this process)
+    workers: int = 1
+    #: s in score = quality * s ** (accounted_params / root_params); 1.0 = no size penalty
+    scale_factor: float = 0.99
+    #: seed of every random choice: same seed and settings give the same retained paths
+    seed: int = 0
+    #: training images per step
+    batch_size: int = 64
+    #: optimiser steps between two validations
+    steps_per_validation: int = 100
+    #: validations per candidate (training steps = steps_per_validation * validations)
+    validations: int = 2
+    #: validation examples used for selection (a fixed subset, evaluated in full each time)
+    val_limit: int = 1000
+    #: insert residual adapters as a mutation (reference: on for Ti/B roots)
+    mutate_adapters: bool = True
+    #: re-run every other task after each commit and require bit-identical logits
+    check_immutability: bool = True
+    #: "auto" (in-process for 1 worker, else process pool) | "inprocess" | "process"
+    executor: str = "auto"
+    #: torch threads per worker; 0 = cores // workers
+    threads_per_worker: int = 0
+    #: hyperparameter default overrides {key: value}
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: search range overrides {key: [ordered values]}; [] switches a key's mutation off
+    ranges: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        positive = ("iterations", "generations", "candidates", "workers", "batch_size",
+                    "steps_per_validation", "validations", "val_limit")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not (0.0 < float(self.scale_factor) <= 1.0):
+            raise ConfigError(f"scale_factor must be in (0, 1], got {self.scale_factor}")
+        if self.executor not in ("auto", "inprocess", "process"):
+            raise ConfigError(f"executor must be auto, inprocess or process, got '{self.executor}'")
+        if self.executor == "inprocess" and self.workers > 1:
+            raise ConfigError("executor 'inprocess' runs one candidate at a time; use --workers 1 "
+                              "or --executor process")
+        if self.threads_per_worker < 0:
+            raise ConfigError("threads_per_worker must be >= 0")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def resume_key(self, tasks: list[str]) -> str:
+        """What must match for a run to be resumed: everything that changes the search's choices.
+        (workers, executor and threads only change speed.)"""
+        data = dataclasses.asdict(self)
+        for k in ("workers", "executor", "threads_per_worker"):
+            data.pop(k)
+        return json.dumps({"settings": data, "tasks": tasks}, sort_keys=True)
+
+
+SETTING_NAMES = [f.name for f in dataclasses.fields(EvolveSettings)]
+
+
+def make_settings(**kwargs: Any) -> EvolveSettings:
+    unknown = [k for k in kwargs if k not in SETTING_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown evolve setting '{unknown[0]}'; known: {', '.join(SETTING_NAMES)}")
+    return EvolveSettings(**kwargs)

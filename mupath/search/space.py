@@ -1,0 +1,115 @@
+"""The search space: every hyperparameter's ordered list of values and default. Lists follow the
+reference (µ2Net `exp_config_add_auto_tune_v2`, muNet for adapter width and image size); the choices
+that differ are documented in docs/design.md ("Method notes")."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from mupath.errors import ConfigError
+
+MU_VALUES = [round(0.10 + 0.02 * i, 2) for i in range(11)]              # 0.10 .. 0.30
+LR_VALUES = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+WARMUP_VALUES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4]
+MOMENTUM_VALUES = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99]
+AREA_VALUES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+ASPECT_VALUES = [0.25, 0.5, 0.75, 1.0]
+DELTA_VALUES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
+ADAPTER_VALUES = [8, 16, 32, 64, 128]
+
+#: keys mutated per child with probability µ (reference: `_mu_`, `num_layers`, `adapter_dim`, `opt_*`)
+def is_model_key(key: str) -> bool:
+    return key in ("_mu_", "num_layers", "adapter_dim") or key.startswith("opt_")
+
+
+def is_data_key(key: str) -> bool:
+    """`ds_*` keys are sampled once per generation and shared by its candidates."""
+    return key.startswith("ds_")
+
+
+@dataclasses.dataclass
+class SearchSpace:
+    """Ordered value lists (`ranges`) and defaults. A key without a range is never mutated."""
+
+    ranges: dict[str, list[Any]]
+    defaults: dict[str, Any]
+
+    def validate(self) -> None:
+        for key, values in self.ranges.items():
+            if not values:
+                raise ConfigError(f"search range for '{key}' is empty; give at least one value")
+            if key in self.defaults and self.defaults[key] not in values:
+                raise ConfigError(f"default {key}={self.defaults[key]!r} is not in its range {values}; "
+                                  f"add it to the range or change the default")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def default_space(root_depth: int, image_size: int, patch_size: int) -> SearchSpace:
+    """Defaults for a root of `root_depth` blocks at `image_size` with `patch_size` patches."""
+    sizes = sorted({s for s in (image_size - 2 * patch_size, image_size - patch_size, image_size,
+                                image_size + patch_size, image_size + 2 * patch_size) if s >= patch_size})
+    ranges: dict[str, list[Any]] = {
+        "_mu_": MU_VALUES,
+        "num_layers": list(range(1, root_depth + 1)),
+        "adapter_dim": ADAPTER_VALUES,
+        "opt_name": ["sgd", "adamw"],
+        "opt_lr": LR_VALUES,
+        "opt_lr_warmup_ratio": WARMUP_VALUES,
+        "opt_momentum": MOMENTUM_VALUES,
+        "opt_nesterov": [False, True],
+        "ds_image_size": sizes,
+        "ds_crop": [False, True],
+        "ds_area_range_min": AREA_VALUES,
+        "ds_aspect_ratio_range_min": ASPECT_VALUES,
+        "ds_flip_left_right": [False, True],
+        "ds_brightness_delta": DELTA_VALUES,
+        "ds_contrast_delta": DELTA_VALUES,
+        "ds_saturation_delta": DELTA_VALUES,
+        "ds_hue_delta": DELTA_VALUES,
+    }
+    defaults: dict[str, Any] = {
+        "_mu_": 0.2, "num_layers": root_depth, "adapter_dim": 32, "adapter_layers": [],
+        "opt_name": "adamw", "opt_lr": 1e-3, "opt_lr_schedule": "cosine", "opt_lr_warmup_ratio": 0.05,
+        "opt_momentum": 0.9, "opt_nesterov": False,
+        "ds_image_size": image_size, "ds_crop": False, "ds_area_range_min": 0.5,
+        "ds_aspect_ratio_range_min": 0.75, "ds_flip_left_right": False,
+        "ds_brightness_delta": 0.0, "ds_contrast_delta": 0.0, "ds_saturation_delta": 0.0,
+        "ds_hue_delta": 0.0,
+    }
+    return SearchSpace(ranges, defaults)
+
+
+def parse_value(text: str) -> Any:
+    """CLI value parsing: JSON when it parses (numbers, true/false), else the raw string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text.strip()
+
+
+def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
+              ranges: dict[str, list[Any]] | None = None) -> SearchSpace:
+    """A copy of `space` with user overrides; unknown keys are an error naming the known ones."""
+    new = SearchSpace({k: list(v) for k, v in space.ranges.items()}, dict(space.defaults))
+    known = set(space.defaults) | set(space.ranges)
+    for key, values in (ranges or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
+        if not values:
+            new.ranges.pop(key, None)     # an empty list switches the mutation of this key off
+        else:
+            new.ranges[key] = list(values)
+    for key, value in (defaults or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
+        new.defaults[key] = value
+        if key in new.ranges and value not in new.ranges[key]:
+            new.ranges[key] = sorted(set(new.ranges[key]) | {value}, key=lambda v: (str(type(v)), v))
+    new.validate()
+    return new

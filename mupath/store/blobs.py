@@ -1,0 +1,95 @@
+"""Content-addressed blobs. A blob's name is the sha256 of its bytes; it is written once through a
+temporary file, fsync and rename, so a reader sees either nothing or the whole file, and every read
+re-checks the hash so a damaged file is detected, never served."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load as np_load, save as np_save
+from safetensors.torch import load as torch_load, save as torch_save
+
+from mupath.errors import StoreError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+class BlobStore:
+    """Write-once tensor files under `root/ab/abcdef....safetensors`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_of(self, sha: str) -> Path:
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise StoreError(f"invalid blob name '{sha}' in manifest; run `mupath verify`")
+        return self.root / sha[:2] / f"{sha}.safetensors"
+
+    def put_bytes(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path_of(sha)
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return sha
+
+    def put_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
+        return self.put_bytes(torch_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
+
+    def put_arrays(self, arrays: dict[str, np.ndarray]) -> str:
+        return self.put_bytes(np_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+
+    def get_bytes(self, sha: str) -> bytes:
+        path = self.path_of(sha)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {sha[:12]} is missing from {self.root}; run `mupath verify`") from None
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise StoreError(f"blob {sha[:12]} is corrupted (hash mismatch); run `mupath verify`")
+        return data
+
+    def get_tensors(self, sha: str) -> dict[str, torch.Tensor]:
+        return torch_load(self.get_bytes(sha))
+
+    def get_arrays(self, sha: str) -> dict[str, np.ndarray]:
+        return np_load(self.get_bytes(sha))
+
+    def exists(self, sha: str) -> bool:
+        return self.path_of(sha).exists()
+
+    def all_names(self) -> set[str]:
+        return {p.stem for p in self.root.glob("??/*.safetensors")}
+
+    def delete(self, sha: str) -> None:
+        try:
+            self.path_of(sha).unlink()
+        except FileNotFoundError:
+            pass

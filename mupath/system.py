@@ -1,0 +1,357 @@
+"""`System`: the public face of a store. It owns the manifest and blobs, builds task models from
+committed paths, commits new best paths, and checks that committed tasks never change."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from mupath.data import Task, task_to_arrays
+from mupath.errors import ConfigError, DataError, ForgettingError, MupathError, StoreError
+from mupath.model.components import ComponentSpec, build_component
+from mupath.model.path_model import PathModel
+from mupath.model.root import RootSpec, create_root, cut_root, root_num_params
+from mupath.search.space import SearchSpace, customise, default_space
+from mupath.search.settings import EvolveSettings, make_settings
+from mupath.store.blobs import BlobStore
+from mupath.store.manifest import FORMAT_VERSION, Manifest
+from mupath.store.records import ROOT_TASK, CheckRecord, ComponentRecord, PathRecord, TaskRecord
+from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
+from mupath.train.pipeline import as_nchw
+
+MANIFEST = "manifest.sqlite"
+CHECK_THREADS = 1   #: thread count of every recorded or re-checked logit (bit-exact comparisons)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStatus:
+    task: str
+    test_accuracy: float | None
+    val_quality: float | None
+    params_owned: int
+    params_shared: int
+    accounted_params: float
+    reused_components: int
+    reused_from: list[str]
+    num_layers: int
+    adapters: int
+    path_id: str | None
+
+
+class System:
+    """A growing multitask system stored in one folder (see docs/design.md for the format)."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.blobs = BlobStore(path / "blobs")
+        self.root_spec = RootSpec.from_json(manifest.get_meta("root") or "{}")
+        self.root_params = int(manifest.get_meta("root_params") or 1)
+        self.patch_size = int(manifest.get_meta("patch_size") or 16)
+        self.depth = int(manifest.get_meta("depth") or 1)
+        self._models: dict[str, tuple[str, PathModel]] = {}
+        self.interrupted = False
+
+    # ---- creation ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, root: str = "vit_tiny_patch16_224", image_size: int = 32,
+               weights: str | None = None, seed: int = 0, **kwargs: Any) -> "System":
+        """Create a store with a root model. `kwargs` go to timm.create_model (patch_size, depth,
+        embed_dim, num_heads, ...); `weights` is None (random init), "pretrained" (timm tag, needs a
+        network) or a local .safetensors/.pth file."""
+        store = Path(path).expanduser().resolve()
+        if (store / MANIFEST).exists():
+            raise StoreError(f"a store already exists at {store}; open it or choose another folder")
+        if store.exists() and not store.is_dir():
+            raise StoreError(f"{store} is a file; choose a folder for the store")
+        if store.exists() and any(store.iterdir()):
+            raise StoreError(f"{store} is not empty; choose an empty or new folder for the store")
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ConfigError(f"image size must be a positive integer, got {image_size!r}")
+        if weights not in (None, "random", "pretrained"):
+            weights = str(Path(weights).expanduser().resolve())
+        spec = RootSpec(name=root, kwargs={"img_size": image_size, **kwargs},
+                        weights=weights or "random", seed=seed)
+        model = create_root(spec)
+        patch = int(model.patch_embed.patch_size[0])
+        if image_size % patch:
+            raise ConfigError(f"image size {image_size} is not a multiple of the patch size {patch}")
+        store.mkdir(parents=True, exist_ok=True)
+        blobs = BlobStore(store / "blobs")
+        parts = cut_root(model)
+        records = []
+        for slot, kind, config, tensors in parts:
+            blob = blobs.put_tensors(tensors)
+            records.append(ComponentRecord(f"root-{slot}", kind, slot, config, blob,
+                                           sum(t.numel() for t in tensors.values()), ROOT_TASK))
+        tmp_manifest = store / f".{MANIFEST}.tmp"
+        tmp_manifest.unlink(missing_ok=True)
+        manifest = Manifest(tmp_manifest, create=True)
+        with manifest.transaction() as con:
+            for key, value in {"format_version": str(FORMAT_VERSION), "root": spec.to_json(),
+                               "root_params": str(root_num_params(model)), "patch_size": str(patch),
+                               "depth": str(len(model.blocks)), "image_size": str(image_size),
+                               "created_at": str(time.time())}.items():
+                manifest.set_meta(con, key, value)
+            for rec in records:
+                manifest.add_component(con, rec)
+            root_path = PathRecord("root", ROOT_TASK, None, {r.slot: r.id for r in records}, {}, 0.0, {})
+            manifest.add_path(con, root_path)
+            manifest.set_retained(con, ROOT_TASK, root_path.id, None)
+        manifest.close()
+        os.replace(tmp_manifest, store / MANIFEST)   # the store exists only once it is complete
+        return cls.open(store)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "System":
+        store = Path(path).expanduser().resolve()
+        if not (store / MANIFEST).exists():
+            raise StoreError(f"no mupath store at {store}; create one with `mupath init {path} --root NAME`")
+        return cls(store, Manifest(store / MANIFEST))
+
+    def close(self) -> None:
+        self.manifest.close()
+
+    # ---- tasks ------------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        return [t.name for t in self.manifest.tasks()]
+
+    def task_record(self, name: str) -> TaskRecord:
+        for rec in self.manifest.tasks():
+            if rec.name == name:
+                return rec
+        known = ", ".join(self.tasks) or "none yet"
+        raise ConfigError(f"unknown task '{name}'; tasks in this store: {known}")
+
+    def add_task(self, task: Task) -> None:
+        """Store a task's data (one content-addressed blob) so that every run and worker reads the
+        same splits."""
+        if task.name == ROOT_TASK or task.name in self.tasks:
+            raise ConfigError(f"task '{task.name}' already exists in this store; pick another --name")
+        blob = self.blobs.put_arrays(task_to_arrays(task))
+        sizes = {"train": len(task.train), "validation": len(task.validation), "test": len(task.test)}
+        with self.manifest.transaction() as con:
+            position = con.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+            self.manifest.add_task(con, TaskRecord(task.name, position, blob, tuple(task.class_names),
+                                                   tuple(task.image_shape), task.source, sizes))
+
+    def task_data(self, name: str) -> dict[str, torch.Tensor]:
+        from mupath.runtime.worker import task_tensors
+        return task_tensors(self.path, self.task_record(name).data_blob)
+
+    # ---- search plumbing --------------------------------------------------------------------
+    def search_space(self, settings: EvolveSettings) -> SearchSpace:
+        space = default_space(self.depth, int(self.manifest.get_meta("image_size") or 32), self.patch_size)
+        return customise(space, settings.hparams, settings.ranges)
+
+    def start_run(self, key: str) -> tuple[str, bool]:
+        found = self.manifest.find_run(key)
+        if found:
+            return found, True
+        run_id = uuid.uuid4().hex[:12]
+        with self.manifest.transaction() as con:
+            self.manifest.start_run(con, run_id, key)
+        return run_id, False
+
+    def finish_run(self, run_id: str) -> None:
+        with self.manifest.transaction() as con:
+            self.manifest.finish_run(con, run_id)
+
+    def scratch_dir(self, run_id: str) -> Path:
+        return self.path / "scratch" / run_id
+
+    def check_interrupt(self) -> None:
+        if self.interrupted:
+            raise MupathError("interrupted; the store holds every commit so far: run the same command to resume")
+
+    def evolve(self, tasks: Iterable[str] | None = None, progress: Any = None, **settings: Any) -> Any:
+        """Evolve `tasks` (default: all, in order of addition). Settings: see EvolveSettings."""
+        from mupath.search.evolve import evolve
+        names = list(tasks) if tasks is not None else self.tasks
+        if not names:
+            raise ConfigError("no tasks to evolve; add one with `mupath add-task STORE SOURCE`")
+        for name in names:
+            self.task_record(name)
+        if len(set(names)) != len(names):
+            raise ConfigError("a task is listed twice; list each task once")
+        return evolve(self, names, make_settings(**settings), progress)
+
+    # ---- models -----------------------------------------------------------------------------
+    def _retained(self, task: str) -> PathRecord:
+        self.task_record(task)
+        path = self.manifest.retained().get(task)
+        if path is None:
+            raise ConfigError(f"task '{task}' has not been evolved yet; run `mupath evolve --tasks {task}`")
+        return path
+
+    def build_model(self, path: PathRecord, tensors_of: Any = None) -> PathModel:
+        """A frozen PathModel of a path whose components are committed (or given by `tensors_of`)."""
+        comps = self.manifest.components()
+        modules = {}
+        for slot, cid in path.components.items():
+            if cid in comps:
+                c = comps[cid]
+                spec, tensors = ComponentSpec(c.kind, c.config), self.blobs.get_tensors(c.blob)
+            else:
+                spec, tensors = tensors_of(cid)
+            module = build_component(spec, self.root_spec)
+            module.load_state_dict(tensors)
+            module.requires_grad_(False)
+            modules[slot] = module
+        return PathModel(modules).eval()
+
+    def model(self, task: str) -> PathModel:
+        """The task's model alone (frozen): a torch.nn.Module taking (N, 3, S, S) floats in [-1, 1]."""
+        path = self._retained(task)
+        cached = self._models.get(task)
+        if cached is None or cached[0] != path.id:
+            cached = (path.id, self.build_model(path))
+            self._models[task] = cached
+        return cached[1]
+
+    def image_size(self, task: str) -> int:
+        return int(self._retained(task).hparams["ds_image_size"])
+
+    def logits(self, task: str, images: np.ndarray) -> torch.Tensor:
+        x = as_nchw(prepare_images(images, task))
+        with fixed_threads(CHECK_THREADS):
+            return logits_of(self.model(task), x, self.image_size(task))
+
+    def predict(self, task: str, images: np.ndarray) -> np.ndarray:
+        """Class ids for images shaped (N, H, W) or (N, H, W, C), uint8 0-255 or float 0-1."""
+        return self.logits(task, images).argmax(dim=1).numpy().astype(np.int64)
+
+    def evaluate(self, task: str, split: str = "test") -> float:
+        if split not in ("train", "validation", "test"):
+            raise ConfigError(f"unknown split '{split}'; use train, validation or test")
+        data = self.task_data(task)
+        with fixed_threads(CHECK_THREADS):
+            logits = logits_of(self.model(task), data[f"{split}.x"], self.image_size(task))
+        return accuracy_of(logits, data[f"{split}.y"])
+
+    # ---- commit and the no-forgetting check -------------------------------------------------
+    def commit(self, task: str, best: PathRecord, comps: dict[str, Any], offspring: dict, run_id: str,
+               iteration: int, changed: bool, info: dict[str, Any]) -> float:
+        """Make `best` the task's retained path in one transaction; returns its test accuracy."""
+        from mupath.runtime.worker import TensorSource
+        known = self.manifest.components()
+        new_records: list[ComponentRecord] = []
+        source = TensorSource(self.path)
+        staged: dict[str, dict[str, torch.Tensor]] = {}
+        if changed:
+            for slot, cid in best.components.items():
+                if cid in known:
+                    continue
+                c = comps[cid]
+                tensors = source.get({"scratch": c.scratch, "id": cid})
+                staged[cid] = tensors
+                blob = self.blobs.put_tensors(tensors)
+                new_records.append(ComponentRecord(cid, c.kind, slot, c.config, blob,
+                                                   sum(t.numel() for t in tensors.values()), task))
+        by_id = {r.id: r for r in new_records}
+        model = self.build_model(best, lambda cid: (ComponentSpec(by_id[cid].kind, by_id[cid].config), staged[cid]))
+        data = self.task_data(task)
+        with fixed_threads(CHECK_THREADS):
+            logits = logits_of(model, data["test.x"], int(best.hparams["ds_image_size"]))
+        test_acc = accuracy_of(logits, data["test.y"])
+        logits_blob = self.blobs.put_tensors({"logits": logits}) if changed else None
+        info = {**info, "test_accuracy": test_acc, "changed": changed}
+        dropped: set[str] = set()
+        with self.manifest.transaction() as con:
+            for rec in new_records:
+                if not self.blobs.exists(rec.blob):        # a concurrent GC removed an identical blob
+                    self.blobs.put_tensors(staged[rec.id])
+                self.manifest.add_component(con, rec)
+            if changed:
+                best.metrics["test_accuracy"] = test_acc
+                self.manifest.add_path(con, best)
+            commit_id = self.manifest.add_commit(con, task, best.id, run_id, iteration, test_acc, info)
+            if changed:
+                self.manifest.set_retained(con, task, best.id, commit_id)
+                self.manifest.set_check(con, CheckRecord(task, commit_id, logits_blob, test_acc))
+            self.manifest.add_offspring(con, dict(offspring))
+            before = {r[0]: r[1] for r in con.execute("SELECT id, blob FROM components")}
+            self.manifest.delete_unused_components(con)
+            after = {r[0] for r in con.execute("SELECT id FROM components")}
+            dropped = {blob for cid, blob in before.items() if cid not in after}
+        self._delete_unreferenced(dropped)
+        return test_acc
+
+    def _delete_unreferenced(self, candidates: set[str]) -> None:
+        referenced = self.manifest.referenced_blobs()
+        for blob in candidates - referenced:
+            self.blobs.delete(blob)
+
+    def check_immutability(self, exclude: str | None = None) -> list[str]:
+        """Re-run every committed task (but `exclude`) on its test images and require logits that
+        are bit-identical to those recorded at its last commit. Raises ForgettingError otherwise."""
+        checked = []
+        for task, check in sorted(self.manifest.checks().items()):
+            if task == exclude:
+                continue
+            ref = self.blobs.get_tensors(check.logits_blob)["logits"]
+            data = self.task_data(task)
+            with fixed_threads(CHECK_THREADS):
+                now = logits_of(self.model(task), data["test.x"], self.image_size(task))
+            if now.shape != ref.shape or not torch.equal(now, ref):
+                diff = (now - ref).abs().max().item() if now.shape == ref.shape else float("nan")
+                raise ForgettingError(f"task '{task}' changed since its commit {check.commit_id} "
+                                      f"(max logit difference {diff:.3g}); the run was stopped")
+            checked.append(task)
+        return checked
+
+    # ---- reporting --------------------------------------------------------------------------
+    def status(self) -> list[TaskStatus]:
+        retained = self.manifest.retained()
+        comps = self.manifest.components()
+        checks = self.manifest.checks()
+        from mupath.search.scoring import accounted_params, compute_locks
+        locks = compute_locks(retained)
+        sizes = {cid: c.num_params for cid, c in comps.items()}
+        out = []
+        for name in self.tasks:
+            path = retained.get(name)
+            if path is None:
+                out.append(TaskStatus(name, None, None, 0, 0, 0.0, 0, [], 0, 0, None))
+                continue
+            ids = list(path.components.values())
+            owned = sum(sizes[c] for c in ids if comps[c].task == name and locks[c] == {name})
+            shared = sum(sizes[c] for c in ids) - owned
+            reused = [c for c in ids if comps[c].task not in (name, ROOT_TASK)]
+            out.append(TaskStatus(
+                name, checks[name].test_accuracy if name in checks else None, path.quality, owned, shared,
+                accounted_params(ids, name, locks, sizes), len(reused),
+                sorted({comps[c].task for c in reused}), int(path.hparams.get("num_layers", 0)),
+                len(path.hparams.get("adapter_layers", [])), path.id))
+        return out
+
+
+def prepare_images(images: Any, task: str) -> np.ndarray:
+    """Validate and convert user images to (N, H, W, C) uint8 with one-line errors."""
+    arr = np.asarray(images) if not isinstance(images, np.ndarray) else images
+    if arr.dtype == object or arr.dtype.kind not in "uif":
+        raise DataError(f"images for '{task}' must be numeric (uint8 0-255 or float 0-1), got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[0] == 0:
+        raise DataError(f"images for '{task}' must be shaped (N, H, W) or (N, H, W, C) with C in 1/3/4 "
+                        f"and N > 0, got {arr.shape}")
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DataError(f"images for '{task}' contain NaN or infinite values")
+        if arr.min() < 0 or arr.max() > 1:
+            raise DataError(f"float images for '{task}' must lie in [0, 1]; scale them or pass uint8")
+        arr = np.round(arr * 255)
+    elif arr.min() < 0 or arr.max() > 255:
+        raise DataError(f"integer images for '{task}' must lie in 0..255")
+    return np.ascontiguousarray(arr.astype(np.uint8))

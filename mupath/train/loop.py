@@ -1,0 +1,97 @@
+"""The training loop of one candidate (nanoGPT style: a plain loop, no framework). Only the
+parameters of components the candidate owns reach the optimiser; shared components are frozen and
+never written. The best validation snapshot is kept (early-stopping selection, as in the reference)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mupath.train.evaluate import accuracy_of, logits_of
+from mupath.train.optim import lr_at, make_optimizer
+from mupath.train.pipeline import augment, batch_iterator, has_augmentation, to_model_input
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps_per_validation: int
+    validations: int
+    batch_size: int
+    seed: int
+    clip_norm: float = 1.0
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    improved: bool
+    quality: float
+    score: float
+    evals: list[float]
+    best_state: dict[str, dict[str, torch.Tensor]] | None
+    steps: int
+    images: int
+    train_time: float
+    eval_time: float
+    failure: str | None = None
+
+
+def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: TrainConfig,
+               train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+               score_of: Callable[[float], float], bar: float,
+               on_step: Callable[[int, int], None] | None = None) -> TrainOutcome:
+    """Train `owned` components of `model` and keep the best snapshot whose score reaches `bar`.
+
+    `val_x` is already preprocessed (float, the path's image size). `score_of(quality)` applies the
+    parameter penalty; `bar` is the parent's score for a same-task parent, else -inf."""
+    image_size = int(hp["ds_image_size"])
+    params = [p for m in owned.values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = make_optimizer(params, hp)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = batch_iterator(train_x.shape[0], cfg.batch_size, gen)
+    total = cfg.steps_per_validation * cfg.validations
+    augmenting = has_augmentation(hp)
+    loss_fn = nn.CrossEntropyLoss()
+    evals: list[float] = []
+    best: dict[str, dict[str, torch.Tensor]] | None = None
+    best_quality, best_score = float("-inf"), bar
+    train_time = eval_time = 0.0
+    step = 0
+    model.eval()  # no dropout anywhere; eval mode keeps any norm statistics fixed
+    for _ in range(cfg.validations):
+        t0 = time.perf_counter()
+        for _ in range(cfg.steps_per_validation):
+            idx = next(batches)
+            x = to_model_input(train_x[idx], image_size)
+            if augmenting:
+                x = augment(x, hp, gen)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, hp)
+            loss = loss_fn(model(x), train_y[idx])
+            if not torch.isfinite(loss):
+                return TrainOutcome(False, best_quality, best_score, evals, None, step,
+                                    step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,
+                                    failure=f"loss became {float(loss)} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            optimizer.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, total)
+        t1 = time.perf_counter()
+        quality = accuracy_of(logits_of(model, val_x, image_size, preprocessed=True), val_y)
+        eval_time += time.perf_counter() - t1
+        train_time += t1 - t0
+        evals.append(quality)
+        score = score_of(quality)
+        if score >= best_score and math.isfinite(score):
+            best_score, best_quality = score, quality
+            best = {cid: {k: v.detach().clone() for k, v in m.state_dict().items()} for cid, m in owned.items()}
+    return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
+                        step * cfg.batch_size, train_time, eval_time)
