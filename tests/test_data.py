@@ -329,6 +329,17 @@ def test_image_folder_with_mixed_sizes_asks_for_resizing(tmp_path):
     assert_one_line_error(excinfo, "share one size", "resize")
 
 
+def test_image_folder_with_an_empty_class_folder_is_an_error(tmp_path):
+    for i in range(5):
+        write_png(tmp_path / "d" / "a" / f"{i}.png", i)
+        write_png(tmp_path / "d" / "b" / f"{i}.png", i)
+    (tmp_path / "d" / "c").mkdir()
+    (tmp_path / "d" / "c" / "readme.txt").write_text("not an image")
+    with pytest.raises(DataError) as excinfo:
+        load_task(str(tmp_path / "d"))
+    assert_one_line_error(excinfo, "['c']", "contain no images")
+
+
 def test_npz_source(tmp_path):
     path = tmp_path / "data.npz"
     np.savez(path, x_train=np.random.default_rng(0).random((30, 5, 5)), y_train=np.tile([0, 1, 2], 10),
@@ -346,10 +357,15 @@ def test_npz_source(tmp_path):
     (dict(x_train=np.array([object()] * 20), y_train=np.tile([0, 1], 10)), "unpickling"),
     (dict(x_train=np.zeros((20, 3, 3))), "no y_train"),
     (dict(pixels=np.zeros((20, 3, 3))), "no training arrays"),
+    (None, "single array"),
 ])
 def test_bad_npz_sources(tmp_path, arrays, fragment):
     path = tmp_path / "bad.npz"
-    np.savez(path, **arrays)
+    if arrays is None:  # a plain .npy file that only looks like an .npz
+        with open(path, "wb") as stream:
+            np.save(stream, np.zeros(3))
+    else:
+        np.savez(path, **arrays)
     with pytest.raises(DataError) as excinfo:
         load_task(str(path))
     assert_one_line_error(excinfo, fragment)

@@ -93,6 +93,7 @@ def load_image_folder(task: str, root: Path) -> RawTask:
         raise data_error(task, f"no class sub-folders in {root}",
                          "put the images of each class in their own sub-folder")
     files = {split: _class_files(task, split_dir, class_names) for split, split_dir in split_dirs.items()}
+    _check_no_empty_class(task, root, class_names, files)
     images = decode_split_images(task, {split: [p for p, _ in pairs] for split, pairs in files.items()},
                                  Image.open, lambda p: str(p))
     labels = {split: np.array([label for _, label in pairs], dtype=np.int64)
@@ -127,6 +128,16 @@ def _class_files(task: str, split_dir: Path, class_names: list[str]) -> list[tup
     return pairs
 
 
+def _check_no_empty_class(task: str, root: Path, class_names: list[str],
+                          files: Mapping[str, list[tuple[Path, int]]]) -> None:
+    """A class folder without any image is almost always a mistake (wrong extension, empty copy)."""
+    seen = {label for pairs in files.values() for _, label in pairs}
+    empty = [name for label, name in enumerate(class_names) if label not in seen]
+    if empty:
+        raise data_error(task, f"class folders {empty} in {root} contain no images",
+                         "add png/jpg/jpeg/bmp/gif/webp files or remove those folders")
+
+
 def _subdirs(folder: Path) -> list[Path]:
     """Visible sub-folders (hidden ones such as .ipynb_checkpoints are not classes)."""
     if not folder.is_dir():
@@ -154,9 +165,10 @@ def load_npz(task: str, path: Path) -> RawTask:
 
 def _read_npz(task: str, path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a plain .npy renamed to .npz
+            raise ValueError("it holds a single array")
+        with archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as exc:
         raise data_error(task, f"{path} cannot be loaded without unpickling or is not an .npz "
