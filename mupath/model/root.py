@@ -57,8 +57,10 @@ def create_root(spec: RootSpec) -> nn.Module:
 
     if not timm.is_model(spec.name.split(".")[0]):
         raise ConfigError(f"unknown timm model '{spec.name}'; pick one from timm.list_models('vit_*')")
-    entry = timm.models.get_pretrained_cfg  # noqa: F841  (keeps timm's registry imported)
     from timm.models.vision_transformer import VisionTransformer
+
+    if spec.name.split(".")[0] not in timm.list_models(module="vision_transformer"):
+        raise ConfigError(f"root '{spec.name}' is not a timm vision_transformer model; use a vit_* name")
 
     torch.manual_seed(spec.seed)
     pretrained = spec.weights == "pretrained"

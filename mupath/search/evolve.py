@@ -181,8 +181,9 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
                           "or check the task's data")
     changed = task not in retained or best.id != retained[task].id
     test_acc = system.commit(task, best, comps, new_offspring, run_id, iteration, changed,
-                             {"score": scores[best.id], "candidates": len(failures) + improved,
-                              "failures": failures[:20]})
+                             {"score": scores[best.id], "candidates": settings.generations * settings.candidates,
+                              "improved": improved, "failures": failures[:20], "train_images": train_images,
+                              "train_time": train_time, "wall_time": time.perf_counter() - t_start})
     if settings.check_immutability:
         system.check_immutability(exclude=task)
     parent_task = paths[best.parent_id].task if best.parent_id in paths else None

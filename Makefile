@@ -1,0 +1,38 @@
+# mupath: `make demo` and `make test` work on a fresh machine (see README).
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.stamp-install
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test test-fast fashion-data bench-speed clean
+
+# Reuse an existing .venv unless pyproject.toml changed since it was installed.
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11), "mupath needs Python >= 3.11"'
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST ships in a Debian package; install it when we can (root), else say how.
+fashion-data:
+	@if [ ! -f $(FASHION) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "fashion_mnist needs the Debian package: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; \
+	  fi; \
+	fi
+
+demo: $(STAMP) fashion-data
+	$(VENV)/bin/mupath demo runs/demo
+
+test: $(STAMP)
+	-@$(MAKE) --no-print-directory fashion-data
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

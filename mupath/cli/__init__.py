@@ -1,0 +1,1 @@
+"""Command line: `mupath` (typer + rich)."""

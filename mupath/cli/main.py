@@ -1,0 +1,198 @@
+"""`mupath` command line. Every command exits non-zero with a one-line message on bad input."""
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from mupath.errors import ConfigError, MupathError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Grow one multitask ViT system task after task by evolution (µ2Net).")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our errors (and Ctrl-C) into one line on stderr and a non-zero exit code."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MupathError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: every commit so far is kept; run the same command again to resume")
+            raise typer.Exit(130)
+    return wrapper
+
+
+def _open(store: Path) -> Any:
+    from mupath.system import System
+    return System.open(store)
+
+
+def _key_values(items: list[str], what: str) -> dict[str, Any]:
+    from mupath.search.space import parse_value
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} '{item}' must look like KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+@app.command()
+@friendly
+def init(store: Path = typer.Argument(..., help="folder of the new store"),
+         root: str = typer.Option("vit_tiny_patch16_224", help="timm ViT name"),
+         weights: Optional[str] = typer.Option(None, help="'pretrained' (timm tag, needs a network) or a "
+                                               ".safetensors/.pth file; default: random init"),
+         image_size: int = typer.Option(32, help="root image size"),
+         patch_size: Optional[int] = typer.Option(None, help="override the patch size"),
+         depth: Optional[int] = typer.Option(None, help="override the number of blocks"),
+         embed_dim: Optional[int] = typer.Option(None, help="override the width"),
+         num_heads: Optional[int] = typer.Option(None, help="override the number of heads"),
+         seed: int = typer.Option(0, help="seed of the random init")) -> None:
+    """Create a store with a root model cut into components."""
+    from mupath.system import System
+    extra = {k: v for k, v in dict(patch_size=patch_size, depth=depth, embed_dim=embed_dim,
+                                   num_heads=num_heads).items() if v is not None}
+    system = System.create(store, root=root, image_size=image_size, weights=weights, seed=seed, **extra)
+    console.print(f"created {system.path}: root {root}, {system.depth} blocks, "
+                  f"{system.root_params:,} parameters")
+
+
+@app.command("add-task")
+@friendly
+def add_task(store: Path, source: str = typer.Argument(..., help="built-in name (fashion_mnist, mnist, "
+                                                       "digits, lfw_faces), image folder, .npz, or HF datasets dir"),
+             name: Optional[str] = typer.Option(None, help="task name (default: from the source)"),
+             max_train: Optional[int] = typer.Option(None, help="keep at most this many training images"),
+             seed: int = typer.Option(0, help="seed for carving missing splits")) -> None:
+    """Add a task (its data is copied into the store)."""
+    from mupath.data import load_task
+    system = _open(store)
+    task = load_task(source, name, seed=seed, max_train=max_train)
+    system.add_task(task)
+    console.print(f"added task '{task.name}': {task.num_classes} classes, images {task.image_shape}, "
+                  f"{len(task.train)}/{len(task.validation)}/{len(task.test)} train/val/test")
+
+
+@app.command()
+@friendly
+def evolve(store: Path,
+           tasks: Optional[str] = typer.Option(None, help="comma-separated task names (default: all)"),
+           iterations: int = typer.Option(1, help="task iterations (round-robin passes)"),
+           generations: int = typer.Option(2, help="generations per task iteration"),
+           candidates: int = typer.Option(4, help="candidates per generation"),
+           workers: int = typer.Option(1, help="candidates trained at once (processes)"),
+           scale_factor: float = typer.Option(0.99, help="s in quality * s^(params/root params)"),
+           seed: int = typer.Option(0),
+           batch_size: int = typer.Option(64),
+           steps_per_validation: int = typer.Option(100),
+           validations: int = typer.Option(2, help="validations per candidate"),
+           val_limit: int = typer.Option(1000, help="validation examples used for selection"),
+           adapters: bool = typer.Option(True, help="allow the adapter-insertion mutation"),
+           check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
+           executor: str = typer.Option("auto", help="auto | inprocess | process"),
+           threads_per_worker: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
+           hparam: list[str] = typer.Option([], help="hyperparameter default KEY=VALUE (repeatable)"),
+           search_range: list[str] = typer.Option([], "--range", help="search range KEY=v1,v2,... "
+                                                  "(repeatable; KEY= switches its mutation off)")) -> None:
+    """Evolve tasks: search paths, commit the best per task, check no other task changed."""
+    from mupath.cli.progress import RichProgress
+    from mupath.cli.tables import status_table
+    from mupath.search.space import parse_value
+    system = _open(store)
+    hp = {k: parse_value(v) for k, v in _key_values(hparam, "--hparam").items()}
+    ranges = {k: [parse_value(x) for x in v.split(",") if x.strip()]
+              for k, v in _key_values(search_range, "--range").items()}
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    _handle_sigterm()
+    with RichProgress(console) as progress:
+        report = system.evolve(names, progress=progress, iterations=iterations, generations=generations,
+                               candidates=candidates, workers=workers, scale_factor=scale_factor, seed=seed,
+                               batch_size=batch_size, steps_per_validation=steps_per_validation,
+                               validations=validations, val_limit=val_limit, mutate_adapters=adapters,
+                               check_immutability=check, executor=executor,
+                               threads_per_worker=threads_per_worker, hparams=hp, ranges=ranges)
+    if report.resumed:
+        console.print(f"resumed run {report.run_id}")
+    console.print(status_table(system))
+
+
+def _handle_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: at any point the store holds only complete commits."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command()
+@friendly
+def status(store: Path) -> None:
+    """Per task: accuracy, parameters owned and shared, what it reuses."""
+    from mupath.cli.tables import status_table
+    console.print(status_table(_open(store)))
+
+
+@app.command("eval")
+@friendly
+def eval_(store: Path, task: Optional[str] = typer.Option(None, help="one task (default: all evolved)"),
+          split: str = typer.Option("test", help="train | validation | test")) -> None:
+    """Accuracy of each task's retained path on a split."""
+    system = _open(store)
+    names = [task] if task else [s.task for s in system.status() if s.path_id]
+    for name in names:
+        console.print(f"{name}\t{split}\t{system.evaluate(name, split):.4f}")
+
+
+@app.command()
+@friendly
+def predict(store: Path, files: list[Path] = typer.Argument(..., help="image files, or .npy/.npz arrays"),
+            task: str = typer.Option(..., help="task whose model predicts")) -> None:
+    """Predict classes for image files (PNG/JPEG/...) or numpy arrays."""
+    from mupath.cli.inputs import read_images
+    system = _open(store)
+    names = system.task_record(task).class_names
+    for label, images in read_images(files):
+        for i, cls in enumerate(system.predict(task, images)):
+            suffix = f"[{i}]" if len(images) > 1 else ""
+            console.print(f"{label}{suffix}\t{int(cls)}\t{names[int(cls)]}", highlight=False)
+
+
+@app.command()
+@friendly
+def graph(store: Path, out: Path = typer.Option(Path("system.png"), "-o", "--out", help="PNG file")) -> None:
+    """Draw which tasks use which components (PNG)."""
+    from mupath.viz import draw_system_graph
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"graph output must be a .png file, got '{out.name}'")
+    path = draw_system_graph(_open(store), out)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (resumed if it exists)"),
+         workers: int = typer.Option(2, help="candidates trained at once")) -> None:
+    """The main job: a small random-init ViT grown over the four built-in offline tasks."""
+    from mupath.cli.demo import run_demo
+    _handle_sigterm()
+    run_demo(store, workers, console)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Rich progress bars for the evolution loop (implements search.evolve.Progress)."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class RichProgress:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=console, transient=False)
+        self.search_bar: Any = None
+        self.step_bar: Any = None
+
+    def __enter__(self) -> "RichProgress":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def task_started(self, task: str, iteration: int, candidates: int) -> None:
+        if self.search_bar is not None:
+            self.bars.remove_task(self.search_bar)
+        self.search_bar = self.bars.add_task(f"[bold]{task}[/] iteration {iteration + 1}: candidates",
+                                             total=candidates)
+
+    def candidate_step(self, index: int, step: int, total: int) -> None:
+        if self.step_bar is None:
+            self.step_bar = self.bars.add_task("  training steps", total=total)
+        if step == 1:
+            self.bars.reset(self.step_bar, total=total, description=f"  candidate {index + 1}: steps")
+        self.bars.update(self.step_bar, completed=step)
+
+    def candidate_done(self, result: dict[str, Any]) -> None:
+        self.bars.advance(self.search_bar)
+        if result.get("failure"):
+            self.console.print(f"  [yellow]candidate dropped[/]: {result['failure']}")
+
+    def task_done(self, entry: Any) -> None:
+        verb = "committed" if entry.changed else "kept (no child beat it)"
+        self.console.print(f"  [green]{entry.task}[/] {verb}: val {entry.val_quality:.3f}, "
+                           f"test {entry.test_accuracy:.3f}, {entry.improved}/{entry.candidates} candidates "
+                           f"improved, {entry.wall_time:.0f}s")

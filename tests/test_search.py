@@ -1,0 +1,183 @@
+"""Mutation, selection and scoring rules of µ2Net."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mupath.errors import ConfigError
+from mupath.search.mutation import CompInfo, Lineage, incremental, make_child, mutate_hparams, sample_ds_hparams
+from mupath.search.scoring import accounted_params, compute_locks, score
+from mupath.search.selection import select_parent
+from mupath.search.space import customise, default_space, is_data_key, is_model_key
+from mupath.store.records import ROOT_TASK, PathRecord
+
+SPACE = default_space(root_depth=3, image_size=16, patch_size=4)
+
+
+@given(st.lists(st.integers(), min_size=1, max_size=12, unique=True), st.data())
+def test_incremental_moves_one_step_and_clamps(values, data):
+    i = data.draw(st.integers(0, len(values) - 1))
+    rng = random.Random(data.draw(st.integers(0, 10 ** 6)))
+    new = incremental(values[i], values, rng)
+    j = values.index(new)
+    assert abs(j - i) <= 1
+    assert 0 <= j < len(values)
+
+
+def test_incremental_is_fair_and_stays_at_the_ends():
+    rng = random.Random(0)
+    values = [1, 2, 3, 4, 5]
+    moves = Counter(incremental(3, values, rng) for _ in range(4000))
+    assert set(moves) == {2, 4} and abs(moves[2] - moves[4]) < 300
+    ends = Counter(incremental(1, values, rng) for _ in range(4000))
+    assert set(ends) == {1, 2} and abs(ends[1] - ends[2]) < 300   # 50% chance of no change at an end
+
+
+def test_mutate_hparams_changes_only_model_keys_with_probability_mu():
+    rng = random.Random(1)
+    parent = dict(SPACE.defaults, _mu_=0.3)
+    changes = Counter()
+    trials = 3000
+    for _ in range(trials):
+        child, changed = mutate_hparams(parent, SPACE, rng)
+        for key in changed:
+            changes[key] += 1
+            assert is_model_key(key)
+            values = SPACE.ranges[key]
+            assert abs(values.index(child[key]) - values.index(parent[key])) == 1
+        assert all(child[k] == parent[k] for k in parent if is_data_key(k))
+    # a mid-range key moves with probability µ; at an end of its list half of the moves are no-ops
+    assert abs(changes["opt_lr_warmup_ratio"] / trials - 0.3) < 0.04       # 0.05 is mid-list
+    assert abs(changes["num_layers"] / trials - 0.15) < 0.04               # default is the list's end
+
+
+def test_data_hparams_are_shared_per_generation_and_follow_the_best():
+    rng = random.Random(0)
+    best = dict(SPACE.defaults, ds_flip_left_right=True, opt_lr=0.5)
+    ds = sample_ds_hparams(best, SPACE, rng)
+    assert all(is_data_key(k) for k in ds)
+    assert set(ds) == {k for k in SPACE.defaults if is_data_key(k)}
+    flips = Counter(sample_ds_hparams(best, SPACE, rng)["ds_flip_left_right"] for _ in range(2000))
+    assert 0.05 < flips[False] / 2000 < 0.15   # moved with prob µ=0.2, half of moves clamp
+
+
+def _path(pid, task, comps, parent=None, quality=0.5, hp=None):
+    return PathRecord(pid, task, parent, comps, dict(SPACE.defaults, **(hp or {})), quality)
+
+
+def test_select_parent_prefers_own_best_and_decays_with_offspring():
+    own = [_path("a", "t", {}), _path("b", "t", {})]
+    scores = {"a": 0.9, "b": 0.5}
+    seeds = [_path("s", "u", {})]
+    rng = random.Random(0)
+    picks = Counter(select_parent(own, scores, list(seeds), Counter(), "t", rng).id for _ in range(200))
+    assert picks == {"a": 200}       # 0.5 ** 0 = 1: the best own path is always accepted first
+    offspring = Counter({("a", "t"): 1})
+    picks = Counter(select_parent(own, scores, list(seeds), offspring, "t", rng).id for _ in range(4000))
+    assert abs(picks["a"] / 4000 - 0.5) < 0.04
+    assert abs(picks["b"] / 4000 - 0.5) < 0.04
+
+
+def test_select_parent_falls_back_to_seeds_then_uniform():
+    seeds = [_path("s1", "u", {}), _path("s2", "v", {})]
+    rng = random.Random(0)
+    chosen = select_parent([], {}, seeds, Counter(), "t", rng)
+    assert chosen.id == "s1" and [s.id for s in seeds] == ["s2", "s1"]   # accepted seed rotates to the end
+    tired = Counter({("s1", "t"): 60, ("s2", "t"): 60})
+    picks = Counter(select_parent([], {}, list(seeds), tired, "t", rng).id for _ in range(2000))
+    assert set(picks) == {"s1", "s2"} and abs(picks["s1"] - picks["s2"]) < 250
+
+
+def test_accounted_params_divide_shared_components_by_their_users():
+    retained = {
+        ROOT_TASK: _path("root", ROOT_TASK, {"block_0": "r0", "block_1": "r1"}),
+        "a": _path("pa", "a", {"block_0": "r0", "block_1": "a1", "head": "ha"}),
+        "b": _path("pb", "b", {"block_0": "r0", "block_1": "a1", "head": "hb"}),
+    }
+    locks = compute_locks(retained)
+    sizes = {"r0": 100, "r1": 100, "a1": 60, "ha": 10, "hb": 10, "new": 7}
+    # r0 used by a and b (root lock ignored) -> 50; a1 shared by a, b -> 30; own head 10
+    assert accounted_params(["r0", "a1", "ha"], "a", locks, sizes) == 50 + 30 + 10
+    # a third task reusing r0 and a1: divided by 3; a fresh component counts fully
+    assert accounted_params(["r0", "a1", "new"], "c", locks, sizes) == pytest.approx(100 / 3 + 20 + 7)
+    # a root component nobody else uses counts fully
+    assert accounted_params(["r1"], "c", locks, sizes) == 100
+    assert score(0.8, 50, 100, 0.9) == pytest.approx(0.8 * 0.9 ** 0.5)
+    assert score(0.8, 50, 100, 1.0) == 0.8
+
+
+def _lineage(comps, paths, root, trainable_ids):
+    counter = iter(range(10 ** 6))
+    return Lineage(paths, comps, lambda cid: cid in trainable_ids, root, lambda p: f"{p}{next(counter)}")
+
+
+def _root_fixture():
+    comps = {cid: CompInfo(cid, kind, slot, cfg, 10, blob="x" * 64) for cid, kind, slot, cfg in [
+        ("rp", "patch_embed", "patch_embed", {"dim": 8}), ("rc", "cls_token", "cls_token", {"dim": 8}),
+        ("rq", "pos_embed", "pos_embed", {"dim": 8, "grid": [4, 4]}), ("r0", "block", "block_0", {"dim": 8}),
+        ("r1", "block", "block_1", {"dim": 8}), ("r2", "block", "block_2", {"dim": 8}),
+        ("rn", "norm", "norm", {"dim": 8})]}
+    root = PathRecord("root", ROOT_TASK, None, {c.slot: c.id for c in comps.values()}, {}, 0.0)
+    return comps, root
+
+
+def test_child_of_another_tasks_path_shares_frozen_parts_and_gets_a_new_head():
+    comps, root = _root_fixture()
+    comps["hu"] = CompInfo("hu", "head", "head", {"dim": 8, "num_classes": 3}, 27, blob="y" * 64)
+    comps["u1"] = CompInfo("u1", "block", "block_1", {"dim": 8}, 10, blob="z" * 64)
+    other = PathRecord("pu", "u", "root", dict(root.components, head="hu", block_1="u1"),
+                       dict(SPACE.defaults, _mu_=0.1), 0.9)
+    lineage = _lineage(comps, {"pu": other, "root": root}, root, trainable_ids=set())
+    space = customise(SPACE, {"_mu_": 0.1}, {"_mu_": [], "num_layers": [], "adapter_dim": [], "opt_lr": []})
+    clones = Counter()
+    for seed in range(300):
+        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), 4, mutate_adapters=False)
+        by_slot = {s.slot: s for s in plan.slots}
+        assert by_slot["head"].init.get("new") is not None and by_slot["head"].trainable   # never shared
+        assert by_slot["norm"].trainable and by_slot["norm"].init == {"from": "rn"}        # always cloned
+        assert by_slot["block_1"].id == "u1" or by_slot["block_1"].init == {"from": "u1"}
+        for s in plan.slots:
+            if not s.trainable:
+                assert s.id == other.components[s.slot]                                # shared as-is
+            clones[s.slot] += s.trainable
+    assert 0.05 < clones["block_0"] / 300 < 0.16     # cloned with probability µ = 0.1
+
+
+def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparams():
+    comps, root = _root_fixture()
+    comps["t0"] = CompInfo("t0", "block", "block_0", {"dim": 8}, 10, scratch="f")
+    comps["ht"] = CompInfo("ht", "head", "head", {"dim": 8, "num_classes": 3}, 27, scratch="f")
+    comps["a2"] = CompInfo("a2", "adapter", "adapter_2", {"dim": 8, "width": 32}, 5, scratch="f")
+    parent = PathRecord("pt", "t", "root", dict(root.components, block_0="t0", head="ht", adapter_2="a2"),
+                        dict(SPACE.defaults, adapter_layers=[2], num_layers=3), 0.7)
+    lineage = _lineage(comps, {"pt": parent, "root": root}, root, trainable_ids={"t0", "ht", "a2"})
+    shallower = customise(SPACE, {"num_layers": 3, "_mu_": 0.3}, {"num_layers": [2, 3]})
+    seen_depths = set()
+    for seed in range(100):
+        plan = make_child(parent, "t", 3, {"ds_image_size": 16}, shallower, lineage, random.Random(seed), 4, False)
+        by_slot = {s.slot: s for s in plan.slots}
+        assert by_slot["block_0"].init == {"from": "t0"} and by_slot["block_0"].id != "t0"
+        assert by_slot["head"].init == {"from": "ht"}
+        depth = plan.path.hparams["num_layers"]
+        seen_depths.add(depth)
+        assert ("block_2" in by_slot) == (depth == 3)
+        assert ("adapter_2" in by_slot) == (depth == 3)       # adapters above the depth are dropped
+    assert seen_depths == {2, 3}
+
+
+def test_image_size_change_resamples_a_trainable_position_embedding():
+    comps, root = _root_fixture()
+    lineage = _lineage(comps, {"root": root}, root, trainable_ids=set())
+    plan = make_child(root, "t", 3, {"ds_image_size": 20}, SPACE, lineage, random.Random(0), 4, False)
+    pos = {s.slot: s for s in plan.slots}["pos_embed"]
+    assert pos.trainable and pos.init == {"resample": "rq", "grid": [5, 5]} and pos.config["grid"] == [5, 5]
+
+
+def test_bad_search_overrides_are_clear_errors():
+    with pytest.raises(ConfigError, match="unknown hyperparameter"):
+        customise(SPACE, {"opt_learning_rate": 0.1})
+    space = customise(SPACE, {"opt_lr": 0.003})
+    assert 0.003 in space.ranges["opt_lr"]
