@@ -38,7 +38,7 @@ def run_demo(store: Path, workers: int, console: Console) -> None:
         system.evolve(DEMO_TASKS, progress=progress, workers=workers, **DEMO_SETTINGS)
     times: dict[str, float] = {}
     for commit in system.manifest.commits():
-        times[commit["task"]] = times.get(commit["task"], 0.0) + float(commit["info"].get("train_time", 0.0))
+        times[commit["task"]] = times.get(commit["task"], 0.0) + float(commit["info"].get("wall_time", 0.0))
     console.print(status_table(system, times))
     from mupath.viz import draw_system_graph
     png = draw_system_graph(system, store / "graph.png")

@@ -14,7 +14,7 @@ from mupath.errors import ConfigError, MupathError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Grow one multitask ViT system task after task by evolution (µ2Net).")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 

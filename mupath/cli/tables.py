@@ -17,7 +17,7 @@ def status_table(system: Any, times: dict[str, float] | None = None) -> Table:
                 "reused from", "layers", "adapters"):
         table.add_column(col, justify="left" if col in ("task", "reused from") else "right")
     if times is not None:
-        table.add_column("train time", justify="right")
+        table.add_column("training time", justify="right")
     for st in system.status():
         row = [st.task, "-" if st.test_accuracy is None else f"{st.test_accuracy:.4f}",
                fmt_params(st.params_owned), fmt_params(st.params_shared), fmt_params(st.accounted_params),

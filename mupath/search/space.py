@@ -49,8 +49,9 @@ class SearchSpace:
 
 def default_space(root_depth: int, image_size: int, patch_size: int) -> SearchSpace:
     """Defaults for a root of `root_depth` blocks at `image_size` with `patch_size` patches."""
-    sizes = sorted({s for s in (image_size - 2 * patch_size, image_size - patch_size, image_size,
-                                image_size + patch_size, image_size + 2 * patch_size) if s >= patch_size})
+    # Never larger than the root's by default: compute per task stays bounded by the root's (users may
+    # widen the range with --range ds_image_size=...).
+    sizes = sorted({s for s in (image_size - patch_size, image_size) if s >= patch_size})
     ranges: dict[str, list[Any]] = {
         "_mu_": MU_VALUES,
         "num_layers": list(range(1, root_depth + 1)),

@@ -76,7 +76,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             if not torch.isfinite(loss):
                 return TrainOutcome(False, best_quality, best_score, evals, None, step,
                                     step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,
-                                    failure=f"loss became {float(loss)} at step {step}")
+                                    failure=f"loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)

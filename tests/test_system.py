@@ -1,0 +1,142 @@
+"""End to end through the public API on tiny real data: no forgetting (bit-exact), transfer between
+tasks, reproducibility, the process-pool executor, and the store's bookkeeping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_ROOT, TINY_SETTINGS, blobs_task
+from mupath import System
+from mupath.errors import ConfigError, DataError, ForgettingError, StoreError
+from mupath.store.records import ROOT_TASK
+
+
+@pytest.fixture
+def two_task_system(tiny_system, digits_small, parity_task):
+    tiny_system.add_task(digits_small)
+    tiny_system.add_task(parity_task)
+    tiny_system.evolve(["digits", "parity"], **TINY_SETTINGS)
+    return tiny_system
+
+
+def test_evolving_later_tasks_never_changes_earlier_ones(two_task_system, digits_small):
+    system = two_task_system
+    images = digits_small.test.images
+    before = system.logits("digits", images).clone()
+    system.add_task(blobs_task("blobs"))
+    system.evolve(["blobs"], **TINY_SETTINGS)
+    system.evolve(["parity"], **dict(TINY_SETTINGS, seed=3))        # re-evolving another task
+    after = System.open(system.path).logits("digits", images)
+    assert torch.equal(before, after)
+    assert sorted(system.check_immutability()) == ["blobs", "digits", "parity"]
+
+
+def test_a_changed_shared_component_is_caught(two_task_system):
+    system = two_task_system
+    retained = system.manifest.retained()
+    comps = system.manifest.components()
+    cid = retained["digits"].components["block_0"]
+    # simulate a bug that rewrites a component in place: the next check must stop with an error
+    blob = comps[cid].blob
+    tensors = system.blobs.get_tensors(blob)
+    tensors = {k: v + 0.01 for k, v in tensors.items()}
+    new_blob = system.blobs.put_tensors(tensors)
+    with system.manifest.transaction() as con:
+        con.execute("UPDATE components SET blob=? WHERE id=?", (new_blob, cid))
+    with pytest.raises(ForgettingError, match="changed since its commit"):
+        System.open(system.path).check_immutability()
+
+
+def test_paths_reuse_components_and_locks_follow_retained_paths(two_task_system):
+    system = two_task_system
+    retained = system.manifest.retained()
+    comps = system.manifest.components()
+    assert set(retained) == {ROOT_TASK, "digits", "parity"}
+    for task in ("digits", "parity"):
+        path = retained[task]
+        assert comps[path.components["head"]].task == task       # heads are never shared
+        assert comps[path.components["norm"]].task == task       # the final norm is always cloned
+        assert all(cid in comps for cid in path.components.values())
+    # every stored component is used by some retained path (dead ones were collected)
+    used = {cid for p in retained.values() for cid in p.components.values()}
+    assert set(comps) == used
+    assert system.blobs.all_names() >= system.manifest.referenced_blobs()
+    status = {s.task: s for s in system.status()}
+    for s in status.values():
+        assert s.params_owned + s.params_shared > 0
+        assert 0 <= s.test_accuracy <= 1
+        assert s.test_accuracy == pytest.approx(system.evaluate(s.task))
+
+
+def test_same_seed_same_retained_paths(tmp_path, digits_small):
+    def run(folder):
+        system = System.create(tmp_path / folder, **TINY_ROOT)
+        system.add_task(digits_small)
+        system.evolve(["digits"], **TINY_SETTINGS)
+        path = system.manifest.retained()["digits"]
+        comps = system.manifest.components()
+        return (path.hparams, sorted((s, comps[c].task) for s, c in path.components.items()), path.quality,
+                system.logits("digits", digits_small.test.images[:20]))
+    a, b = run("a"), run("b")
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+    assert torch.equal(a[3], b[3])
+
+
+@pytest.mark.slow
+def test_process_pool_executor_trains_candidates_in_workers(tiny_system, digits_small):
+    tiny_system.add_task(digits_small)
+    report = tiny_system.evolve(["digits"], workers=2, **TINY_SETTINGS)
+    entry = report.tasks[0]
+    assert entry.improved >= 1 and not entry.failures
+    assert 0 <= tiny_system.evaluate("digits") <= 1
+
+
+def test_iterations_revisit_tasks_and_resume_skips_committed_work(tiny_system, digits_small, parity_task):
+    tiny_system.add_task(digits_small)
+    tiny_system.add_task(parity_task)
+    settings = dict(TINY_SETTINGS, iterations=2, generations=1)
+    report = tiny_system.evolve(["digits", "parity"], **settings)
+    assert [(e.task, e.iteration) for e in report.tasks] == [("digits", 0), ("parity", 0), ("digits", 1),
+                                                             ("parity", 1)]
+    again = tiny_system.evolve(["digits", "parity"], **settings)   # finished run: a new run starts
+    assert not again.resumed
+    commits = tiny_system.manifest.commits()
+    assert len(commits) == 8
+    # the second visit's bar was the first visit's path: its score can only stay or improve
+    first, second = [c for c in commits if c["task"] == "digits"][:2]
+    assert second["info"]["score"] >= first["info"]["score"] - 1e-12
+
+
+def test_predict_accepts_common_image_formats_and_rejects_bad_ones(two_task_system, digits_small):
+    system = two_task_system
+    grey = digits_small.test.images[:5, :, :, 0]
+    ids = system.predict("digits", grey)
+    assert ids.dtype == np.int64 and ids.shape == (5,) and ((ids >= 0) & (ids < 10)).all()
+    assert np.array_equal(system.predict("digits", grey.astype(np.float32) / 255.0), ids)
+    rgb = np.repeat(digits_small.test.images[:5], 3, axis=-1)
+    assert np.array_equal(system.predict("digits", rgb), ids)          # grey is repeated to RGB anyway
+    with pytest.raises(DataError, match="shaped"):
+        system.predict("digits", np.zeros((5, 8)))
+    with pytest.raises(DataError, match="NaN"):
+        system.predict("digits", np.full((2, 8, 8), np.nan))
+    with pytest.raises(ConfigError, match="unknown task"):
+        system.predict("nope", grey)
+
+
+def test_store_errors_are_one_line(tmp_path, tiny_system, digits_small):
+    with pytest.raises(StoreError, match="no mupath store"):
+        System.open(tmp_path / "missing")
+    with pytest.raises(StoreError, match="already exists"):
+        System.create(tiny_system.path, **TINY_ROOT)
+    tiny_system.add_task(digits_small)
+    with pytest.raises(ConfigError, match="already exists"):
+        tiny_system.add_task(digits_small)
+    with pytest.raises(ConfigError, match="not been evolved"):
+        tiny_system.predict("digits", digits_small.test.images)
+    with pytest.raises(ConfigError, match="positive integer"):
+        tiny_system.evolve(["digits"], generations=0)
+    with pytest.raises(ConfigError, match="unknown evolve setting"):
+        tiny_system.evolve(["digits"], generation=2)
+    with pytest.raises(ConfigError, match="unknown task"):
+        tiny_system.evolve(["nope"])
