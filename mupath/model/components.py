@@ -86,7 +86,10 @@ class ResidualAdapter(nn.Module):
 
 @functools.lru_cache(maxsize=4)
 def _templates(root_json: str) -> nn.Module:
-    return create_root(RootSpec.from_json(root_json))
+    """The root architecture only: component tensors always come from the store, so templates never
+    need the root's weights (no download, no weights file that may have moved)."""
+    spec = RootSpec.from_json(root_json)
+    return create_root(dataclasses.replace(spec, weights="random"))
 
 
 def build_component(spec: ComponentSpec, root: RootSpec) -> nn.Module:

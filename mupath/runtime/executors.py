@@ -55,12 +55,18 @@ class ProcessPoolExecutor:
     threads so that the workers together do not oversubscribe the machine."""
 
     def __init__(self, workers: int, threads: int = 0) -> None:
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.workers = workers
-        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(threads,))
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                      initializer=_init_worker, initargs=(self.threads,))
 
     def run(self, jobs: list[Job], on_done: OnDone | None = None, on_step: OnStep | None = None) -> list[Result]:
+        if getattr(self.pool, "_broken", False):      # a worker died earlier: start fresh processes
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
         futures = {self.pool.submit(run_job, job): i for i, job in enumerate(jobs)}
         results: list[Result | None] = [None] * len(jobs)
         for fut in cf.as_completed(futures):
