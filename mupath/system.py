@@ -24,7 +24,7 @@ from mupath.store.blobs import BlobStore
 from mupath.store.manifest import FORMAT_VERSION, Manifest
 from mupath.store.records import ROOT_TASK, CheckRecord, ComponentRecord, PathRecord, TaskRecord
 from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
-from mupath.train.pipeline import as_nchw
+from mupath.train.pipeline import as_nchw, to_model_input
 
 MANIFEST = "manifest.sqlite"
 CHECK_THREADS = 1   #: thread count of every recorded or re-checked logit (bit-exact comparisons)
@@ -57,6 +57,7 @@ class System:
         self.patch_size = int(manifest.get_meta("patch_size") or 16)
         self.depth = int(manifest.get_meta("depth") or 1)
         self._models: dict[str, tuple[str, PathModel]] = {}
+        self._modules: dict[str, torch.nn.Module] = {}   # committed components, shared by task models
         self.interrupted = False
 
     # ---- creation ---------------------------------------------------------------------------
@@ -197,6 +198,9 @@ class System:
         comps = self.manifest.components()
         modules = {}
         for slot, cid in path.components.items():
+            if cid in self._modules and cid in comps:
+                modules[slot] = self._modules[cid]       # the same frozen object for every task
+                continue
             if cid in comps:
                 c = comps[cid]
                 spec, tensors = ComponentSpec(c.kind, c.config), self.blobs.get_tensors(c.blob)
@@ -205,6 +209,8 @@ class System:
             module = build_component(spec, self.root_spec)
             module.load_state_dict(tensors)
             module.requires_grad_(False)
+            if cid in comps:
+                self._modules[cid] = module
             modules[slot] = module
         return PathModel(modules).eval()
 
@@ -225,9 +231,35 @@ class System:
         with fixed_threads(CHECK_THREADS):
             return logits_of(self.model(task), x, self.image_size(task))
 
-    def predict(self, task: str, images: np.ndarray) -> np.ndarray:
-        """Class ids for images shaped (N, H, W) or (N, H, W, C), uint8 0-255 or float 0-1."""
+    def predict(self, task: str | list[str], images: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
+        """Class ids for images shaped (N, H, W) or (N, H, W, C), uint8 0-255 or float 0-1. Given a
+        list of tasks, returns {task: ids} and computes shared path prefixes once."""
+        if isinstance(task, (list, tuple)):
+            return self.predict_many({t: images for t in task})
         return self.logits(task, images).argmax(dim=1).numpy().astype(np.int64)
+
+    def predict_many(self, requests: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{task: images} -> {task: class ids}. Tasks given the same image array (and image size) share
+        the computation of their common path prefix and branch where their paths diverge."""
+        from mupath.model.multipath import shared_forward
+        retained = self.manifest.retained()
+        groups: dict[tuple[int, int], list[str]] = {}
+        for task, images in requests.items():
+            groups.setdefault((id(images), self.image_size(task)), []).append(task)
+        out: dict[str, np.ndarray] = {}
+        for (_, size), tasks in groups.items():
+            x = as_nchw(prepare_images(requests[tasks[0]], tasks[0]))
+            models = {t: self.model(t) for t in tasks}
+            ids = {t: retained[t].components for t in tasks}
+            logits: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
+            with torch.inference_mode():
+                for start in range(0, x.shape[0], 250):
+                    chunk = to_model_input(x[start:start + 250], size)
+                    for t, value in shared_forward(models, ids, chunk).items():
+                        logits[t].append(value)
+            for t in tasks:
+                out[t] = torch.cat(logits[t]).argmax(dim=1).numpy().astype(np.int64)
+        return out
 
     def evaluate(self, task: str, split: str = "test") -> float:
         if split not in ("train", "validation", "test"):

@@ -140,3 +140,37 @@ def test_store_errors_are_one_line(tmp_path, tiny_system, digits_small):
         tiny_system.evolve(["digits"], generation=2)
     with pytest.raises(ConfigError, match="unknown task"):
         tiny_system.evolve(["nope"])
+
+
+def test_predict_many_shares_prefixes_and_matches_single_predictions(two_task_system, digits_small):
+    system = two_task_system
+    images = digits_small.test.images[:40]
+    many = system.predict(["digits", "parity"], images)
+    assert set(many) == {"digits", "parity"}
+    for task in ("digits", "parity"):
+        assert np.array_equal(many[task], system.predict(task, images))
+    other = system.predict_many({"digits": images, "parity": images[:7]})
+    assert other["parity"].shape == (7,) and np.array_equal(other["digits"], many["digits"])
+
+
+def test_shared_forward_runs_each_shared_component_once(two_task_system, digits_small):
+    from mupath.model.multipath import shared_forward
+    from mupath.train.pipeline import as_nchw, to_model_input
+    system = two_task_system
+    retained = system.manifest.retained()
+    models = {t: system.model(t) for t in ("digits", "parity")}
+    calls = {}
+    hooks = []
+    unique = {id(m.parts[s]): m.parts[s] for m in models.values() for s in m.body}
+    for key, module in unique.items():
+        hooks.append(module.register_forward_hook(
+            lambda m, i, o, key=key: calls.__setitem__(key, calls.get(key, 0) + 1)))
+    size = system.image_size("digits")
+    x = to_model_input(as_nchw(digits_small.test.images[:10]), size)
+    if system.image_size("parity") == size:
+        with torch.no_grad():
+            out = shared_forward(models, {t: retained[t].components for t in models}, x)
+            assert calls and all(n == 1 for n in calls.values())   # shared components ran once for both
+            assert torch.equal(out["digits"], models["digits"](x))
+    for h in hooks:
+        h.remove()

@@ -18,8 +18,9 @@ from mupath.model.components import ComponentSpec, build_component, new_componen
 from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, resample_pos_embed
 from mupath.store.blobs import BlobStore, atomic_write_bytes
+from mupath.train.cache import frozen_prefix, process_cache
 from mupath.train.loop import TrainConfig, train_path
-from mupath.train.pipeline import as_nchw, to_model_input
+from mupath.train.pipeline import as_nchw, has_augmentation, to_model_input
 
 
 @functools.lru_cache(maxsize=8)
@@ -118,8 +119,15 @@ def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = No
                           int(job["batch_size"]), int(job["seed"]))
         bar = float("-inf") if job["bar"] is None else float(job["bar"])
         torch.manual_seed(int(job["seed"]))
+        prefix = None
+        cache_bytes = int(job.get("cache_mb", 0)) << 20
+        if cache_bytes > 0 and not has_augmentation(hp):
+            ids = frozen_prefix(model, {id(m) for m in owned.values()}, {p["slot"]: p["id"] for p in job["slots"]})
+            if ids is not None:
+                prefix = process_cache(cache_bytes).prefix(model, ids, job["task_blob"], size,
+                                                            data["train.x"], val_x)
         outcome = train_path(model, owned, hp, cfg, data["train.x"], data["train.y"], val_x, val_y,
-                             lambda q: q * penalty, bar, on_step)
+                             lambda q: q * penalty, bar, on_step, prefix)
     except Exception as exc:  # a candidate failing must never take the search down
         return {"path_id": job["path_id"], "improved": False, "failure": f"{type(exc).__name__}: {exc}",
                 "wall_time": time.perf_counter() - started}
@@ -130,6 +138,7 @@ def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = No
         "owned_params": owned_params, "accounted_params": accounted,
         "component_params": {cid: sum(p.numel() for p in m.parameters()) for cid, m in owned.items()},
         "wall_time": time.perf_counter() - started, "pid": os.getpid(),
+        "cached_prefix": 0 if prefix is None else prefix.start,
     }
     if outcome.improved and outcome.best_state is not None:
         flat = {f"{cid}/{k}": v.contiguous() for cid, state in outcome.best_state.items() for k, v in state.items()}

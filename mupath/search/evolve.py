@@ -225,5 +225,6 @@ def _job(system: "System", plan: ChildPlan, task: str, data_blob: str, settings:
         "root_params": system.root_params, "scale_factor": settings.scale_factor, "bar": bar,
         "steps_per_validation": settings.steps_per_validation, "validations": settings.validations,
         "batch_size": settings.batch_size, "val_limit": settings.val_limit, "seed": seed,
+        "cache_mb": settings.cache_mb,
         "scratch_file": str(scratch / f"{plan.path.id}.safetensors"),
     }

@@ -39,6 +39,8 @@ class EvolveSettings:
     executor: str = "auto"
     #: torch threads per worker; 0 = cores // workers
     threads_per_worker: int = 0
+    #: memory bound (MiB per worker) of the frozen-prefix activation cache; 0 switches it off
+    cache_mb: int = 1024
     #: hyperparameter default overrides {key: value}
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: search range overrides {key: [ordered values]}; [] switches a key's mutation off
@@ -60,6 +62,8 @@ class EvolveSettings:
                               "or --executor process")
         if self.threads_per_worker < 0:
             raise ConfigError("threads_per_worker must be >= 0")
+        if self.cache_mb < 0:
+            raise ConfigError("cache_mb must be >= 0 (0 switches the activation cache off)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -68,7 +72,7 @@ class EvolveSettings:
         """What must match for a run to be resumed: everything that changes the search's choices.
         (workers, executor and threads only change speed.)"""
         data = dataclasses.asdict(self)
-        for k in ("workers", "executor", "threads_per_worker"):
+        for k in ("workers", "executor", "threads_per_worker", "cache_mb"):
             data.pop(k)
         return json.dumps({"settings": data, "tasks": tasks}, sort_keys=True)
 

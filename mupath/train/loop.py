@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mupath.train.evaluate import accuracy_of, logits_of
+from mupath.train.cache import Prefix
+from mupath.train.evaluate import EVAL_BATCH, accuracy_of, logits_of
 from mupath.train.optim import lr_at, make_optimizer
 from mupath.train.pipeline import augment, batch_iterator, has_augmentation, to_model_input
 
@@ -42,11 +43,12 @@ class TrainOutcome:
 def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: TrainConfig,
                train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                score_of: Callable[[float], float], bar: float,
-               on_step: Callable[[int, int], None] | None = None) -> TrainOutcome:
+               on_step: Callable[[int, int], None] | None = None, prefix: Prefix | None = None) -> TrainOutcome:
     """Train `owned` components of `model` and keep the best snapshot whose score reaches `bar`.
 
     `val_x` is already preprocessed (float, the path's image size). `score_of(quality)` applies the
-    parameter penalty; `bar` is the parent's score for a same-task parent, else -inf."""
+    parameter penalty; `bar` is the parent's score for a same-task parent, else -inf. With `prefix`
+    (frozen-prefix activations, no augmentation) only the suffix of the path runs."""
     image_size = int(hp["ds_image_size"])
     params = [p for m in owned.values() for p in m.parameters()]
     for p in params:
@@ -67,12 +69,16 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
         t0 = time.perf_counter()
         for _ in range(cfg.steps_per_validation):
             idx = next(batches)
-            x = to_model_input(train_x[idx], image_size)
-            if augmenting:
-                x = augment(x, hp, gen)
+            if prefix is not None:
+                logits = model.head_logits(model.forward_tokens(prefix.train[idx], prefix.start))
+            else:
+                x = to_model_input(train_x[idx], image_size)
+                if augmenting:
+                    x = augment(x, hp, gen)
+                logits = model(x)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, hp)
-            loss = loss_fn(model(x), train_y[idx])
+            loss = loss_fn(logits, train_y[idx])
             if not torch.isfinite(loss):
                 return TrainOutcome(False, best_quality, best_score, evals, None, step,
                                     step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,
@@ -85,7 +91,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             if on_step is not None:
                 on_step(step, total)
         t1 = time.perf_counter()
-        quality = accuracy_of(logits_of(model, val_x, image_size, preprocessed=True), val_y)
+        quality = accuracy_of(_val_logits(model, val_x, image_size, prefix), val_y)
         eval_time += time.perf_counter() - t1
         train_time += t1 - t0
         evals.append(quality)
@@ -95,3 +101,12 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             best = {cid: {k: v.detach().clone() for k, v in m.state_dict().items()} for cid, m in owned.items()}
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
                         step * cfg.batch_size, train_time, eval_time)
+
+
+@torch.inference_mode()
+def _val_logits(model: nn.Module, val_x: torch.Tensor, image_size: int, prefix: Prefix | None) -> torch.Tensor:
+    if prefix is None:
+        return logits_of(model, val_x, image_size, preprocessed=True)
+    out = [model.head_logits(model.forward_tokens(prefix.val[i:i + EVAL_BATCH], prefix.start))
+           for i in range(0, prefix.val.shape[0], EVAL_BATCH)]
+    return torch.cat(out)

@@ -1,0 +1,117 @@
+"""Frozen-prefix activation cache. Most of a candidate's path is frozen and shared; when its leading
+components (embeddings and the first blocks) are all frozen and the data hyperparameters apply no
+random augmentation, their output for every training image never changes. We compute it once per
+(task data, image size, prefix component ids) and train only the suffix from it. Entries are shared by
+every candidate with the same prefix (also a shorter cached prefix is extended rather than recomputed)
+and the cache is bounded in bytes (least recently used entries go first)."""
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mupath.model.path_model import PathModel
+from mupath.train.pipeline import to_model_input
+
+CHUNK = 250   #: images per forward when filling the cache (rows are computed independently)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+    """Cached activations after the first `start` body slots (embeddings included)."""
+
+    start: int
+    train: torch.Tensor
+    val: torch.Tensor
+
+
+def frozen_prefix(model: PathModel, owned_ids: set[int], slot_ids: dict[str, str]) -> tuple[str, ...] | None:
+    """Component ids of the leading frozen slots (embeddings first), or None when an embedding trains.
+    `owned_ids` holds id() of owned modules."""
+    for slot in ("patch_embed", "cls_token", "pos_embed"):
+        if id(model.parts[slot]) in owned_ids:
+            return None
+    ids = [slot_ids["patch_embed"], slot_ids["cls_token"], slot_ids["pos_embed"]]
+    for slot in model.body:
+        if id(model.parts[slot]) in owned_ids:
+            break
+        ids.append(slot_ids[slot])
+    return tuple(ids)
+
+
+class ActivationCache:
+    """Byte-bounded LRU of prefix activations, keyed by (data key, image size, prefix ids)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes + v.nbytes for t, v in self.entries.values())
+
+    def _store(self, key: tuple, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+        size = value[0].nbytes + value[1].nbytes
+        if size > self.max_bytes:
+            return
+        while self.entries and self.nbytes + size > self.max_bytes:
+            self.entries.popitem(last=False)
+        self.entries[key] = value
+
+    def prefix(self, model: PathModel, ids: tuple[str, ...], data_key: str, image_size: int,
+               train_x: torch.Tensor, val_x: torch.Tensor) -> Prefix | None:
+        """Activations after the frozen prefix `ids` for the training images and the (preprocessed)
+        validation images, computing only what no cached entry already covers."""
+        depth = len(ids) - 3                       # body slots in the prefix
+        if depth < 1 or self.max_bytes <= 0:
+            return None
+        for k in range(depth, -1, -1):             # longest cached prefix first
+            key = (data_key, image_size, ids[:3 + k])
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                train, val = self.entries[key]
+                if k == depth:
+                    self.hits += 1
+                    return Prefix(depth, train, val)
+                break
+        else:
+            k, train, val = -1, None, None
+        self.misses += 1
+        with torch.no_grad():
+            train = _run(model, train, train_x, k, depth, image_size, raw=train is None)
+            val = _run(model, val, val_x, k, depth, image_size, raw=val is None, preprocessed=True)
+        self._store((data_key, image_size, ids), (train, val))
+        return Prefix(depth, train, val)
+
+
+def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k: int, depth: int,
+         image_size: int, raw: bool, preprocessed: bool = False) -> torch.Tensor:
+    src = images if raw else tokens
+    out = []
+    for i in range(0, src.shape[0], CHUNK):
+        chunk = src[i:i + CHUNK]
+        if raw:
+            x = chunk if preprocessed else to_model_input(chunk, image_size)
+            x = model.embed(x)
+            start = 0
+        else:
+            x, start = chunk, k
+        for slot in model.body[start:depth]:
+            x = model.parts[slot](x)
+        out.append(x)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+_PROCESS_CACHE: ActivationCache | None = None
+
+
+def process_cache(max_bytes: int) -> ActivationCache:
+    """One cache per process (shared by the candidates this worker trains)."""
+    global _PROCESS_CACHE
+    if _PROCESS_CACHE is None or _PROCESS_CACHE.max_bytes != max_bytes:
+        _PROCESS_CACHE = ActivationCache(max_bytes)
+    return _PROCESS_CACHE

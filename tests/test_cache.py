@@ -1,0 +1,98 @@
+"""Frozen-prefix activation cache: identical forward results, sharing between candidates, memory bound."""
+from __future__ import annotations
+
+import torch
+
+from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root
+from mupath.model.components import new_component_tensors
+from mupath.train.cache import ActivationCache, frozen_prefix
+from mupath.train.loop import TrainConfig, train_path
+from mupath.train.pipeline import to_model_input
+
+SPEC = RootSpec(kwargs=dict(img_size=16, patch_size=4, depth=4, embed_dim=32, num_heads=2))
+
+
+def _model(owned_slots):
+    modules = {}
+    for slot, kind, config, tensors in cut_root(create_root(SPEC)):
+        m = build_component(ComponentSpec(kind, config), SPEC)
+        m.load_state_dict(tensors)
+        modules[slot] = m
+    head = ComponentSpec("head", {"dim": 32, "num_classes": 4})
+    modules["head"] = build_component(head, SPEC)
+    modules["head"].load_state_dict(new_component_tensors(head, 1))
+    torch.nn.init.normal_(modules["head"].weight)
+    for slot, m in modules.items():
+        m.requires_grad_(slot in owned_slots)
+    ids = {slot: f"id-{slot}" for slot in modules}
+    return PathModel(modules), {s: modules[s] for s in owned_slots}, ids
+
+
+def _data(n=300):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 255, (n, 1, 16, 16), dtype=torch.uint8, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def test_prefix_stops_at_first_owned_component_and_needs_frozen_embeddings():
+    model, owned, ids = _model(["block_2", "block_3", "norm", "head"])
+    prefix = frozen_prefix(model, {id(m) for m in owned.values()}, ids)
+    assert prefix == ("id-patch_embed", "id-cls_token", "id-pos_embed", "id-block_0", "id-block_1")
+    model, owned, ids = _model(["pos_embed", "norm", "head"])
+    assert frozen_prefix(model, {id(m) for m in owned.values()}, ids) is None
+
+
+def test_cached_forward_is_bit_identical_to_the_full_forward():
+    model, owned, ids = _model(["block_2", "block_3", "norm", "head"])
+    x, _ = _data()
+    val = to_model_input(x[:50], 16)
+    cache = ActivationCache(1 << 30)
+    pre = cache.prefix(model, frozen_prefix(model, {id(m) for m in owned.values()}, ids), "task", 16, x, val)
+    idx = torch.randperm(300)[:64]
+    with torch.no_grad():
+        full = model(to_model_input(x[idx], 16))
+        cached = model.head_logits(model.forward_tokens(pre.train[idx], pre.start))
+        assert torch.equal(full, cached)
+        assert torch.equal(model(val), model.head_logits(model.forward_tokens(pre.val, pre.start)))
+
+
+def test_training_from_the_cache_matches_training_without_it():
+    hp = dict(ds_image_size=16, opt_name="adamw", opt_lr=1e-3, opt_momentum=0.9, opt_nesterov=False,
+              opt_lr_warmup_ratio=0.1)
+    x, y = _data()
+    val = to_model_input(x[:60], 16)
+    results = []
+    for use_cache in (False, True):
+        torch.manual_seed(0)
+        model, owned, ids = _model(["block_2", "block_3", "norm", "head"])
+        prefix = None
+        if use_cache:
+            ids_ = frozen_prefix(model, {id(m) for m in owned.values()}, ids)
+            prefix = ActivationCache(1 << 30).prefix(model, ids_, "t", 16, x, val)
+        out = train_path(model, owned, hp, TrainConfig(5, 2, 32, 0), x, y, val, y[:60], lambda q: q,
+                         float("-inf"), prefix=prefix)
+        results.append(out)
+    assert results[0].evals == results[1].evals
+    a, b = results[0].best_state, results[1].best_state
+    assert all(torch.allclose(a[k][t], b[k][t], atol=1e-5) for k in a for t in a[k])
+
+
+def test_cache_is_shared_extended_and_bounded():
+    model, owned, ids = _model(["block_3", "norm", "head"])
+    x, _ = _data()
+    val = to_model_input(x[:50], 16)
+    cache = ActivationCache(1 << 30)
+    short = ("id-patch_embed", "id-cls_token", "id-pos_embed", "id-block_0")
+    long = short + ("id-block_1", "id-block_2")
+    cache.prefix(model, short, "t", 16, x, val)
+    first = cache.prefix(model, long, "t", 16, x, val)       # extends the shorter entry
+    again = cache.prefix(model, long, "t", 16, x, val)       # a second candidate: served from memory
+    assert cache.hits == 1 and cache.misses == 2 and again.train is first.train
+    with torch.no_grad():
+        direct = model.embed(to_model_input(x[:7], 16))
+        for slot in ("block_0", "block_1", "block_2"):
+            direct = model.parts[slot](direct)
+        assert torch.equal(first.train[:7], direct)
+    tiny = ActivationCache(first.train.nbytes + first.val.nbytes + 10)
+    tiny.prefix(model, short, "t", 16, x, val)
+    tiny.prefix(model, long, "t", 16, x, val)
+    assert tiny.nbytes <= tiny.max_bytes and len(tiny.entries) == 1
