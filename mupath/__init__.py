@@ -1,8 +1,8 @@
 """mupath: grow one multitask ViT system task after task by evolution (µ2Net, Gesmundo & Dean 2022)."""
 from mupath.errors import ConfigError, DataError, ForgettingError, MupathError, StoreError
-from mupath.data import Task, load_task
+from mupath.data import Task, load_task, stream_tasks
 from mupath.system import System
 
 __version__ = "0.1.0"
-__all__ = ["System", "Task", "load_task", "MupathError", "DataError", "ConfigError", "StoreError",
+__all__ = ["System", "Task", "load_task", "stream_tasks", "MupathError", "DataError", "ConfigError", "StoreError",
            "ForgettingError", "__version__"]

@@ -283,6 +283,9 @@ class System:
                 if cid in known:
                     continue
                 c = comps[cid]
+                if c.scratch is None:
+                    raise StoreError(f"component {cid} of task '{task}''s best path was removed by a concurrent "
+                                     "commit; run the same command again to redo this task iteration")
                 tensors = source.get({"scratch": c.scratch, "id": cid})
                 staged[cid] = tensors
                 blob = self.blobs.put_tensors(tensors)
@@ -368,14 +371,18 @@ class System:
 
 def prepare_images(images: Any, task: str) -> np.ndarray:
     """Validate and convert user images to (N, H, W, C) uint8 with one-line errors."""
-    arr = np.asarray(images) if not isinstance(images, np.ndarray) else images
+    try:
+        arr = np.asarray(images) if not isinstance(images, np.ndarray) else images
+    except (ValueError, TypeError):
+        raise DataError(f"images for '{task}' must form one rectangular numeric array (all images the "
+                        "same size)") from None
     if arr.dtype == object or arr.dtype.kind not in "uif":
         raise DataError(f"images for '{task}' must be numeric (uint8 0-255 or float 0-1), got {arr.dtype}")
     if arr.ndim == 3:
         arr = arr[..., None]
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or arr.shape[0] == 0:
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or 0 in arr.shape[:3]:
         raise DataError(f"images for '{task}' must be shaped (N, H, W) or (N, H, W, C) with C in 1/3/4 "
-                        f"and N > 0, got {arr.shape}")
+                        f"and N, H, W > 0, got {arr.shape}")
     if arr.shape[-1] == 4:
         arr = arr[..., :3]
     if arr.dtype.kind == "f":

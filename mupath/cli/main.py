@@ -182,6 +182,37 @@ def graph(store: Path, out: Path = typer.Option(Path("system.png"), "-o", "--out
 
 @app.command()
 @friendly
+def verify(store: Path,
+           fix: bool = typer.Option(False, "--fix", help="delete leftovers nothing references (orphaned "
+                                    "blobs, .tmp-* files, scratch of finished runs); never a referenced file")) -> None:
+    """Check every blob, the manifest and every task's predictions (bit for bit); exit 1 on a problem."""
+    from mupath.store.verify import FIX_MIN_AGE_S, fix_store, verify_store
+    system = _open(store)
+    report = verify_store(system)
+    for problem in report.problems:
+        console.print(problem.line(), markup=False, highlight=False, soft_wrap=True)
+    remaining = report.problems
+    if fix:
+        fixed = fix_store(system)
+        gone = set(fixed.removed)
+        remaining = [p for p in report.problems if p.path is None or p.path not in gone]
+        console.print(f"--fix removed {len(fixed.removed)} leftover file(s)", markup=False, highlight=False)
+        if fixed.kept_recent:
+            console.print(f"--fix kept {len(fixed.kept_recent)} leftover file(s) written in the last "
+                          f"{FIX_MIN_AGE_S / 60:.0f} minutes (a running command may still commit them); "
+                          "run it again later",
+                          markup=False, highlight=False, soft_wrap=True)
+    summary = report.summary()
+    if fix and not remaining:
+        summary = (f"store {report.store} is healthy: {len(report.checked)} task(s) re-run bit for bit, "
+                   f"{report.blobs} blob(s) verified")
+    console.print(summary, markup=False, highlight=False, soft_wrap=True)
+    if remaining:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (resumed if it exists)"),
          workers: int = typer.Option(2, help="candidates trained at once")) -> None:
     """The main job: a small random-init ViT grown over the four built-in offline tasks."""

@@ -5,6 +5,8 @@ once, in `Task.from_arrays`, so every source obeys the same rules.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import zipfile
 from collections.abc import Callable, Mapping
@@ -54,12 +56,23 @@ def load_task(source: str, name: str | None = None, *, seed: int = 0,
     if source in BUILTIN_TASKS:
         task_name = check_task_name(name if name is not None else source)
         raw = load_builtin(source)
+    elif _is_catalogue(source):
+        from mupath.data.catalogue import build_catalogue_task
+        task = build_catalogue_task(source, seed=seed)
+        if name is not None:
+            task = dataclasses.replace(task, name=check_task_name(name))
+        return task if max_train is None else limit_train(task, max_train, seed=seed)
     else:
         path = Path(source).expanduser().resolve()
         task_name = check_task_name(name if name is not None else _default_name(path))
         raw = _load_path(task_name, source, path)
     task = raw.to_task(task_name, seed=seed)
     return task if max_train is None else limit_train(task, max_train, seed=seed)
+
+
+def _is_catalogue(source: str) -> bool:
+    from mupath.data.catalogue import CATALOGUE_BY_NAME
+    return source in CATALOGUE_BY_NAME
 
 
 def _load_path(task: str, source: str, path: Path) -> RawTask:

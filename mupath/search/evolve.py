@@ -138,6 +138,8 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     scratch = system.scratch_dir(run_id)
     for generation in range(settings.generations):
         system.check_interrupt()
+        if generation:
+            _adopt_new_seeds(system, task, paths, comps, sizes, locks, seeds)
         best = _best(population, scores)
         ds_hp = sample_ds_hparams(best.hparams if best else None, space, rng)
         plans: list[ChildPlan] = []
@@ -193,6 +195,26 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     if progress:
         progress.task_done(entry)
     return entry
+
+
+def _adopt_new_seeds(system: "System", task: str, paths: dict[str, PathRecord], comps: dict[str, CompInfo],
+                     sizes: dict[str, int], locks: dict[str, set[str]], seeds: list[PathRecord]) -> None:
+    """Paths other processes committed since this task iteration started become parents from the next
+    generation on (µ3Net agents see each other's published paths). Their components join the lookup
+    tables as frozen (locked by their task)."""
+    fresh = system.manifest.retained()
+    new = [p for t, p in sorted(fresh.items()) if t != task and p.id not in paths]
+    if not new:
+        return
+    stored = system.manifest.components()
+    for path in new:
+        for cid in path.components.values():
+            c = stored[cid]
+            comps.setdefault(cid, CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob))
+            sizes.setdefault(cid, c.num_params)
+            locks.setdefault(cid, set()).add(path.task)
+        paths[path.id] = path
+        seeds.append(path)
 
 
 def _best(population: list[PathRecord], scores: dict[str, float]) -> PathRecord | None:

@@ -4,8 +4,6 @@ re-checks the hash so a damaged file is detected, never served."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +12,11 @@ from safetensors.numpy import load as np_load, save as np_save
 from safetensors.torch import load as torch_load, save as torch_save
 
 from mupath.errors import StoreError
+from mupath.store.atomic import atomic_write_bytes, write_error
 
+__all__ = ["BlobStore", "atomic_write_bytes", "BLOB_WRITE"]
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+BLOB_WRITE = "blob-write"   #: crash point half-way through a blob's temporary file (mupath.store.faults)
 
 
 class BlobStore:
@@ -54,10 +31,15 @@ class BlobStore:
         return self.root / sha[:2] / f"{sha}.safetensors"
 
     def put_bytes(self, data: bytes) -> str:
+        """Store `data` under its sha256 (a no-op when that blob exists). A failed write (full disk,
+        read-only store) raises a one-line StoreError and leaves no file behind."""
         sha = hashlib.sha256(data).hexdigest()
         path = self.path_of(sha)
-        if not path.exists():
-            atomic_write_bytes(path, data)
+        try:
+            if not path.exists():
+                atomic_write_bytes(path, data, fault=BLOB_WRITE)
+        except OSError as exc:
+            raise write_error(exc, path) from None
         return sha
 
     def put_tensors(self, tensors: dict[str, torch.Tensor]) -> str:
@@ -72,6 +54,9 @@ class BlobStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise StoreError(f"blob {sha[:12]} is missing from {self.root}; run `mupath verify`") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read blob {path} ({exc.strerror or exc}); check the disk and "
+                             "permissions, then run `mupath verify`") from None
         if hashlib.sha256(data).hexdigest() != sha:
             raise StoreError(f"blob {sha[:12]} is corrupted (hash mismatch); run `mupath verify`")
         return data
@@ -86,10 +71,13 @@ class BlobStore:
         return self.path_of(sha).exists()
 
     def all_names(self) -> set[str]:
-        return {p.stem for p in self.root.glob("??/*.safetensors")}
+        """Names of the blob files present (temporary files of unfinished writes excluded)."""
+        return {p.stem for p in self.root.glob("??/*.safetensors")
+                if len(p.stem) == 64 and not p.name.startswith(".") and p.parent.name == p.stem[:2]}
 
     def delete(self, sha: str) -> None:
+        """Best effort: a blob that cannot be removed stays as an orphan (`mupath verify` lists it)."""
         try:
             self.path_of(sha).unlink()
-        except FileNotFoundError:
+        except OSError:
             pass

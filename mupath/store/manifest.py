@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mupath.errors import StoreError
+from mupath.store.faults import crash_point
 from mupath.store.records import CheckRecord, ComponentRecord, PathRecord, TaskRecord
 
 FORMAT_VERSION = 1
+MANIFEST_COMMIT = "manifest-commit"   #: crash point just before a transaction's COMMIT (mupath.store.faults)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,22 +79,38 @@ class Manifest:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, serialised write: all of it lands or none of it does."""
+        """One atomic, serialised write: all of it lands or none of it does. A failing write (full
+        disk, read-only store, locked database) rolls back and raises a one-line StoreError."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"cannot write the manifest ({exc}); check that the store is writable") from None
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from None
         try:
             yield self.db
+            crash_point(MANIFEST_COMMIT)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise self._write_error(exc) from None
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
-        else:
-            try:
-                self.db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:          # SQLite may already have rolled back (e.g. disk full)
+            with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
-                raise StoreError(f"commit failed ({exc}); the store is unchanged") from None
+
+    def _write_error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "full" in text.lower():
+            return StoreError(f"no space left on the device holding {self.path.parent}; free some space and "
+                              "run the same command again (the store is unchanged)")
+        if "readonly" in text.lower() or "read-only" in text.lower() or "unable to open" in text.lower():
+            return StoreError(f"cannot write the manifest {self.path} ({text}); make the store writable and "
+                              "run the same command again (the store is unchanged)")
+        return StoreError(f"cannot write the manifest {self.path} ({text}); check that the store is "
+                          "writable and not held by another process (the store is unchanged)")
 
     # ---- meta -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

@@ -1,0 +1,302 @@
+"""Speed benchmarks (issue "Speed"): every figure is a ratio measured in this run against a baseline
+run in the same process, median over repeats. Results go to docs/benchmarks.md (section "speed").
+
+    .venv/bin/python benchmarks/speed.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.report import environment, table, write_section  # noqa: E402
+from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root  # noqa: E402
+from mupath.model.components import new_component_tensors  # noqa: E402
+from mupath.model.multipath import shared_forward  # noqa: E402
+from mupath.train.cache import ActivationCache, frozen_prefix  # noqa: E402
+from mupath.train.loop import TrainConfig, train_path  # noqa: E402
+from mupath.train.pipeline import to_model_input  # noqa: E402
+
+# The issue's reference configuration: 6-block ViT-Ti (dim 192), 32 px, patch 4, batch 128.
+BENCH = RootSpec(kwargs=dict(img_size=32, patch_size=4, depth=6, embed_dim=192, num_heads=3))
+BATCH = 128
+HP = dict(ds_image_size=32, opt_name="adamw", opt_lr=1e-3, opt_momentum=0.9, opt_nesterov=False,
+          opt_lr_warmup_ratio=0.05)
+
+
+def build(spec: RootSpec, owned_slots: list[str], classes: int = 10):
+    modules = {}
+    for slot, kind, config, tensors in cut_root(create_root(spec)):
+        m = build_component(ComponentSpec(kind, config), spec)
+        m.load_state_dict(tensors)
+        modules[slot] = m
+    dim = spec.kwargs["embed_dim"]
+    head = ComponentSpec("head", {"dim": dim, "num_classes": classes})
+    modules["head"] = build_component(head, spec)
+    modules["head"].load_state_dict(new_component_tensors(head, 0))
+    for slot, m in modules.items():
+        m.requires_grad_(slot in owned_slots)
+    return PathModel(modules), {s: modules[s] for s in owned_slots}, {s: f"id-{s}" for s in modules}
+
+
+def data(n: int, size: int = 32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g))
+
+
+def ours(owned_slots, steps, x, y, use_cache=False):
+    """Images per second of mupath's candidate loop (train time only), and cache fill seconds."""
+    model, owned, ids = build(BENCH, owned_slots)
+    val = to_model_input(x[:BATCH], 32)
+    prefix, fill = None, 0.0
+    if use_cache:
+        t0 = time.perf_counter()
+        prefix = ActivationCache(8 << 30).prefix(model, frozen_prefix(model, {id(m) for m in owned.values()}, ids),
+                                                 "bench", 32, x, val)
+        fill = time.perf_counter() - t0
+    out = train_path(model, owned, HP, TrainConfig(steps, 1, BATCH, 0), x, y, val, y[:BATCH], lambda q: q,
+                     float("-inf"), prefix=prefix)
+    return steps * BATCH / out.train_time, fill
+
+
+def hand_written(owned_blocks: list[int], steps, x, y):
+    """A plain timm training loop with the same trainable set (the baseline for framework overhead)."""
+    model = create_root(BENCH)
+    head = torch.nn.Linear(192, 10)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    model.requires_grad_(False)
+    for i in owned_blocks:
+        model.blocks[i].requires_grad_(True)
+    model.norm.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (BATCH,), generator=g)
+        inp = x[idx].float().div_(127.5).sub_(1.0)
+        loss = torch.nn.functional.cross_entropy(head(model.forward_features(inp)[:, 0]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return steps * BATCH / (time.perf_counter() - t0)
+
+
+def median_of(fn, repeats):
+    return statistics.median(fn() for _ in range(repeats))
+
+
+def bench_overhead(steps, repeats):
+    x, y = data(4096)
+    owned = ["block_3", "block_4", "block_5", "norm", "head"]
+    ours(owned, 3, x, y)
+    hand_written([3, 4, 5], 3, x, y)
+    a = median_of(lambda: ours(owned, steps, x, y)[0], repeats)
+    b = median_of(lambda: hand_written([3, 4, 5], steps, x, y), repeats)
+    return a, b
+
+
+def bench_cache(steps, repeats):
+    x, y = data(4096)
+    rows = []
+    for frozen in (3, 5, 6):
+        owned = [f"block_{i}" for i in range(frozen, 6)] + ["norm", "head"]
+        plain = median_of(lambda: ours(owned, steps, x, y)[0], repeats)
+        runs = [ours(owned, steps, x, y, use_cache=True) for _ in range(repeats)]
+        cached = statistics.median(r[0] for r in runs)
+        fill = statistics.median(r[1] for r in runs)
+        # amortised: one candidate of 800 steps paying the whole fill itself (the worst case)
+        per_img = 1 / cached + fill / (800 * BATCH)
+        rows.append((frozen, plain, cached, cached / plain, (1 / per_img) / plain, fill))
+    return rows
+
+
+def bench_inference(repeats):
+    torch.manual_seed(0)
+    base, _, ids = build(BENCH, [])
+    models, slot_ids = {}, {}
+    for t in range(8):
+        parts = dict(base.parts.items())
+        for slot in ("block_3", "block_4", "block_5", "norm", "head"):
+            parts[slot] = copy.deepcopy(parts[slot])
+            for p in parts[slot].parameters():
+                p.data.add_(torch.randn_like(p) * 0.01)
+        models[f"t{t}"] = PathModel(parts).eval()
+        slot_ids[f"t{t}"] = {s: (ids[s] if s not in ("block_3", "block_4", "block_5", "norm", "head")
+                                  else f"{ids[s]}-{t}") for s in parts}
+    x = to_model_input(data(1000)[0], 32)
+
+    def per_task():
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for m in models.values():
+                for i in range(0, 1000, 250):
+                    m(x[i:i + 250])
+        return time.perf_counter() - t0
+
+    def shared():
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, 1000, 250):
+                shared_forward(models, slot_ids, x[i:i + 250])
+        return time.perf_counter() - t0
+
+    with torch.inference_mode():
+        ref = {t: m(x[:250]) for t, m in models.items()}
+        got = shared_forward(models, slot_ids, x[:250])
+    assert all(torch.equal(ref[t], got[t]) for t in models)
+    per_task(), shared()
+    a = median_of(per_task, repeats)
+    b = median_of(shared, repeats)
+    return 8000 / a, 8000 / b
+
+
+def bench_flops(repeats):
+    from torch.utils.flop_counter import FlopCounterMode
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    gemm = median_of(lambda: (lambda t0: (a @ b, time.perf_counter() - t0)[1])(time.perf_counter()), repeats)
+    peak = 2 * n ** 3 / gemm
+    model, owned, _ = build(BENCH, ["patch_embed", "cls_token", "pos_embed"] + [f"block_{i}" for i in range(6)]
+                            + ["norm", "head"])
+    x, y = data(BATCH)
+    inp = to_model_input(x, 32)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(inp), y).backward()
+    flops = counter.get_total_flops()
+    xs, ys = data(2048)
+    rate = median_of(lambda: ours(list(owned), 20, xs, ys)[0], repeats)     # images/s, all trainable
+    achieved = flops / BATCH * rate
+    return peak, achieved, rate
+
+
+def bench_generation(steps):
+    """One generation of 4 candidates on the demo root: 1 worker x 1 thread, 2 workers x 1 thread,
+    1 worker x 2 threads (wall time of the task iteration, process start-up included)."""
+    from mupath import System
+    from mupath.cli.demo import DEMO_ROOT
+    from mupath.data import load_task
+    task = load_task("digits")
+    out = {}
+    for label, workers, threads in (("1 worker x 1 thread", 1, 1), ("2 workers x 1 thread", 2, 1),
+                                    ("1 worker x 2 threads", 1, 2)):
+        folder = Path(tempfile.mkdtemp())
+        try:
+            system = System.create(folder / "s", **DEMO_ROOT)
+            system.add_task(task)
+            executor = "inprocess" if workers == 1 else "process"
+            t0 = time.perf_counter()
+            system.evolve(["digits"], generations=1, candidates=4, workers=workers, threads_per_worker=threads,
+                          executor=executor, steps_per_validation=steps, validations=1, cache_mb=0,
+                          check_immutability=False)
+            out[label] = time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(2)
+            shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def bench_growth(steps, tasks):
+    """Wall time per task as the system grows (same budget per task)."""
+    from mupath import System, Task
+    from mupath.cli.demo import DEMO_ROOT
+    from mupath.data import load_task
+    d = load_task("digits")
+    maps = [lambda y: y, lambda y: y % 2, lambda y: (y >= 5).astype(np.int64), lambda y: y % 3,
+            lambda y: (y == 0).astype(np.int64), lambda y: y // 2, lambda y: (y % 4 == 0).astype(np.int64),
+            lambda y: 9 - y]
+    folder = Path(tempfile.mkdtemp())
+    times = []
+    try:
+        system = System.create(folder / "s", **DEMO_ROOT)
+        for i in range(tasks):
+            f = maps[i % len(maps)]
+            system.add_task(Task.from_arrays(f"t{i}", d.train.images, f(d.train.labels),
+                                             val=(d.validation.images, f(d.validation.labels)),
+                                             test=(d.test.images, f(d.test.labels))))
+            rep = system.evolve([f"t{i}"], generations=1, candidates=2, steps_per_validation=steps,
+                                validations=1)
+            times.append(rep.tasks[0].wall_time)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    steps, repeats = (10, 1) if args.quick else (40, 3)
+    t_start = time.perf_counter()
+    sections = []
+
+    a, b = bench_overhead(steps, repeats)
+    sections.append("### Candidate training vs a hand-written timm loop (same trainable set)\n\n" + table(
+        ["loop", "img/s"], [["mupath candidate loop", f"{a:.1f}"], ["hand-written timm loop", f"{b:.1f}"],
+                            ["**ratio**", f"**{a / b:.2f}x** (target >= 0.95x)"]]))
+    print("overhead", a, b, a / b, flush=True)
+
+    rows = bench_cache(steps, repeats)
+    sections.append("### Frozen-prefix cache vs uncached (6 blocks, no augmentation)\n\n" + table(
+        ["frozen blocks", "uncached img/s", "cached img/s", "speed-up", "speed-up incl. fill (800-step candidate)",
+         "cache fill (4,096 images)"],
+        [[f"{f}/6", f"{p:.0f}", f"{c:.0f}", f"**{r:.2f}x**", f"{ra:.2f}x", f"{fill:.1f}s"] for f, p, c, r, ra, fill in rows])
+        + "\n\nTarget >= 4x for a path with at least half its blocks frozen.")
+    print("cache", rows, flush=True)
+
+    per_task, shared = bench_inference(repeats)
+    sections.append("### Inference, 8 tasks sharing the first half of their paths (1,000 images each)\n\n" + table(
+        ["mode", "task-images/s"], [["one pass per task", f"{per_task:.0f}"], ["shared prefix (trie)", f"{shared:.0f}"],
+                                    ["**ratio**", f"**{shared / per_task:.2f}x** (target >= 1.8x)"]]))
+    print("inference", per_task, shared, flush=True)
+
+    peak, achieved, rate = bench_flops(repeats)
+    sections.append("### Achieved training FLOP/s (all components trainable, batch 128)\n\n" + table(
+        ["measure", "value"], [["fp32 GEMM peak (2048^3, 2 threads)", f"{peak / 1e9:.1f} GFLOP/s"],
+                               ["training throughput", f"{rate:.1f} img/s"],
+                               ["achieved", f"{achieved / 1e9:.1f} GFLOP/s = **{achieved / peak:.0%}** of peak"]]))
+    print("flops", peak, achieved, flush=True)
+
+    gen = bench_generation(60 if args.quick else 250)
+    base = gen["1 worker x 1 thread"]
+    sections.append("### One generation (4 candidates, demo root, digits) by executor\n\n" + table(
+        ["executor", "wall s", "speed-up vs 1x1"],
+        [[k, f"{v:.1f}", f"{base / v:.2f}x"] for k, v in gen.items()]) + "\n\nTarget: 2 workers x 1 thread >= 1.7x.")
+    print("generation", gen, flush=True)
+
+    times = bench_growth(40 if args.quick else 150, 4 if args.quick else 8)
+    slope = np.polyfit(np.arange(len(times)), times, 1)[0]
+    sections.append("### Time per task as the system grows (same budget per task)\n\n" + table(
+        ["tasks already in the system"] + [str(i) for i in range(len(times))],
+        [["wall s"] + [f"{t:.1f}" for t in times]])
+        + f"\n\nLinear fit slope: {slope:+.2f} s per added task (mean {np.mean(times):.1f} s).")
+    print("growth", times, flush=True)
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cache_mb = 4096 * 65 * 192 * 4 / 2 ** 20
+    sections.append("### Memory\n\n" + table(["measure", "value"], [
+        ["peak resident memory of this benchmark process", f"{rss:.0f} MiB"],
+        ["activation cache for 4,096 images (65 tokens x 192, fp32)", f"{cache_mb:.0f} MiB"],
+        ["default cache bound per worker (`cache_mb`)", "1024 MiB"]]))
+    body = ("## Speed\n\n" + environment() + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n"
+            + "\n\n".join(sections))
+    print(write_section("benchmarks.md", "speed", body, title="mupath benchmarks"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""Baselines of the quality benchmark (the reference's `exp_config_set_baseline_common`): per task ONE
+path whose parent is always the root, trained as one long candidate with the same number of training
+images the evolution spent on that task, several validations and best-snapshot selection.
+
+- `finetune-all`: every root component cloned (trainable) plus a new head;
+- `freeze-bottom:X`: blocks >= X, the final norm and the head train (clones); the embeddings and
+  blocks < X are the frozen root components, shared;
+- `adapters:D`: an identity-initialised residual adapter of width D before every block; only the
+  adapters, the final norm and the head train, everything else is the frozen root;
+- `sequential`: one shared model (the root cloned once) with one head per task, fine-tuned task after
+  task (body + current head), every earlier task re-tested after each later one: the forgetting
+  baseline. It has no store path; see `run_sequential`.
+
+The first three are built as `ChildPlan`s, trained by the worker's `run_job` and stored with
+`System.commit` in a store of their own (one System per method), so their accuracy, parameter
+accounting and test evaluation are computed exactly as the evolved system's. Hyperparameters are the
+search space's defaults."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import shutil
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+import torch
+
+from mupath.errors import ConfigError, MupathError
+from mupath.model.components import ComponentSpec, build_component, new_component_tensors
+from mupath.model.path_model import PathModel
+from mupath.runtime.executors import make_executor
+from mupath.search.mutation import ChildPlan, CompInfo, Lineage, SlotPlan, _find, _fresh, _wanted_slots, pos_grid
+from mupath.search.scoring import compute_locks
+from mupath.search.settings import EvolveSettings, make_settings
+from mupath.store.records import ROOT_TASK, PathRecord
+from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
+from mupath.train.loop import TrainConfig, train_path
+from mupath.train.pipeline import to_model_input
+
+if TYPE_CHECKING:
+    from mupath.system import System
+
+STORE_METHODS = ("finetune-all", "freeze-bottom", "adapters")   #: methods committed into a store
+SEQUENTIAL = "sequential"
+DEFAULT_VALIDATIONS = 8   #: validations of a baseline candidate when no steps_per_validation is given
+
+
+# ---- methods and budgets ---------------------------------------------------------------------
+def parse_method(method: str, depth: int | None = None) -> tuple[str, int | None]:
+    """'finetune-all' | 'freeze-bottom:X' | 'adapters:D' | 'sequential' -> (kind, argument)."""
+    match = re.fullmatch(r"(finetune-all|sequential|freeze-bottom|adapters)(?::(\d+))?", str(method).strip())
+    if not match:
+        raise ConfigError(f"unknown baseline '{method}'; use finetune-all, freeze-bottom:X, adapters:D "
+                          "or sequential")
+    kind, arg = match.group(1), match.group(2)
+    if kind in ("finetune-all", SEQUENTIAL):
+        if arg is not None:
+            raise ConfigError(f"baseline '{kind}' takes no argument, got '{method}'")
+        return kind, None
+    if arg is None:
+        example = "freeze-bottom:2" if kind == "freeze-bottom" else "adapters:32"
+        raise ConfigError(f"baseline '{kind}' needs an argument, e.g. {example}")
+    value = int(arg)
+    if kind == "freeze-bottom" and depth is not None and value > depth:
+        raise ConfigError(f"freeze-bottom:{value} freezes more blocks than the root has ({depth})")
+    if kind == "adapters" and value < 1:
+        raise ConfigError("adapters:D needs a width D >= 1")
+    return kind, value
+
+
+def split_budget(images: int, batch_size: int, steps_per_validation: int | None = None,
+                 validations: int | None = None) -> tuple[int, int]:
+    """(steps per validation, validations) of one long candidate that processes `images` training
+    images (rounded down to whole batches). The validation count is the one that keeps the evolution's
+    `steps_per_validation` (the reference multiplies the validations), or `validations`; it is moved to
+    the nearest divisor of the step count below it so that the budget is met exactly. Only when no
+    divisor is close (a step count with few divisors) are up to `validations - 1` steps left over."""
+    if batch_size < 1:
+        raise ConfigError("batch_size must be a positive integer")
+    steps = int(images) // batch_size
+    if steps < 1:
+        raise ConfigError(f"a budget of {images} training images is less than one batch of {batch_size}")
+    if validations is None:
+        validations = max(1, round(steps / steps_per_validation)) if steps_per_validation else DEFAULT_VALIDATIONS
+    want = max(1, min(int(validations), steps))
+    v = max(d for d in range(1, want + 1) if steps % d == 0)
+    if 2 * v < want:
+        v = want
+    return steps // v, v
+
+
+def forgetting(history: Iterable[tuple[str, Mapping[str, float]]]) -> tuple[float, dict[str, float]]:
+    """Forgetting from a history of (trained task, {task: test accuracy after that training}).
+
+    A task's reference is its accuracy right after its own (latest) training; its forgetting is the
+    largest drop below that reference measured after another task's training. Returns the largest
+    over tasks (0.0 when nothing dropped) and the per-task values."""
+    ref: dict[str, float] = {}
+    per_task: dict[str, float] = {}
+    for trained, accs in history:
+        if trained in accs:
+            ref[trained] = float(accs[trained])
+            per_task.setdefault(trained, 0.0)
+        for task, acc in accs.items():
+            if task != trained and task in ref:
+                per_task[task] = max(per_task.get(task, 0.0), ref[task] - float(acc))
+    return max(per_task.values(), default=0.0), per_task
+
+
+# ---- store baselines --------------------------------------------------------------------------
+@dataclasses.dataclass
+class BaselineResult:
+    method: str
+    task: str
+    path_id: str
+    test_accuracy: float
+    val_quality: float
+    budget_images: int          #: the training images it was given
+    images: int                 #: the training images it processed
+    steps_per_validation: int
+    validations: int
+    trainable: list[str]        #: slots it trained
+    frozen: list[str]           #: slots that are shared frozen root components
+    train_time: float
+    wall_time: float
+
+
+def baseline_hparams(system: "System", task: str, kind: str, arg: int | None,
+                     settings: EvolveSettings) -> dict[str, Any]:
+    """The search space's defaults, with adapters on every layer for `adapters:D`."""
+    hp = dict(system.search_space(settings).defaults)
+    hp["num_classes"] = system.task_record(task).num_classes
+    hp["adapter_layers"] = list(range(int(hp["num_layers"]))) if kind == "adapters" else []
+    if kind == "adapters":
+        hp["adapter_dim"] = int(arg)
+    return hp
+
+
+def _trains(kind: str, arg: int | None, slot: str) -> bool:
+    """Does a root component in `slot` get cloned (trainable) under this method?"""
+    if kind == "finetune-all":
+        return True
+    if slot == "norm":
+        return True      # the reference trains encoder_norm in every baseline
+    if kind == "freeze-bottom" and slot.startswith("block_"):
+        return int(slot.split("_")[1]) >= int(arg)
+    return False
+
+
+def plan_baseline(system: "System", task: str, method: str, settings: EvolveSettings,
+                  new_id: Callable[[str], str], rng: random.Random) -> ChildPlan:
+    """The ChildPlan of `method` for `task`: its parent is the root path."""
+    kind, arg = parse_method(method, system.depth)
+    if kind not in STORE_METHODS:
+        raise ConfigError(f"'{method}' is not a store baseline; use run_sequential")
+    hp = baseline_hparams(system, task, kind, arg, settings)
+    root_path = system.manifest.retained()[ROOT_TASK]
+    comps = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
+             for c in system.manifest.components().values()}
+    lineage = Lineage({root_path.id: root_path}, comps, lambda cid: False, root_path, new_id)
+    wanted = _wanted_slots(int(hp["num_layers"]), hp["adapter_layers"], int(hp["adapter_dim"]),
+                           int(hp["num_classes"]), pos_grid(int(hp["ds_image_size"]), system.patch_size), lineage)
+    slots: list[SlotPlan] = []
+    for slot, (ckind, config) in wanted.items():
+        found = _find(slot, config, [root_path], lineage)
+        if found is None:                               # head, adapters (and a resampled pos_embed)
+            slots.append(_fresh(slot, ckind, config, lineage, rng))
+        elif _trains(kind, arg, slot):
+            slots.append(SlotPlan(slot, new_id("c"), ckind, dict(config), True, {"from": found}))
+        else:
+            slots.append(SlotPlan(slot, found, ckind, dict(config), False))
+    path = PathRecord(id=new_id("p"), task=task, parent_id=root_path.id,
+                      components={s.slot: s.id for s in slots}, hparams=hp,
+                      metrics={"baseline": method, "parent_task": ROOT_TASK, "mutations": {}})
+    return ChildPlan(path, slots, {})
+
+
+def _new_ids(rng: random.Random) -> Callable[[str], str]:
+    from mupath.search.evolve import _ids
+    return _ids(rng)
+
+
+def _seed(*parts: Any) -> int:
+    from mupath.search.evolve import _seed_for
+    return _seed_for(*parts)
+
+
+def baseline_job(system: "System", plan: ChildPlan, budget_images: int, settings: EvolveSettings,
+                 run_id: str, seed: int, validations: int | None = None) -> dict[str, Any]:
+    """The worker job of a baseline candidate (the evolution's job format, the whole budget in one
+    candidate: `settings.steps_per_validation` is kept, the validations multiplied)."""
+    from mupath.search.evolve import _job
+    spv, v = split_budget(budget_images, settings.batch_size, settings.steps_per_validation, validations)
+    long = dataclasses.replace(settings, steps_per_validation=spv, validations=v)
+    locks = compute_locks(system.manifest.retained())
+    comps = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
+             for c in system.manifest.components().values()}
+    sizes = {cid: c.num_params for cid, c in comps.items()}
+    record = system.task_record(plan.path.task)
+    return _job(system, plan, plan.path.task, record.data_blob, long, locks, sizes, comps, {}, {},
+                system.scratch_dir(run_id), seed)
+
+
+def commit_baseline(system: "System", plan: ChildPlan, result: dict[str, Any], job: dict[str, Any],
+                    budget_images: int, run_id: str, check: bool = True) -> BaselineResult:
+    """Store a trained baseline path with `System.commit` (test accuracy, locks, accounting)."""
+    path = plan.path
+    if not result.get("improved"):
+        raise MupathError(f"baseline {path.metrics.get('baseline')} failed on task '{path.task}': "
+                          f"{result.get('failure') or 'no finite validation score'}")
+    comps = {s.id: CompInfo(s.id, s.kind, s.slot, s.config, int(result["component_params"][s.id]),
+                            scratch=result["scratch_file"]) for s in plan.slots if s.trainable}
+    path.quality = float(result["quality"])
+    path.metrics.update({k: result.get(k) for k in ("evals", "steps", "images", "train_time", "eval_time",
+                                                    "owned_params", "accounted_params")})
+    path.metrics.update({"budget_images": int(budget_images), "run_id": run_id})
+    info = {"baseline": path.metrics.get("baseline"), "budget_images": int(budget_images),
+            "train_images": int(result["images"]), "train_time": float(result["train_time"]),
+            "wall_time": float(result["wall_time"]), "steps_per_validation": job["steps_per_validation"],
+            "validations": job["validations"], "evals": result.get("evals"), "candidates": 1}
+    test_acc = system.commit(path.task, path, comps, {}, run_id, 0, True, info)
+    if check:
+        system.check_immutability(exclude=path.task)
+    return BaselineResult(str(path.metrics.get("baseline")), path.task, path.id, test_acc, path.quality,
+                          int(budget_images), int(result["images"]), int(job["steps_per_validation"]),
+                          int(job["validations"]), [s.slot for s in plan.slots if s.trainable],
+                          [s.slot for s in plan.slots if not s.trainable], float(result["train_time"]),
+                          float(result["wall_time"]))
+
+
+def train_store_baselines(systems: Mapping[str, "System"], tasks: list[str], budgets: Mapping[str, int],
+                          workers: int = 1, seed: int = 0, validations: int | None = None,
+                          check: bool = True, on_done: Callable[[BaselineResult], None] | None = None,
+                          **settings: Any) -> dict[str, list[BaselineResult]]:
+    """Train every (method, task) of `systems` ({method: its own store}) with `budgets[task]` training
+    images each and commit them in task order. The paths are independent (parent = root), so all the
+    candidates go to one executor at once. `settings` are evolve settings (batch_size, val_limit,
+    steps_per_validation, cache_mb, executor, threads_per_worker ...). A store with an unfinished run of
+    the same method, tasks, budgets and settings is resumed: its committed tasks are kept."""
+    base = make_settings(workers=workers, seed=seed, **settings)
+    missing = [t for t in tasks if t not in budgets]
+    if missing:
+        raise ConfigError(f"no training-image budget for task(s) {', '.join(missing)}")
+    pending: list[tuple[str, "System", str, str, ChildPlan, dict[str, Any]]] = []
+    runs: dict[str, str] = {}
+    done: dict[str, list[BaselineResult]] = {m: [] for m in systems}
+    for method, system in systems.items():
+        parse_method(method, system.depth)
+        key = json.dumps({"baseline": method, "tasks": tasks, "budgets": {t: int(budgets[t]) for t in tasks},
+                          "validations": validations, "settings": json.loads(base.resume_key(tasks))},
+                         sort_keys=True)
+        run_id, _ = system.start_run(key)
+        runs[method] = run_id
+        committed = {c["task"] for c in system.manifest.commits(run_id)}
+        for task in tasks:
+            system.task_record(task)
+            if task in committed:
+                continue
+            rng = random.Random(_seed(seed, "baseline", method, task))
+            plan = plan_baseline(system, task, method, base, _new_ids(random.Random(_seed(seed, method, task, run_id))), rng)
+            job = baseline_job(system, plan, int(budgets[task]), base, run_id, _seed(seed, "baseline", task),
+                               validations)
+            pending.append((method, system, task, run_id, plan, job))
+    executor = make_executor(base.executor, workers, base.threads_per_worker)
+    try:
+        results = executor.run([p[5] for p in pending]) if pending else []
+    finally:
+        executor.close()
+    by_key = {(p[0], p[2]): (p, r) for p, r in zip(pending, results)}
+    for method, system in systems.items():
+        for task in tasks:
+            if (method, task) not in by_key:
+                continue
+            (_, _, _, run_id, plan, job), res = by_key[(method, task)]
+            out = commit_baseline(system, plan, res, job, int(budgets[task]), run_id, check)
+            done[method].append(out)
+            if on_done:
+                on_done(out)
+        system.finish_run(runs[method])
+        shutil.rmtree(system.scratch_dir(runs[method]), ignore_errors=True)
+    return done
+
+
+# ---- sequential fine-tuning (the forgetting baseline) -----------------------------------------
+@dataclasses.dataclass
+class SequentialResult:
+    tasks: list[str]
+    after_own: dict[str, float]           #: test accuracy right after the task's own training
+    final: dict[str, float]               #: test accuracy after the last task
+    history: list[tuple[str, dict[str, float]]]   #: (trained task, accuracies of the tasks so far)
+    forgetting: float                     #: largest drop of an earlier task's test accuracy
+    forgetting_per_task: dict[str, float]
+    val_quality: dict[str, float]
+    budget_images: dict[str, int]
+    images: dict[str, int]
+    train_time: dict[str, float]
+    wall_time: dict[str, float]
+    body_params: int                      #: the shared model without heads
+    head_params: dict[str, int]
+
+    def accounted_params(self) -> dict[str, float]:
+        """µ2Net rule: the body is used by every task (|body| / tasks each), the head is the task's."""
+        n = len(self.tasks)
+        return {t: self.body_params / n + self.head_params[t] for t in self.tasks}
+
+    @property
+    def total_params(self) -> int:
+        return self.body_params + sum(self.head_params.values())
+
+
+def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int], seed: int = 0,
+                   validations: int | None = None, on_task: Callable[[str, dict[str, float]], None] | None = None,
+                   **settings: Any) -> SequentialResult:
+    """Fine-tune one model (the root of `system`, cloned) on `tasks` in order, `budgets[task]` training
+    images each, with a new head per task; after each task, re-test it and every earlier task (with its
+    own head). `system` only provides the root and the tasks' data; nothing is written to it."""
+    base = make_settings(seed=seed, **settings)
+    root_path = system.manifest.retained()[ROOT_TASK]
+    comps = system.manifest.components()
+    body: dict[str, torch.nn.Module] = {}
+    for slot, cid in root_path.components.items():
+        c = comps[cid]
+        module = build_component(ComponentSpec(c.kind, c.config), system.root_spec)
+        module.load_state_dict({k: v.clone() for k, v in system.blobs.get_tensors(c.blob).items()})
+        body[slot] = module
+    body_params = sum(p.numel() for m in body.values() for p in m.parameters())
+    heads: dict[str, torch.nn.Module] = {}
+    sizes: dict[str, int] = {}
+    out = SequentialResult(list(tasks), {}, {}, [], 0.0, {}, {}, {}, {}, {}, {}, body_params, {})
+    from mupath.system import CHECK_THREADS
+    for k, task in enumerate(tasks):
+        started = time.perf_counter()
+        hp = baseline_hparams(system, task, "finetune-all", None, base)
+        size = int(hp["ds_image_size"])
+        if size != int(system.root_spec.image_size):
+            raise ConfigError("the sequential baseline keeps the root's image size (one shared position embedding)")
+        sizes[task] = size
+        spec = ComponentSpec("head", {"dim": int(comps[root_path.components["cls_token"]].config["dim"]),
+                                      "num_classes": int(hp["num_classes"])})
+        head = build_component(spec, system.root_spec)
+        head.load_state_dict(new_component_tensors(spec, _seed(seed, "sequential", task)))
+        heads[task] = head
+        out.head_params[task] = sum(p.numel() for p in head.parameters())
+        owned = {**body, "head": head}
+        model = PathModel(dict(owned))
+        data = system.task_data(task)
+        limit = int(base.val_limit)
+        val_x = to_model_input(data["validation.x"][:limit], size)
+        spv, v = split_budget(int(budgets[task]), base.batch_size, base.steps_per_validation, validations)
+        run_seed = _seed(seed, "baseline", task)
+        torch.manual_seed(run_seed)
+        outcome = train_path(model, owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
+                             data["train.x"], data["train.y"], val_x, data["validation.y"][:limit],
+                             lambda q: q, float("-inf"))
+        if not outcome.improved or outcome.best_state is None:
+            raise MupathError(f"sequential baseline failed on task '{task}': "
+                              f"{outcome.failure or 'no finite validation score'}")
+        for slot, module in owned.items():            # keep the best snapshot (as every candidate does)
+            module.load_state_dict(outcome.best_state[slot])
+            module.requires_grad_(False)
+        accs: dict[str, float] = {}
+        for t in tasks[:k + 1]:
+            d = data if t == task else system.task_data(t)
+            with fixed_threads(CHECK_THREADS):
+                logits = logits_of(PathModel({**body, "head": heads[t]}), d["test.x"], sizes[t])
+            accs[t] = accuracy_of(logits, d["test.y"])
+        out.history.append((task, accs))
+        out.after_own[task] = accs[task]
+        out.val_quality[task] = outcome.quality
+        out.budget_images[task] = int(budgets[task])
+        out.images[task] = outcome.images
+        out.train_time[task] = outcome.train_time
+        out.wall_time[task] = time.perf_counter() - started
+        if on_task:
+            on_task(task, accs)
+    out.final = dict(out.history[-1][1]) if out.history else {}
+    out.forgetting, out.forgetting_per_task = forgetting(out.history)
+    return out
+
+
+def total_params(system: "System") -> int:
+    """Parameters of every live component of a store (the root's included)."""
+    return sum(c.num_params for c in system.manifest.components().values())
+
+
+def budgets_from_commits(system: "System", run_id: str | None = None) -> dict[str, int]:
+    """Training images the evolution spent per task: Σ `train_images` over its commits."""
+    out: dict[str, int] = {}
+    for c in system.manifest.commits(run_id):
+        if c["task"] == ROOT_TASK:
+            continue
+        out[c["task"]] = out.get(c["task"], 0) + int(c["info"].get("train_images", 0))
+    return out
