@@ -34,5 +34,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
+# Reliability: SIGKILL `mupath evolve` at random moments and crash points, resume, verify (docs/reliability.md).
+.PHONY: bench-crash
+bench-crash: $(STAMP)
+	$(VENV)/bin/python benchmarks/crash.py --trials $(or $(TRIALS),30)
+
 clean:
 	rm -rf runs .pytest_cache
+
+# Quality evidence (docs/benchmarks.md, section "quality"); `make bench-quality ARGS=--quick` for a smoke run.
+.PHONY: bench-quality
+bench-quality: $(STAMP) fashion-data
+	$(VENV)/bin/python benchmarks/quality.py $(ARGS)

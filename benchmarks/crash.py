@@ -103,6 +103,10 @@ def committed_paths(store: Path) -> dict[str, str]:
     return dict(rows or [])
 
 
+def run_done(store: Path) -> bool:
+    return _query(store, "SELECT status FROM runs") == [("done",)]
+
+
 @dataclasses.dataclass
 class Child:
     returncode: int
@@ -223,7 +227,7 @@ def run_trial(index: int, template: Path, work: Path, rng: random.Random, evolve
         for task, value in now.items():
             ref.setdefault(task, value)
             seen.setdefault(task, value[0])
-        if child.returncode == 0:
+        if child.returncode == 0 or run_done(store):   # killed after its run was marked done: complete
             finished = True
             break
         if kill_round + 1 < max_kills and rng.random() < 0.5:   # only verify, then kill the next run too

@@ -310,6 +310,8 @@ class System:
                 self.manifest.add_path(con, best)
             commit_id = self.manifest.add_commit(con, task, best.id, run_id, iteration, test_acc, info)
             if changed:
+                if not self.blobs.exists(logits_blob):     # a concurrent GC removed an identical blob
+                    self.blobs.put_tensors({"logits": logits})
                 self.manifest.set_retained(con, task, best.id, commit_id)
                 self.manifest.set_check(con, CheckRecord(task, commit_id, logits_blob, test_acc))
             self.manifest.add_offspring(con, dict(offspring))
@@ -321,9 +323,14 @@ class System:
         return test_acc
 
     def _delete_unreferenced(self, candidates: set[str]) -> None:
-        referenced = self.manifest.referenced_blobs()
-        for blob in candidates - referenced:
-            self.blobs.delete(blob)
+        """Remove blobs of dropped components, holding the write lock so that no other commit can start
+        referencing one between the check and the delete (commits re-write missing blobs anyway)."""
+        if not candidates:
+            return
+        with self.manifest.transaction():
+            referenced = self.manifest.referenced_blobs()
+            for blob in candidates - referenced:
+                self.blobs.delete(blob)
 
     def check_immutability(self, exclude: str | None = None) -> list[str]:
         """Re-run every committed task (but `exclude`) on its test images and require logits that

@@ -452,3 +452,37 @@ def test_predict_gives_class_ids_or_one_mupath_error(predictor, images):
     n = np.asarray(images).shape[0]
     assert isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.shape == (n,)
     assert ((ids >= 0) & (ids < classes)).all()
+
+
+# ---- nothing unpickles; user paths are resolved ---------------------------------------------------
+class _Trap:
+    """Unpickling this would create the marker file: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_nothing_is_ever_unpickled(tmp_path, evolved):
+    marker = tmp_path / "code-ran"
+    pth = tmp_path / "evil.pth"
+    torch.save({"patch_embed.proj.weight": torch.zeros(1), "trap": _Trap(marker)}, pth)
+    result = runner.invoke(app, ["init", str(tmp_path / "s"), "--weights", str(pth), "--image-size", "8",
+                                 "--patch-size", "4", "--depth", "1", "--embed-dim", "16", "--num-heads", "2"])
+    assert result.exit_code == 1 and "without pickled objects" in result.output
+    npy = tmp_path / "evil.npy"
+    np.save(npy, np.array([_Trap(marker)], dtype=object), allow_pickle=True)
+    result = runner.invoke(app, ["predict", str(evolved), "--task", "digits", str(npy)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not marker.exists()
+
+
+def test_user_paths_are_expanded_and_resolved(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    system = System.create("~/stores/../s", **TINY_ROOT)
+    assert system.path == (tmp_path / "s").resolve() and system.path.is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert System.open("s").path == system.path
+    assert _verify_cli(Path("~/s")).exit_code == 0

@@ -1,6 +1,11 @@
-"""Executors run a generation's candidate jobs. The interface is one method, `run(jobs, on_done)`,
-returning results in job order; jobs and results are JSON-able dicts, so a distributed executor
-(Ray) only has to ship dicts and let workers read tensors from the shared store."""
+"""Executors run a generation's candidate jobs. The interface is one method, `run(jobs, on_done,
+on_step)`, returning results in job order; jobs and results are JSON-able dicts, so a distributed
+executor (Ray, `mupath.runtime.ray_executor`) only has to ship dicts and let workers read tensors
+from the shared store (or from blob bytes it ships along).
+
+A worker process that dies (killed, out of memory, lost node) costs at most its candidate: the
+executors that run candidates out of process retry a candidate whose worker died once
+(`WORKER_RETRIES`), then drop it with the reason in its result's `failure`."""
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -17,6 +22,37 @@ Job = dict[str, Any]
 Result = dict[str, Any]
 OnDone = Callable[[int, Result], None]
 OnStep = Callable[[int, int, int], None]   # (job index, step, total)
+
+WORKER_RETRIES = 1   #: a candidate whose worker died is run once more, then dropped
+#: Fault injection for tests: a job carrying this key (a marker file path) makes the out-of-process
+#: worker that runs it exit abruptly (os._exit) while the marker does not exist, creating it first, so
+#: the retry runs (a marker that cannot be created, e.g. in a missing folder, kills every attempt).
+DIE_ONCE = "_die_once"
+
+
+def run_attempt(job: Job, **sources: Any) -> Result:
+    """What an out-of-process worker runs for one attempt at a job: the `DIE_ONCE` hook, then the
+    job (`sources`: shipped `blob_bytes` / `scratch_bytes`, see `run_job`)."""
+    marker = job.get(DIE_ONCE)
+    if marker and not os.path.exists(marker):
+        try:
+            with open(marker, "w"):
+                pass
+        except OSError:        # a marker that cannot be created: the worker dies on every attempt
+            pass
+        os._exit(1)
+    return run_job(job, None, **sources)
+
+
+def dropped(job: Job, reasons: list[str]) -> Result:
+    """The result of a candidate whose worker died on every attempt."""
+    return {"path_id": job["path_id"], "improved": False, "attempts": len(reasons),
+            "failure": f"worker died {len(reasons)}x, candidate dropped: {reasons[-1]}"}
+
+
+def died(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"[:300]
 
 
 class Executor(Protocol):
@@ -63,33 +99,81 @@ class ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
                                       initializer=_init_worker, initargs=(self.threads,))
 
-    def run(self, jobs: list[Job], on_done: OnDone | None = None, on_step: OnStep | None = None) -> list[Result]:
-        if getattr(self.pool, "_broken", False):      # a worker died earlier: start fresh processes
+    def _fresh_pool(self) -> None:
+        if getattr(self.pool, "_broken", False):      # a worker died: start fresh processes
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = self._new_pool()
-        futures = {self.pool.submit(run_job, job): i for i, job in enumerate(jobs)}
+
+    def run(self, jobs: list[Job], on_done: OnDone | None = None, on_step: OnStep | None = None) -> list[Result]:
+        """At most `workers` candidates are in flight. A worker that dies breaks a concurrent.futures
+        pool and with it every candidate in flight, so it is not known which one killed it: those
+        candidates are retried once each, alone in a fresh pool, after the others; a candidate that
+        kills its worker again then is dropped, and the innocent ones are never charged."""
         results: list[Result | None] = [None] * len(jobs)
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
-            try:
-                res = fut.result()
-            except Exception as exc:   # a worker process that died costs only its candidate
-                res = {"path_id": jobs[i]["path_id"], "improved": False,
-                       "failure": f"worker died: {type(exc).__name__}: {exc}"}
+        reasons: list[list[str]] = [[] for _ in jobs]
+
+        def finish(i: int, res: Result) -> None:
+            if reasons[i] and not res.get("attempts"):
+                res = {**res, "attempts": len(reasons[i]) + 1, "retried": list(reasons[i])}
             results[i] = res
             if on_done:
                 on_done(i, res)
+
+        queue = list(range(len(jobs)))
+        suspects: list[int] = []
+        while queue:                                   # first attempts, `workers` at a time
+            self._fresh_pool()
+            inflight: dict[cf.Future, int] = {}
+            broke = False
+            while (queue or inflight) and not broke:
+                while queue and len(inflight) < self.workers:
+                    i = queue.pop(0)
+                    inflight[self.pool.submit(run_attempt, jobs[i])] = i
+                done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    i = inflight.pop(fut)
+                    try:
+                        res = fut.result()
+                    except Exception as exc:           # its worker (or another one in the pool) died
+                        reasons[i].append(died(exc))
+                        suspects.append(i)
+                        broke = True
+                        continue
+                    finish(i, res)
+            for fut, i in inflight.items():           # the pool broke: collect the others in flight
+                try:
+                    res = fut.result()
+                except Exception as exc:
+                    reasons[i].append(died(exc))
+                    suspects.append(i)
+                    continue
+                finish(i, res)
+        for i in sorted(suspects):                     # retries, one at a time: a death is now attributable
+            self._fresh_pool()
+            try:
+                res = self.pool.submit(run_attempt, jobs[i]).result()
+            except Exception as exc:
+                reasons[i].append(died(exc))
+                res = dropped(jobs[i], reasons[i])
+            finish(i, res)
         return [r for r in results if r is not None]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_executor(kind: str, workers: int, threads: int = 0) -> Executor:
+def make_executor(kind: str, workers: int, threads: int = 0, ray_address: str | None = None,
+                  ship_blobs: bool | None = None) -> Executor:
+    """`auto` is in-process for one worker, the process pool for more, and Ray when `ray_address` is
+    given. Ray is imported only when asked for (`pip install 'mupath[ray]'`)."""
     if kind == "auto":
-        kind = "inprocess" if workers == 1 else "process"
+        kind = "ray" if ray_address else "inprocess" if workers == 1 else "process"
     if kind == "inprocess":
         return InProcessExecutor(threads)
     if kind == "process":
         return ProcessPoolExecutor(workers, threads)
-    raise ConfigError(f"unknown executor '{kind}'; use inprocess or process")
+    if kind == "ray":
+        from mupath.runtime.ray_executor import RayExecutor
+        return RayExecutor(workers, threads, ray_address, ship_blobs=ship_blobs)
+    raise ConfigError(f"unknown executor '{kind}'; use auto, inprocess, process or ray")
+

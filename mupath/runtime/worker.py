@@ -5,15 +5,18 @@ files (blobs and scratch), never through pickles."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save as save_tensors
+from safetensors.numpy import load as np_load
+from safetensors.torch import load as torch_load, load_file, save as save_tensors
 from torch import nn
 
+from mupath.errors import StoreError
 from mupath.model.components import ComponentSpec, build_component, new_component_tensors
 from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, resample_pos_embed
@@ -23,9 +26,7 @@ from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import as_nchw, has_augmentation, to_model_input
 
 
-@functools.lru_cache(maxsize=8)
-def _task_tensors(store: str, blob: str) -> dict[str, torch.Tensor]:
-    arrays = BlobStore(Path(store) / "blobs").get_arrays(blob)
+def _split_tensors(arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
     out = {}
     for split in ("train", "validation", "test"):
         out[f"{split}.x"] = as_nchw(arrays[f"{split}.images"])
@@ -33,24 +34,57 @@ def _task_tensors(store: str, blob: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def task_tensors(store: str | Path, blob: str) -> dict[str, torch.Tensor]:
-    """A task's splits as (N, C, H, W) uint8 / int64 tensors, cached per process."""
-    return _task_tensors(str(store), blob)
+@functools.lru_cache(maxsize=8)
+def _task_tensors(store: str, blob: str) -> dict[str, torch.Tensor]:
+    return _split_tensors(BlobStore(Path(store) / "blobs").get_arrays(blob))
+
+
+_SHIPPED_TASKS: dict[str, dict[str, torch.Tensor]] = {}   # task data that arrived as bytes, by blob sha
+
+
+def verified_bytes(sha: str, data: bytes) -> bytes:
+    """Shipped blob bytes are checked like a read from disk: a damaged copy is reported, never used."""
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise StoreError(f"blob {sha[:12]} arrived corrupted (hash mismatch)")
+    return data
+
+
+def task_tensors(store: str | Path, blob: str, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """A task's splits as (N, C, H, W) uint8 / int64 tensors, cached per process. `data`: the blob's
+    bytes when they were shipped to this process (no shared file system) instead of read from `store`."""
+    if data is None:
+        return _task_tensors(str(store), blob)
+    if blob not in _SHIPPED_TASKS:
+        if len(_SHIPPED_TASKS) >= 8:
+            _SHIPPED_TASKS.pop(next(iter(_SHIPPED_TASKS)))
+        _SHIPPED_TASKS[blob] = _split_tensors(np_load(verified_bytes(blob, data)))
+    return _SHIPPED_TASKS[blob]
 
 
 class TensorSource:
-    """Where a component's tensors are read from: its committed blob or a candidate's scratch file."""
+    """Where a component's tensors are read from: its committed blob (or the run's hard-link `pin` of
+    it, once a concurrent commit deleted the blob) or a candidate's scratch file. `blob_bytes` ({sha: bytes}) and `scratch_bytes` ({scratch file: bytes}) serve those that were
+    shipped to this process instead of read from the store folder."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, blob_bytes: dict[str, bytes] | None = None,
+                 scratch_bytes: dict[str, bytes] | None = None) -> None:
         self.blobs = BlobStore(store / "blobs")
+        self.blob_bytes = blob_bytes or {}
+        self.scratch_bytes = scratch_bytes or {}
         self._scratch: dict[str, dict[str, torch.Tensor]] = {}
 
     def get(self, ref: dict[str, Any]) -> dict[str, torch.Tensor]:
         if ref.get("blob"):
-            return self.blobs.get_tensors(ref["blob"])
+            sha = ref["blob"]
+            if sha in self.blob_bytes:
+                return torch_load(verified_bytes(sha, self.blob_bytes[sha]))
+            if ref.get("pin") and not self.blobs.exists(sha):   # dropped by another agent's commit
+                return torch_load(verified_bytes(sha, Path(ref["pin"]).read_bytes()))
+            return self.blobs.get_tensors(sha)
         file = ref["scratch"]
         if file not in self._scratch:
-            self._scratch[file] = load_file(file)
+            shipped = self.scratch_bytes.get(file)
+            self._scratch[file] = load_file(file) if shipped is None else torch_load(shipped)
         prefix = ref["id"] + "/"
         return {k[len(prefix):]: v for k, v in self._scratch[file].items() if k.startswith(prefix)}
 
@@ -99,13 +133,18 @@ def materialise(job: dict[str, Any], source: TensorSource) -> tuple[PathModel, d
     return PathModel(modules), owned
 
 
-def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Train one candidate; returns a JSON-able result (never raises for a training failure)."""
+def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = None,
+            blob_bytes: dict[str, bytes] | None = None,
+            scratch_bytes: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Train one candidate; returns a JSON-able result (never raises for a training failure).
+    `blob_bytes` / `scratch_bytes`: blobs (task data included) and scratch files shipped as bytes by
+    an executor whose workers do not share the store's file system; anything not in them is read
+    from the store folder as usual."""
     started = time.perf_counter()
     store = Path(job["store"])
     try:
-        data = task_tensors(store, job["task_blob"])
-        source = TensorSource(store)
+        data = task_tensors(store, job["task_blob"], (blob_bytes or {}).get(job["task_blob"]))
+        source = TensorSource(store, blob_bytes, scratch_bytes)
         model, owned = materialise(job, source)
         hp = job["hparams"]
         size = int(hp["ds_image_size"])

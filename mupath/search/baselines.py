@@ -230,22 +230,33 @@ def commit_baseline(system: "System", plan: ChildPlan, result: dict[str, Any], j
                           float(result["wall_time"]))
 
 
-def train_store_baselines(systems: Mapping[str, "System"], tasks: list[str], budgets: Mapping[str, int],
-                          workers: int = 1, seed: int = 0, validations: int | None = None,
-                          check: bool = True, on_done: Callable[[BaselineResult], None] | None = None,
-                          **settings: Any) -> dict[str, list[BaselineResult]]:
-    """Train every (method, task) of `systems` ({method: its own store}) with `budgets[task]` training
-    images each and commit them in task order. The paths are independent (parent = root), so all the
-    candidates go to one executor at once. `settings` are evolve settings (batch_size, val_limit,
-    steps_per_validation, cache_mb, executor, threads_per_worker ...). A store with an unfinished run of
-    the same method, tasks, budgets and settings is resumed: its committed tasks are kept."""
-    base = make_settings(workers=workers, seed=seed, **settings)
+@dataclasses.dataclass
+class PendingBaseline:
+    """A planned, not yet committed baseline candidate: train `job` (the worker's `run_job`), then
+    `finish_store_baselines` commits it."""
+
+    method: str
+    task: str
+    system: "System"
+    run_id: str
+    plan: ChildPlan
+    job: dict[str, Any]
+    budget_images: int
+
+
+def prepare_store_baselines(systems: Mapping[str, "System"], tasks: list[str], budgets: Mapping[str, int],
+                            seed: int = 0, validations: int | None = None,
+                            **settings: Any) -> tuple[list[PendingBaseline], dict[str, str]]:
+    """Plan the candidate of every (method, task) of `systems` ({method: its own store}) with
+    `budgets[task]` training images. Returns the pending candidates and {method: run id}. A store with
+    an unfinished run of the same method, tasks, budgets and settings is resumed: tasks it already
+    committed are skipped."""
+    base = make_settings(seed=seed, **settings)
     missing = [t for t in tasks if t not in budgets]
     if missing:
         raise ConfigError(f"no training-image budget for task(s) {', '.join(missing)}")
-    pending: list[tuple[str, "System", str, str, ChildPlan, dict[str, Any]]] = []
+    pending: list[PendingBaseline] = []
     runs: dict[str, str] = {}
-    done: dict[str, list[BaselineResult]] = {m: [] for m in systems}
     for method, system in systems.items():
         parse_method(method, system.depth)
         key = json.dumps({"baseline": method, "tasks": tasks, "budgets": {t: int(budgets[t]) for t in tasks},
@@ -258,29 +269,47 @@ def train_store_baselines(systems: Mapping[str, "System"], tasks: list[str], bud
             system.task_record(task)
             if task in committed:
                 continue
-            rng = random.Random(_seed(seed, "baseline", method, task))
-            plan = plan_baseline(system, task, method, base, _new_ids(random.Random(_seed(seed, method, task, run_id))), rng)
+            new_id = _new_ids(random.Random(_seed(seed, "ids", method, task, run_id)))
+            plan = plan_baseline(system, task, method, base, new_id, random.Random(_seed(seed, "baseline", method, task)))
             job = baseline_job(system, plan, int(budgets[task]), base, run_id, _seed(seed, "baseline", task),
                                validations)
-            pending.append((method, system, task, run_id, plan, job))
-    executor = make_executor(base.executor, workers, base.threads_per_worker)
-    try:
-        results = executor.run([p[5] for p in pending]) if pending else []
-    finally:
-        executor.close()
-    by_key = {(p[0], p[2]): (p, r) for p, r in zip(pending, results)}
+            pending.append(PendingBaseline(method, task, system, run_id, plan, job, int(budgets[task])))
+    return pending, runs
+
+
+def finish_store_baselines(pending: list[PendingBaseline], results: list[dict[str, Any]], runs: Mapping[str, str],
+                           systems: Mapping[str, "System"], check: bool = True,
+                           on_done: Callable[[BaselineResult], None] | None = None) -> dict[str, list[BaselineResult]]:
+    """Commit trained candidates (`results` in the order of `pending`) store by store, in task order,
+    and close the runs."""
+    done: dict[str, list[BaselineResult]] = {m: [] for m in systems}
+    for p, res in zip(pending, results):       # pending is already in (method, task order)
+        out = commit_baseline(p.system, p.plan, res, p.job, p.budget_images, p.run_id, check)
+        done[p.method].append(out)
+        if on_done:
+            on_done(out)
     for method, system in systems.items():
-        for task in tasks:
-            if (method, task) not in by_key:
-                continue
-            (_, _, _, run_id, plan, job), res = by_key[(method, task)]
-            out = commit_baseline(system, plan, res, job, int(budgets[task]), run_id, check)
-            done[method].append(out)
-            if on_done:
-                on_done(out)
         system.finish_run(runs[method])
         shutil.rmtree(system.scratch_dir(runs[method]), ignore_errors=True)
     return done
+
+
+def train_store_baselines(systems: Mapping[str, "System"], tasks: list[str], budgets: Mapping[str, int],
+                          workers: int = 1, seed: int = 0, validations: int | None = None,
+                          check: bool = True, on_done: Callable[[BaselineResult], None] | None = None,
+                          **settings: Any) -> dict[str, list[BaselineResult]]:
+    """Train and commit every (method, task) of `systems` ({method: its own store}) with
+    `budgets[task]` training images each. The paths are independent (parent = root), so all candidates
+    go to one executor at once; they are committed in task order. `settings` are evolve settings
+    (batch_size, val_limit, steps_per_validation, cache_mb, executor, threads_per_worker ...)."""
+    base = make_settings(workers=workers, seed=seed, **settings)
+    pending, runs = prepare_store_baselines(systems, tasks, budgets, seed, validations, workers=workers, **settings)
+    executor = make_executor(base.executor, workers, base.threads_per_worker)
+    try:
+        results = executor.run([p.job for p in pending]) if pending else []
+    finally:
+        executor.close()
+    return finish_store_baselines(pending, results, runs, systems, check, on_done)
 
 
 # ---- sequential fine-tuning (the forgetting baseline) -----------------------------------------
@@ -378,6 +407,25 @@ def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int
     out.final = dict(out.history[-1][1]) if out.history else {}
     out.forgetting, out.forgetting_per_task = forgetting(out.history)
     return out
+
+
+def sequential_job(job: dict[str, Any]) -> dict[str, Any]:
+    """`run_sequential` as a JSON job (for a process pool, next to `run_job` candidates):
+    {"store", "tasks", "budgets", "seed", "validations", "settings"} -> the result as a dict."""
+    from mupath.system import System
+    system = System.open(job["store"])
+    try:
+        result = run_sequential(system, list(job["tasks"]), job["budgets"], int(job.get("seed", 0)),
+                                job.get("validations"), **job.get("settings", {}))
+    finally:
+        system.close()
+    return dataclasses.asdict(result)
+
+
+def sequential_from_dict(data: Mapping[str, Any]) -> SequentialResult:
+    fields = dict(data)
+    fields["history"] = [(t, dict(a)) for t, a in fields["history"]]
+    return SequentialResult(**fields)
 
 
 def total_params(system: "System") -> int:

@@ -35,10 +35,16 @@ class EvolveSettings:
     mutate_adapters: bool = True
     #: re-run every other task after each commit and require bit-identical logits
     check_immutability: bool = True
-    #: "auto" (in-process for 1 worker, else process pool) | "inprocess" | "process"
+    #: "auto" (in-process for 1 worker, else process pool; Ray when ray_address is set) | "inprocess"
+    #: | "process" | "ray" (pip install 'mupath[ray]')
     executor: str = "auto"
-    #: torch threads per worker; 0 = cores // workers
+    #: torch threads per worker; 0 = cores // workers (Ray: cluster CPUs // workers)
     threads_per_worker: int = 0
+    #: Ray cluster to join ("HOST:6379", "auto"); None = a local Ray cluster for the run
+    ray_address: str | None = None
+    #: ship blobs, task data and scratch files to Ray workers through the object store (nodes without
+    #: a shared file system); None = on when ray_address is set, off for a local cluster
+    ray_ship_blobs: bool | None = None
     #: memory bound (MiB per worker) of the frozen-prefix activation cache; 0 switches it off
     cache_mb: int = 1024
     #: hyperparameter default overrides {key: value}
@@ -55,11 +61,21 @@ class EvolveSettings:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not (0.0 < float(self.scale_factor) <= 1.0):
             raise ConfigError(f"scale_factor must be in (0, 1], got {self.scale_factor}")
-        if self.executor not in ("auto", "inprocess", "process"):
-            raise ConfigError(f"executor must be auto, inprocess or process, got '{self.executor}'")
+        if self.executor not in ("auto", "inprocess", "process", "ray"):
+            raise ConfigError(f"executor must be auto, inprocess, process or ray, got '{self.executor}'")
         if self.executor == "inprocess" and self.workers > 1:
             raise ConfigError("executor 'inprocess' runs one candidate at a time; use --workers 1 "
                               "or --executor process")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError(f"ray_address must be a cluster address like HOST:6379 or 'auto', got {self.ray_address!r}")
+        uses_ray = self.executor == "ray" or (self.executor == "auto" and self.ray_address)
+        if (self.ray_address or self.ray_ship_blobs is not None) and not uses_ray:
+            raise ConfigError(f"ray_address and ray_ship_blobs apply to the ray executor only, not "
+                              f"'{self.executor}'; use --executor ray")
+        if uses_ray:
+            from mupath.runtime.ray_executor import PIP_HINT, ray_available
+            if not ray_available():
+                raise ConfigError(f"the ray executor needs Ray, which is not installed: {PIP_HINT}")
         if self.threads_per_worker < 0:
             raise ConfigError("threads_per_worker must be >= 0")
         if self.cache_mb < 0:
@@ -70,9 +86,9 @@ class EvolveSettings:
 
     def resume_key(self, tasks: list[str]) -> str:
         """What must match for a run to be resumed: everything that changes the search's choices.
-        (workers, executor and threads only change speed.)"""
+        (workers, executor, threads and where the workers run only change speed.)"""
         data = dataclasses.asdict(self)
-        for k in ("workers", "executor", "threads_per_worker", "cache_mb"):
+        for k in ("workers", "executor", "threads_per_worker", "cache_mb", "ray_address", "ray_ship_blobs"):
             data.pop(k)
         return json.dumps({"settings": data, "tasks": tasks}, sort_keys=True)
 

@@ -152,7 +152,7 @@ class Manifest:
         return PathRecord(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]),
                           float("-inf") if r[5] is None else r[5], json.loads(r[6]))
 
-    def path(self, path_id: str) -> PathRecord | None:
+    def get_path(self, path_id: str) -> PathRecord | None:
         row = self.db.execute("SELECT id, task, parent_id, components, hparams, quality, metrics "
                               "FROM paths WHERE id=?", (path_id,)).fetchone()
         return None if row is None else self._path_from_row(row)

@@ -1,0 +1,143 @@
+"""Baselines of the quality benchmark: each trains exactly the components it should, spends exactly the
+training-image budget it was given, leaves the shared root untouched, and the sequential baseline
+reports forgetting as the largest drop of an earlier task's test accuracy."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from conftest import TINY_ROOT
+from mupath import System
+from mupath.errors import ConfigError
+from mupath.model.root import RootSpec, create_root, cut_root
+from mupath.search.baselines import (budgets_from_commits, forgetting, parse_method, plan_baseline,
+                                     run_sequential, split_budget, train_store_baselines)
+from mupath.search.evolve import _ids
+from mupath.search.settings import make_settings
+from mupath.store.records import ROOT_TASK
+
+SETTINGS = dict(steps_per_validation=15, batch_size=32, val_limit=200)
+BUDGET = 32 * 30     # 30 steps of 32 images -> 2 validations of 15 steps
+
+EXPECTED_TRAINABLE = {   # depth-2 tiny root
+    "finetune-all": {"patch_embed", "cls_token", "pos_embed", "block_0", "block_1", "norm", "head"},
+    "freeze-bottom:1": {"block_1", "norm", "head"},
+    "adapters:8": {"adapter_0", "adapter_1", "norm", "head"},
+}
+
+
+def _plan(system, method, task="digits"):
+    return plan_baseline(system, task, method, make_settings(**SETTINGS), _ids(random.Random(0)), random.Random(0))
+
+
+def test_methods_parse_and_bad_names_fail():
+    assert parse_method("finetune-all") == ("finetune-all", None)
+    assert parse_method("freeze-bottom:3") == ("freeze-bottom", 3)
+    assert parse_method("adapters:32") == ("adapters", 32)
+    assert parse_method("sequential") == ("sequential", None)
+    for bad in ("finetune", "freeze-bottom", "adapters:0", "finetune-all:2", "freeze-bottom:5"):
+        with pytest.raises(ConfigError):
+            parse_method(bad, depth=4)
+
+
+def test_split_budget_spends_exactly_the_budget():
+    assert split_budget(BUDGET, 32, 15) == (15, 2)
+    assert split_budget(64 * 4800, 64, 100) == (100, 48)       # the evolution's interval is kept
+    spv, v = split_budget(64 * 1000, 64, None, 7)               # 7 does not divide 1000: nearest divisor 5
+    assert (spv, v) == (200, 5) and spv * v * 64 == 64 * 1000
+    with pytest.raises(ConfigError):
+        split_budget(10, 32, 15)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED_TRAINABLE))
+def test_plans_train_exactly_their_components(tiny_system, digits_small, method):
+    tiny_system.add_task(digits_small)
+    plan = _plan(tiny_system, method)
+    root = tiny_system.manifest.retained()[ROOT_TASK]
+    trainable = {s.slot for s in plan.slots if s.trainable}
+    assert trainable == EXPECTED_TRAINABLE[method]
+    assert plan.path.parent_id == root.id
+    for s in plan.slots:
+        if s.trainable and s.slot in root.components:
+            assert s.init == {"from": root.components[s.slot]} and s.id != root.components[s.slot]
+        elif s.trainable:
+            assert "new" in s.init                                   # fresh head / identity adapters
+        else:
+            assert s.id == root.components[s.slot]                   # the shared frozen root component
+    if method.startswith("adapters"):
+        assert plan.path.hparams["adapter_layers"] == [0, 1] and plan.path.hparams["adapter_dim"] == 8
+    else:
+        assert plan.path.hparams["adapter_layers"] == []
+
+
+def test_store_baselines_spend_the_budget_and_leave_the_root_unchanged(tmp_path, digits_small, parity_task):
+    systems = {m: System.create(tmp_path / m.replace(":", "-"), **TINY_ROOT) for m in EXPECTED_TRAINABLE}
+    for s in systems.values():
+        s.add_task(digits_small)
+        s.add_task(parity_task)
+    budgets = {"digits": BUDGET, "parity": 2 * BUDGET}
+    out = train_store_baselines(systems, ["digits", "parity"], budgets, workers=1, **SETTINGS)
+    fresh_root = {slot: tensors for slot, _, _, tensors in cut_root(create_root(RootSpec.from_json(
+        systems["finetune-all"].manifest.get_meta("root"))))}
+    for method, system in systems.items():
+        assert [r.task for r in out[method]] == ["digits", "parity"]
+        comps = system.manifest.components()
+        retained = system.manifest.retained()
+        root = retained[ROOT_TASK]
+        for r in out[method]:
+            assert r.images == r.budget_images == budgets[r.task]
+            assert set(r.trainable) == EXPECTED_TRAINABLE[method]
+            path = retained[r.task]
+            assert path.parent_id == root.id
+            for slot, cid in path.components.items():
+                owner = comps[cid].task
+                assert owner == (r.task if slot in EXPECTED_TRAINABLE[method] else ROOT_TASK)
+            assert 0.0 <= r.test_accuracy <= 1.0
+        for slot, cid in root.components.items():                # shared root components never change
+            stored = system.blobs.get_tensors(comps[cid].blob)
+            assert all(torch.equal(stored[k], v) for k, v in fresh_root[slot].items())
+        commits = system.manifest.commits()
+        assert budgets_from_commits(system) == budgets
+        assert all(c["info"]["budget_images"] == c["info"]["train_images"] for c in commits)
+        status = {s.task: s for s in system.status()}
+        assert status["digits"].test_accuracy == pytest.approx(system.evaluate("digits"))
+        assert status["digits"].accounted_params > 0
+        assert sorted(system.check_immutability()) == ["digits", "parity"]
+    # finetune-all trains a copy of every root component: the copies moved away from the root
+    ft = systems["finetune-all"]
+    comps = ft.manifest.components()
+    block = comps[ft.manifest.retained()["digits"].components["block_0"]]
+    trained = ft.blobs.get_tensors(block.blob)
+    assert any(not torch.equal(trained[k], v) for k, v in fresh_root["block_0"].items())
+
+
+def test_forgetting_is_the_largest_drop_after_other_tasks():
+    history = [("a", {"a": 0.9}), ("b", {"a": 0.7, "b": 0.8}), ("c", {"a": 0.8, "b": 0.75, "c": 0.6}),
+               ("a", {"a": 0.95, "b": 0.75, "c": 0.6}), ("d", {"a": 0.9, "b": 0.7, "c": 0.6, "d": 0.5})]
+    worst, per_task = forgetting(history)
+    assert per_task["a"] == pytest.approx(0.2)          # 0.9 -> 0.7 (a's own retraining resets its reference)
+    assert per_task["b"] == pytest.approx(0.1)
+    assert per_task["c"] == 0.0 and per_task["d"] == 0.0
+    assert worst == pytest.approx(0.2)
+    assert forgetting([]) == (0.0, {})
+
+
+def test_sequential_retests_earlier_tasks_and_reports_the_largest_drop(tiny_system, digits_small, parity_task):
+    tiny_system.add_task(digits_small)
+    tiny_system.add_task(parity_task)
+    budgets = {"digits": BUDGET, "parity": BUDGET}
+    res = run_sequential(tiny_system, ["digits", "parity"], budgets, **SETTINGS)
+    assert [t for t, _ in res.history] == ["digits", "parity"]
+    assert set(res.history[1][1]) == {"digits", "parity"}
+    assert res.images == budgets
+    assert res.after_own["digits"] == res.history[0][1]["digits"]
+    assert res.final == res.history[1][1]
+    expected = max(0.0, res.after_own["digits"] - res.final["digits"])
+    assert res.forgetting == pytest.approx(expected)
+    assert res.forgetting_per_task["digits"] == pytest.approx(expected)
+    acc = res.accounted_params()
+    assert acc["digits"] == pytest.approx(res.body_params / 2 + res.head_params["digits"])
+    assert res.total_params == res.body_params + sum(res.head_params.values())
+    assert tiny_system.manifest.commits() == []        # nothing was written to the store

@@ -1,0 +1,76 @@
+"""Executors without Ray: the process pool retries a candidate whose worker died once and drops it
+when it dies again, without charging the candidates that died with it; Ray stays optional."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_ROOT, TINY_SETTINGS, blobs_task
+from mupath import ConfigError, System
+from mupath.runtime.executors import DIE_ONCE, ProcessPoolExecutor, make_executor
+from mupath.search.settings import make_settings
+
+
+def test_importing_mupath_does_not_import_ray():
+    code = ("import sys, mupath, mupath.runtime, mupath.search.evolve, mupath.cli.main; "
+            "from mupath.runtime.executors import make_executor; make_executor('process', 2).close(); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_ray_executor_without_ray_is_a_one_line_config_error(monkeypatch):
+    import mupath.runtime.ray_executor as ray_executor
+    monkeypatch.setitem(sys.modules, "ray", None)           # `import ray` raises ImportError
+    monkeypatch.setattr(ray_executor, "ray_available", lambda: False)
+    for attempt in (lambda: make_settings(executor="ray", workers=2),
+                    lambda: make_settings(ray_address="head:6379"),
+                    lambda: make_executor("ray", 2, 1)):
+        with pytest.raises(ConfigError) as err:
+            attempt()
+        assert "pip install 'mupath[ray]'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ray_settings_are_validated():
+    with pytest.raises(ConfigError, match="ray executor only"):
+        make_settings(executor="process", workers=2, ray_address="head:6379")
+    with pytest.raises(ConfigError, match="inprocess, process or ray"):
+        make_settings(executor="dask")
+    key = make_settings().resume_key(["a"])
+    assert key == make_settings(executor="process", workers=2).resume_key(["a"])
+
+
+class KillFirst:
+    """Process pool whose first job of generation g kills its worker: once (g = 0), always (g = 1)."""
+
+    def __init__(self, inner, tmp_path) -> None:
+        self.inner, self.tmp, self.results = inner, tmp_path, []
+
+    def run(self, jobs, on_done=None, on_step=None):
+        jobs = [dict(job) for job in jobs]
+        once = self.tmp / f"died-{jobs[0]['path_id']}"
+        jobs[0][DIE_ONCE] = str(once if not self.results else self.tmp / "no-such-folder" / "marker")
+        results = self.inner.run(jobs, on_done, on_step)
+        self.results.append(results)
+        return results
+
+    def close(self):
+        self.inner.close()
+
+
+def test_process_pool_retries_a_dead_worker_once_then_drops_only_its_candidate(tmp_path, monkeypatch):
+    import mupath.search.evolve as evolve_module
+    executor = KillFirst(ProcessPoolExecutor(2, 1), tmp_path)
+    monkeypatch.setattr(evolve_module, "make_executor", lambda *a, **k: executor)
+    system = System.create(tmp_path / "store", **TINY_ROOT)
+    system.add_task(blobs_task("b1", seed=1))
+    report = system.evolve(["b1"], **dict(TINY_SETTINGS, seed=3))
+    first, second = executor.results
+    assert first[0]["attempts"] == 2 and not first[0].get("failure")       # died once, retried, trained
+    assert not first[1].get("failure")                                      # its neighbour completed
+    assert second[0]["failure"].startswith("worker died 2x, candidate dropped")
+    assert not second[1].get("failure") and "steps" in second[1]           # never charged, never dropped
+    [entry] = report.tasks
+    assert len(entry.failures) == 1 and "worker died 2x" in entry.failures[0]
+    assert [c["task"] for c in system.manifest.commits()] == ["b1"]
