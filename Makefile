@@ -46,3 +46,12 @@ clean:
 .PHONY: bench-quality
 bench-quality: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/quality.py $(ARGS)
+
+# Speed ratios (docs/benchmarks.md, section "speed"); `make bench-speed ARGS=--quick` for a smoke run.
+.PHONY: bench-scale
+bench-speed: $(STAMP)
+	$(VENV)/bin/python benchmarks/speed.py $(ARGS)
+
+# One system over the 69-task stream (docs/benchmarks.md, section "scale"); resumable.
+bench-scale: $(STAMP) fashion-data
+	$(VENV)/bin/python benchmarks/scale.py $(ARGS)

@@ -41,7 +41,6 @@ from mupath.search.baselines import (SEQUENTIAL, BaselineResult, budgets_from_co
                                      forgetting, prepare_store_baselines, sequential_from_dict, sequential_job,
                                      total_params)
 from mupath.search.settings import EvolveSettings  # noqa: E402
-from mupath.store.manifest import Manifest  # noqa: E402
 from mupath.store.records import ROOT_TASK  # noqa: E402
 
 TASKS = list(DEMO_TASKS)                    # fashion_mnist, mnist, digits, lfw_faces

@@ -104,6 +104,7 @@ def evolve(store: Path,
            check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
            executor: str = typer.Option("auto", help="auto | inprocess | process"),
            threads_per_worker: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
+           cache_mb: int = typer.Option(1024, help="frozen-prefix activation cache per worker, MiB (0: off)"),
            hparam: list[str] = typer.Option([], help="hyperparameter default KEY=VALUE (repeatable)"),
            search_range: list[str] = typer.Option([], "--range", help="search range KEY=v1,v2,... "
                                                   "(repeatable; KEY= switches its mutation off)")) -> None:
@@ -123,7 +124,8 @@ def evolve(store: Path,
                                batch_size=batch_size, steps_per_validation=steps_per_validation,
                                validations=validations, val_limit=val_limit, mutate_adapters=adapters,
                                check_immutability=check, executor=executor,
-                               threads_per_worker=threads_per_worker, hparams=hp, ranges=ranges)
+                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, hparams=hp,
+                               ranges=ranges)
     if report.resumed:
         console.print(f"resumed run {report.run_id}")
     console.print(status_table(system))
