@@ -74,3 +74,10 @@ def test_process_pool_retries_a_dead_worker_once_then_drops_only_its_candidate(t
     [entry] = report.tasks
     assert len(entry.failures) == 1 and "worker died 2x" in entry.failures[0]
     assert [c["task"] for c in system.manifest.commits()] == ["b1"]
+
+
+def test_unreachable_ray_address_fails_fast():
+    from mupath.runtime.ray_executor import _reachable
+    with pytest.raises(ConfigError, match="cannot reach the Ray cluster at '127.0.0.1:1'"):
+        _reachable("127.0.0.1:1", timeout=5)
+    _reachable("auto")                     # left to Ray

@@ -134,3 +134,19 @@ def test_ship_blobs_through_the_object_store(ray_cluster, tmp_path, monkeypatch,
         system.blobs.path_of(data).stat().st_size
     assert all(t["put_bytes"] <= t["bytes"] for t in inner.traffic)
     assert sorted(system.check_immutability()) == TASKS
+
+
+def test_a_blob_that_cannot_be_shipped_costs_only_its_candidate(ray_cluster, tmp_path, monkeypatch):
+    class MissingBlob(Recording):
+        def run(self, jobs, on_done=None, on_step=None):
+            jobs = [dict(job) for job in jobs]
+            jobs[0]["refs"] = {**jobs[0]["refs"], "gone": {"blob": "0" * 64}}
+            return super().run(jobs, on_done, on_step)
+
+    executor = MissingBlob(RayExecutor(2, 1, ship_blobs=True))
+    _use(monkeypatch, executor)
+    system = _system(tmp_path / "store")
+    system.evolve(["b1"], **dict(SETTINGS, generations=1))
+    [results] = executor.results
+    assert results[0]["failure"].startswith("cannot ship " + "0" * 64)
+    assert not results[1].get("failure") and results[1]["improved"]

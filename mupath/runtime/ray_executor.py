@@ -50,6 +50,20 @@ def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (ray.init would wait for it for minutes); other
+    forms ("auto", "ray://...") are left to Ray."""
+    import socket
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at '{address}' ({exc.strerror or exc}); start it "
+                          "with `ray start --head` or fix --ray-address") from None
+
+
 def _attempt(job: Job, threads: int, ship: bool, keys: list[tuple[str, str]], *payload: bytes
              ) -> tuple[Result, bytes | None]:
     """One attempt at a job inside a Ray worker. `keys[i]` names what `payload[i]` holds: ("blob",
@@ -93,6 +107,7 @@ class RayExecutor:
             quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
             try:
                 if address:
+                    _reachable(address)
                     ray.init(address=address, **quiet)
                 else:
                     threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -112,6 +127,7 @@ class RayExecutor:
         self._remote = ray.remote(num_cpus=self.threads, max_retries=0)(_attempt)
         self._objects: dict[tuple[str, str], tuple[Any, int]] = {}   # (kind, key) -> (ObjectRef, bytes)
         self._inflight: dict[Any, int] = {}
+        self._unshippable: dict[tuple[str, str], str] = {}      # what could not be read for shipping
         #: per run(): {"objects", "bytes" (distinct bytes referenced), "put_bytes" (new this run),
         #: "put_time", "wall_time"}
         self.traffic: list[dict[str, Any]] = []
@@ -127,20 +143,37 @@ class RayExecutor:
     def _ship(self, jobs: list[Job]) -> None:
         """Put every distinct blob / scratch file the jobs reference into the object store once;
         release those the jobs no longer reference."""
+        from mupath.errors import StoreError
+        from mupath.runtime.worker import verified_bytes
         from mupath.store.blobs import BlobStore
         started = time.perf_counter()
         needed = list(dict.fromkeys(k for job in jobs for k in self._keys(job)))
+        self._unshippable = {}
+        pins = {ref["blob"]: ref["pin"] for job in jobs for ref in job["refs"].values() if ref.get("pin")}
         for key in [k for k in self._objects if k not in set(needed)]:
             del self._objects[key]
         put = 0
+        store = BlobStore(Path(jobs[0]["store"]) / "blobs")
         for kind, key in needed:
             if (kind, key) in self._objects:
                 continue
-            store = BlobStore(Path(jobs[0]["store"]) / "blobs")
-            data = store.get_bytes(key) if kind == "blob" else Path(key).read_bytes()
+            try:
+                if kind == "scratch":
+                    data = Path(key).read_bytes()
+                else:
+                    try:
+                        data = store.get_bytes(key)
+                    except StoreError:      # deleted by another agent's commit: the run's pin has it
+                        if key not in pins:
+                            raise
+                        data = verified_bytes(key, Path(pins[key]).read_bytes())
+            except (OSError, StoreError) as exc:     # costs the candidates that need it, not the run
+                self._unshippable[(kind, key)] = died(exc)
+                continue
             self._objects[(kind, key)] = (self.ray.put(data), len(data))
             put += len(data)
-        self.traffic.append({"objects": len(needed), "bytes": sum(self._objects[k][1] for k in needed),
+        self.traffic.append({"objects": len(needed),
+                             "bytes": sum(self._objects[k][1] for k in needed if k in self._objects),
                              "put_bytes": put, "put_time": time.perf_counter() - started})
 
     def _submit(self, job: Job) -> Any:
@@ -159,6 +192,14 @@ class RayExecutor:
         results: list[Result | None] = [None] * len(jobs)
         reasons: list[list[str]] = [[] for _ in jobs]
         queue = list(range(len(jobs)))
+        for i in list(queue):
+            missing = [k for k in self._keys(jobs[i]) if k in self._unshippable] if self.ship_blobs else []
+            if missing:
+                queue.remove(i)
+                results[i] = {"path_id": jobs[i]["path_id"], "improved": False,
+                              "failure": f"cannot ship {missing[0][1]}: {self._unshippable[missing[0]]}"}
+                if on_done:
+                    on_done(i, results[i])
         self._inflight = {}
         while queue or self._inflight:
             while queue and len(self._inflight) < self.workers:
