@@ -102,7 +102,8 @@ def evolve(store: Path,
            val_limit: int = typer.Option(1000, help="validation examples used for selection"),
            adapters: bool = typer.Option(True, help="allow the adapter-insertion mutation"),
            check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
-           executor: str = typer.Option("auto", help="auto | inprocess | process"),
+           executor: str = typer.Option("auto", help="auto | inprocess | process | ray"),
+           ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster (default: start a local one)"),
            threads_per_worker: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
            cache_mb: int = typer.Option(1024, help="frozen-prefix activation cache per worker, MiB (0: off)"),
            hparam: list[str] = typer.Option([], help="hyperparameter default KEY=VALUE (repeatable)"),
@@ -124,7 +125,7 @@ def evolve(store: Path,
                                batch_size=batch_size, steps_per_validation=steps_per_validation,
                                validations=validations, val_limit=val_limit, mutate_adapters=adapters,
                                check_immutability=check, executor=executor,
-                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, hparams=hp,
+                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, ray_address=ray_address, hparams=hp,
                                ranges=ranges)
     if report.resumed:
         console.print(f"resumed run {report.run_id}")

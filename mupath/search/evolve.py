@@ -81,7 +81,8 @@ def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
     key = settings.resume_key(tasks)
     run_id, resumed = system.start_run(key)
     done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
-    executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker)
+    executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,
+                             settings.ray_address, settings.ray_ship_blobs)
     reports: list[TaskReport] = []
     try:
         for iteration in range(settings.iterations):
