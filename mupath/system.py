@@ -3,6 +3,7 @@ committed paths, commits new best paths, and checks that committed tasks never c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -12,6 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_tensors
 
 from mupath.data import Task, task_to_arrays
 from mupath.errors import ConfigError, DataError, ForgettingError, MupathError, StoreError
@@ -20,6 +22,7 @@ from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, create_root, cut_root, root_num_params
 from mupath.search.space import SearchSpace, customise, default_space
 from mupath.search.settings import EvolveSettings, make_settings
+from mupath.store.atomic import atomic_write_bytes
 from mupath.store.blobs import BlobStore
 from mupath.store.manifest import FORMAT_VERSION, Manifest
 from mupath.store.records import ROOT_TASK, CheckRecord, ComponentRecord, PathRecord, TaskRecord
@@ -270,12 +273,54 @@ class System:
         return accuracy_of(logits, data[f"{split}.y"])
 
     # ---- commit and the no-forgetting check -------------------------------------------------
+    def pin_blobs(self, run_id: str, jobs: list[dict[str, Any]]) -> None:
+        """Concurrent agents: another process's commit may drop a component that this run's candidates
+        borrow (its task replaced the path using it) and delete its blob. Before the jobs run, every
+        non-root blob they read is hard-linked into scratch/<run>/pins/ and the link is named in the
+        job's ref (`pin`), so the workers can still read it and `commit` can revive the component."""
+        pins = self.scratch_dir(run_id) / "pins"
+        for job in jobs:
+            for cid, ref in job["refs"].items():
+                if not ref.get("blob") or cid.startswith("root-"):      # the root is never dropped
+                    continue
+                pin = pins / f"{ref['blob']}.safetensors"
+                if not pin.exists():
+                    pins.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(self.blobs.path_of(ref["blob"]), pin)
+                    except FileExistsError:
+                        pass
+                    except FileNotFoundError:        # already deleted: only this candidate can fail
+                        continue
+                    except OSError:                  # no hard links on this file system: copy
+                        try:
+                            atomic_write_bytes(pin, self.blobs.get_bytes(ref["blob"]))
+                        except StoreError:
+                            continue
+                ref["pin"] = str(pin)
+
+    def _revive(self, task: str, cid: str, c: Any, slot: str, run_id: str) -> tuple[ComponentRecord, bytes]:
+        """A committed component of `best` that a concurrent commit dropped: its record again (same id,
+        blob and creator) and its blob's bytes, from the store or from this run's pin."""
+        try:
+            data = self.blobs.get_bytes(c.blob)
+        except StoreError:
+            pin = self.scratch_dir(run_id) / "pins" / f"{c.blob}.safetensors"
+            data = pin.read_bytes() if pin.exists() else b""
+            if hashlib.sha256(data).hexdigest() != c.blob:
+                raise StoreError(f"component {cid} of task '{task}''s best path was removed by a concurrent "
+                                 "commit; run the same command again to redo this task iteration") from None
+        row = self.manifest.db.execute("SELECT task FROM paths WHERE instr(components, ?) > 0 "
+                                       "ORDER BY created_at LIMIT 1", (json.dumps(cid),)).fetchone()
+        return ComponentRecord(cid, c.kind, slot, c.config, c.blob, c.num_params, row[0] if row else task), data
+
     def commit(self, task: str, best: PathRecord, comps: dict[str, Any], offspring: dict, run_id: str,
                iteration: int, changed: bool, info: dict[str, Any]) -> float:
         """Make `best` the task's retained path in one transaction; returns its test accuracy."""
         from mupath.runtime.worker import TensorSource
         known = self.manifest.components()
         new_records: list[ComponentRecord] = []
+        revived: dict[str, tuple[ComponentRecord, bytes]] = {}
         source = TensorSource(self.path)
         staged: dict[str, dict[str, torch.Tensor]] = {}
         if changed:
@@ -283,16 +328,24 @@ class System:
                 if cid in known:
                     continue
                 c = comps[cid]
-                if c.scratch is None:
-                    raise StoreError(f"component {cid} of task '{task}''s best path was removed by a concurrent "
-                                     "commit; run the same command again to redo this task iteration")
+                if c.scratch is None:      # borrowed from another task, dropped by its commit since
+                    revived[cid] = self._revive(task, cid, c, slot, run_id)
+                    staged[cid] = load_tensors(revived[cid][1])
+                    continue
                 tensors = source.get({"scratch": c.scratch, "id": cid})
                 staged[cid] = tensors
                 blob = self.blobs.put_tensors(tensors)
                 new_records.append(ComponentRecord(cid, c.kind, slot, c.config, blob,
                                                    sum(t.numel() for t in tensors.values()), task))
-        by_id = {r.id: r for r in new_records}
-        model = self.build_model(best, lambda cid: (ComponentSpec(by_id[cid].kind, by_id[cid].config), staged[cid]))
+        specs = {r.id: r for r in new_records} | {cid: r for cid, (r, _) in revived.items()} | known
+
+        def tensors_of(cid: str) -> tuple[ComponentSpec, dict[str, torch.Tensor]]:
+            if cid not in staged:          # dropped between `known` and build_model's own read
+                revived[cid] = self._revive(task, cid, known[cid], known[cid].slot, run_id)
+                staged[cid] = load_tensors(revived[cid][1])
+            return ComponentSpec(specs[cid].kind, specs[cid].config), staged[cid]
+
+        model = self.build_model(best, tensors_of)
         data = self.task_data(task)
         with fixed_threads(CHECK_THREADS):
             logits = logits_of(model, data["test.x"], int(best.hparams["ds_image_size"]))
@@ -301,9 +354,18 @@ class System:
         info = {**info, "test_accuracy": test_acc, "changed": changed}
         dropped: set[str] = set()
         with self.manifest.transaction() as con:
+            if changed:                    # dropped by a commit that landed after `known` was read
+                present = {r[0] for r in con.execute("SELECT id FROM components")}
+                for slot, cid in best.components.items():
+                    if cid not in present and cid not in revived and cid in known:
+                        revived[cid] = self._revive(task, cid, known[cid], slot, run_id)
             for rec in new_records:
                 if not self.blobs.exists(rec.blob):        # a concurrent GC removed an identical blob
                     self.blobs.put_tensors(staged[rec.id])
+                self.manifest.add_component(con, rec)
+            for rec, blob_bytes in revived.values():       # keep what `best` borrows alive, locked by it
+                if not self.blobs.exists(rec.blob):
+                    self.blobs.put_bytes(blob_bytes)
                 self.manifest.add_component(con, rec)
             if changed:
                 best.metrics["test_accuracy"] = test_acc
@@ -332,21 +394,48 @@ class System:
             for blob in candidates - referenced:
                 self.blobs.delete(blob)
 
+    def _checked_pair(self, task: str) -> tuple[CheckRecord, PathRecord]:
+        """A task's no-forgetting reference and the retained path it belongs to, read in one statement
+        (both rows change in the same commit transaction, so another process's commit can never pair
+        one commit's reference with another commit's path)."""
+        row = self.manifest.db.execute(
+            "SELECT c.task, c.commit_id, c.logits_blob, c.test_accuracy, p.id, p.task, p.parent_id, "
+            "p.components, p.hparams, p.quality, p.metrics FROM checks c JOIN retained r ON r.task = c.task "
+            "JOIN paths p ON p.id = r.path_id WHERE c.task = ?", (task,)).fetchone()
+        return CheckRecord(*row[:4]), self.manifest._path_from_row(row[4:])
+
     def check_immutability(self, exclude: str | None = None) -> list[str]:
         """Re-run every committed task (but `exclude`) on its test images and require logits that
-        are bit-identical to those recorded at its last commit. Raises ForgettingError otherwise."""
+        are bit-identical to those recorded at its last commit. Raises ForgettingError otherwise.
+        A task that another process commits while it is being checked is checked again against its
+        new reference (its old path's blobs may be gone by then)."""
         checked = []
-        for task, check in sorted(self.manifest.checks().items()):
+        for task in sorted(self.manifest.checks()):
             if task == exclude:
                 continue
-            ref = self.blobs.get_tensors(check.logits_blob)["logits"]
-            data = self.task_data(task)
-            with fixed_threads(CHECK_THREADS):
-                now = logits_of(self.model(task), data["test.x"], self.image_size(task))
-            if now.shape != ref.shape or not torch.equal(now, ref):
-                diff = (now - ref).abs().max().item() if now.shape == ref.shape else float("nan")
-                raise ForgettingError(f"task '{task}' changed since its commit {check.commit_id} "
-                                      f"(max logit difference {diff:.3g}); the run was stopped")
+            for attempt in range(3):
+                check, path = self._checked_pair(task)
+                replaced = lambda: self._checked_pair(task)[0].commit_id != check.commit_id  # noqa: E731
+                try:
+                    cached = self._models.get(task)
+                    if cached is None or cached[0] != path.id:
+                        cached = (path.id, self.build_model(path))
+                        self._models[task] = cached
+                    data = self.task_data(task)
+                    with fixed_threads(CHECK_THREADS):
+                        now = logits_of(cached[1], data["test.x"], int(path.hparams["ds_image_size"]))
+                    ref = self.blobs.get_tensors(check.logits_blob)["logits"]
+                except StoreError:
+                    if attempt < 2 and replaced():
+                        continue
+                    raise
+                if now.shape != ref.shape or not torch.equal(now, ref):
+                    if attempt < 2 and replaced():
+                        continue
+                    diff = (now - ref).abs().max().item() if now.shape == ref.shape else float("nan")
+                    raise ForgettingError(f"task '{task}' changed since its commit {check.commit_id} "
+                                          f"(max logit difference {diff:.3g}); the run was stopped")
+                break
             checked.append(task)
         return checked
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mupath.errors import ConfigError, MupathError
 
@@ -25,7 +26,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except MupathError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             err_console.print("interrupted: every commit so far is kept; run the same command again to resume")
@@ -102,8 +103,14 @@ def evolve(store: Path,
            val_limit: int = typer.Option(1000, help="validation examples used for selection"),
            adapters: bool = typer.Option(True, help="allow the adapter-insertion mutation"),
            check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
-           executor: str = typer.Option("auto", help="auto | inprocess | process | ray"),
-           ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster (default: start a local one)"),
+           executor: str = typer.Option("auto", help="auto | inprocess | process | ray "
+                                        "(Ray: install the ray extra)"),
+           ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster, HOST:6379 (implies "
+                                                     "--executor ray; default: start a local one)"),
+           ray_ship_blobs: Optional[bool] = typer.Option(None, "--ray-ship-blobs/--no-ray-ship-blobs",
+                                                         help="send blobs to Ray workers through the object "
+                                                         "store (nodes without the store's file system); "
+                                                         "default: on with --ray-address"),
            threads_per_worker: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
            cache_mb: int = typer.Option(1024, help="frozen-prefix activation cache per worker, MiB (0: off)"),
            hparam: list[str] = typer.Option([], help="hyperparameter default KEY=VALUE (repeatable)"),
@@ -125,7 +132,8 @@ def evolve(store: Path,
                                batch_size=batch_size, steps_per_validation=steps_per_validation,
                                validations=validations, val_limit=val_limit, mutate_adapters=adapters,
                                check_immutability=check, executor=executor,
-                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, ray_address=ray_address, hparams=hp,
+                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, ray_address=ray_address,
+                               ray_ship_blobs=ray_ship_blobs, hparams=hp,
                                ranges=ranges)
     if report.resumed:
         console.print(f"resumed run {report.run_id}")

@@ -153,6 +153,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
         jobs = [_job(system, plan, task, info.data_blob, settings, locks, sizes, comps, scores, paths,
                      scratch, _seed_for(settings.seed, task, iteration, generation, i))
                 for i, plan in enumerate(plans)]
+        system.pin_blobs(run_id, jobs)     # other agents may drop borrowed components meanwhile
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         results = executor.run(jobs, on_done=on_done, on_step=on_step)
