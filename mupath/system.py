@@ -219,12 +219,23 @@ class System:
 
     def model(self, task: str) -> PathModel:
         """The task's model alone (frozen): a torch.nn.Module taking (N, 3, S, S) floats in [-1, 1]."""
-        path = self._retained(task)
+        return self._model_of(task, self._retained(task))
+
+    def _model_of(self, task: str, path: PathRecord) -> PathModel:
+        """The model of `path` (the task's retained path), built once per path id."""
         cached = self._models.get(task)
         if cached is None or cached[0] != path.id:
             cached = (path.id, self.build_model(path))
             self._models[task] = cached
         return cached[1]
+
+    def test_logits(self, task: str, path: PathRecord, model: PathModel | None = None) -> torch.Tensor:
+        """Logits of `path` on the task's stored test images, computed the one way every recorded
+        and re-checked reference is (fixed batch size, CHECK_THREADS threads)."""
+        data = self.task_data(task)
+        with fixed_threads(CHECK_THREADS):
+            return logits_of(model if model is not None else self._model_of(task, path), data["test.x"],
+                             int(path.hparams["ds_image_size"]))
 
     def image_size(self, task: str) -> int:
         return int(self._retained(task).hparams["ds_image_size"])
@@ -345,11 +356,8 @@ class System:
                 staged[cid] = load_tensors(revived[cid][1])
             return ComponentSpec(specs[cid].kind, specs[cid].config), staged[cid]
 
-        model = self.build_model(best, tensors_of)
-        data = self.task_data(task)
-        with fixed_threads(CHECK_THREADS):
-            logits = logits_of(model, data["test.x"], int(best.hparams["ds_image_size"]))
-        test_acc = accuracy_of(logits, data["test.y"])
+        logits = self.test_logits(task, best, self.build_model(best, tensors_of))
+        test_acc = accuracy_of(logits, self.task_data(task)["test.y"])
         logits_blob = self.blobs.put_tensors({"logits": logits}) if changed else None
         info = {**info, "test_accuracy": test_acc, "changed": changed}
         dropped: set[str] = set()
@@ -417,13 +425,7 @@ class System:
                 check, path = self._checked_pair(task)
                 replaced = lambda: self._checked_pair(task)[0].commit_id != check.commit_id  # noqa: E731
                 try:
-                    cached = self._models.get(task)
-                    if cached is None or cached[0] != path.id:
-                        cached = (path.id, self.build_model(path))
-                        self._models[task] = cached
-                    data = self.task_data(task)
-                    with fixed_threads(CHECK_THREADS):
-                        now = logits_of(cached[1], data["test.x"], int(path.hparams["ds_image_size"]))
+                    now = self.test_logits(task, path)
                     ref = self.blobs.get_tensors(check.logits_blob)["logits"]
                 except StoreError:
                     if attempt < 2 and replaced():

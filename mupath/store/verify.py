@@ -314,8 +314,7 @@ def _size(file: Path) -> str:
 def _rerun(system: "System", checks: dict[str, tuple[int, str]]) -> tuple[list[str], list[Problem]]:
     """Re-run each task on its test images in a fresh System (no cached modules) and compare with its
     reference logits bit for bit, as System.check_immutability does; one task's failure is one problem."""
-    from mupath.system import CHECK_THREADS, System
-    from mupath.train.evaluate import fixed_threads, logits_of
+    from mupath.system import System
     fresh = System.open(system.path)
     checked: list[str] = []
     problems: list[Problem] = []
@@ -325,10 +324,7 @@ def _rerun(system: "System", checks: dict[str, tuple[int, str]]) -> tuple[list[s
             try:
                 path = retained[task]
                 ref = fresh.blobs.get_tensors(logits_blob)["logits"]
-                model = fresh.build_model(path)
-                data = fresh.task_data(task)
-                with fixed_threads(CHECK_THREADS):
-                    now = logits_of(model, data["test.x"], int(path.hparams["ds_image_size"]))
+                now = fresh.test_logits(task, path, fresh.build_model(path))
             except MupathError as exc:
                 problems.append(Problem(CHECK_FAILED, f"task '{task}' could not be re-run: {exc}", [task]))
                 continue
