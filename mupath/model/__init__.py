@@ -1,4 +1,4 @@
-"""The root model and its components: how a timm ViT is cut into shareable pieces and put back
+"""The root model and its components: how a timm model (ViT or EfficientNet family) is cut into shareable pieces and put back
 together along a path."""
 from mupath.model.root import RootSpec, create_root, load_weights, cut_root, root_num_params
 from mupath.model.components import (

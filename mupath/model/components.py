@@ -1,9 +1,9 @@
 """Component modules. A component is the unit of sharing, freezing and cloning: one nn.Module whose
-tensors live in one blob. Modules of the timm families (patch embedding, blocks, norm) are built by
-copying the root's own module as a template, so any vision_transformer variant keeps its exact layers."""
+tensors live in one blob. Kinds that copy the root's own layers (patch embedding, blocks, norms, stem)
+are built by the root's family from a template of the root architecture, so any variant keeps its
+exact layers; heads and adapters are generic."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import re
@@ -12,10 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from mupath.model.families import family_of
+from mupath.model.families.efficientnet import ConvAdapter
 from mupath.model.root import RootSpec, create_root
 
-#: Kinds a component can be, in forward order.
-KINDS = ("patch_embed", "cls_token", "pos_embed", "adapter", "block", "norm", "head")
+#: Kinds a component can be, per family, in forward order.
+KINDS = ("patch_embed", "cls_token", "pos_embed", "stem", "adapter", "conv_adapter", "block", "norm",
+         "neck", "head")
+_FIXED_ORDER = {"patch_embed": (0, 0), "cls_token": (1, 0), "pos_embed": (2, 0), "stem": (0, 0),
+                "norm": (4, 0), "neck": (4, 0), "head": (5, 0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,43 +32,13 @@ class ComponentSpec:
 
 
 def slot_order(slot: str) -> tuple[int, int]:
-    """Sort key putting slots in forward order: embeddings, (adapter_i, block_i)..., norm, head."""
-    fixed = {"patch_embed": (0, 0), "cls_token": (1, 0), "pos_embed": (2, 0), "norm": (4, 0), "head": (5, 0)}
-    if slot in fixed:
-        return fixed[slot]
+    """Sort key putting slots in forward order: embeddings, (adapter_i, block_i)..., neck, head."""
+    if slot in _FIXED_ORDER:
+        return _FIXED_ORDER[slot]
     match = re.fullmatch(r"(adapter|block)_(\d+)", slot)
     if not match:
         raise ValueError(f"unknown slot {slot}")
     return 3, 2 * int(match.group(2)) + (0 if match.group(1) == "adapter" else 1)
-
-
-class PatchEmbed(nn.Module):
-    """Patch embedding that accepts any image size divisible by the patch (the position embedding
-    component carries the grid)."""
-
-    def __init__(self, template: nn.Module) -> None:
-        super().__init__()
-        self.proj = copy.deepcopy(template.proj)
-        self.norm = copy.deepcopy(template.norm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
-
-
-class Token(nn.Module):
-    """A learned token (the class token)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.token = nn.Parameter(torch.zeros(1, 1, dim))
-
-
-class PosEmbed(nn.Module):
-    """Learned position embedding for one image grid, class-token position included."""
-
-    def __init__(self, dim: int, grid: list[int]) -> None:
-        super().__init__()
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], dim))
 
 
 class ResidualAdapter(nn.Module):
@@ -95,28 +70,22 @@ def _templates(root_json: str) -> nn.Module:
 def build_component(spec: ComponentSpec, root: RootSpec) -> nn.Module:
     """An nn.Module of the given architecture (parameters are then loaded from its tensors)."""
     kind, cfg = spec.kind, spec.config
-    if kind == "cls_token":
-        return Token(cfg["dim"])
-    if kind == "pos_embed":
-        return PosEmbed(cfg["dim"], cfg["grid"])
     if kind == "adapter":
         return ResidualAdapter(cfg["dim"], cfg["width"])
+    if kind == "conv_adapter":
+        return ConvAdapter(cfg["channels"], cfg["width"])
     if kind == "head":
         return nn.Linear(cfg["dim"], cfg["num_classes"])
-    template = _templates(root.to_json())
-    if kind == "patch_embed":
-        return PatchEmbed(template.patch_embed)
-    if kind == "block":
-        return copy.deepcopy(template.blocks[0])
-    if kind == "norm":
-        return copy.deepcopy(template.norm)
-    raise ValueError(f"unknown component kind {kind}")
+    family = family_of(root.name)
+    if kind in ("cls_token", "pos_embed"):          # no template needed
+        return family.build(kind, cfg, None)
+    return family.build(kind, cfg, _templates(root.to_json()))
 
 
 def new_component_tensors(spec: ComponentSpec, seed: int) -> dict[str, torch.Tensor]:
     """Fresh tensors for a component created by a mutation: a zero-initialised head (vit_jax init),
     or an identity adapter (random down projection, zero up projection)."""
-    if spec.kind not in ("head", "adapter"):
+    if spec.kind not in ("head", "adapter", "conv_adapter"):
         raise ValueError(f"a new {spec.kind} is never created from scratch")
     torch.manual_seed(seed)
     module = build_component(spec, RootSpec())

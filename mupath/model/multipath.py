@@ -19,7 +19,7 @@ def shared_forward(models: Mapping[str, PathModel], slot_ids: Mapping[str, Mappi
     groups: dict[tuple[str, ...], list[str]] = {}
     for task in models:
         ids = slot_ids[task]
-        groups.setdefault((ids["patch_embed"], ids["cls_token"], ids["pos_embed"]), []).append(task)
+        groups.setdefault(tuple(ids[s] for s in models[task].embed_slots), []).append(task)
     for tasks in groups.values():
         tokens = models[tasks[0]].embed(x)
         _branch(tasks, tokens, 0, models, slot_ids, out)

@@ -130,7 +130,7 @@ def materialise(job: dict[str, Any], source: TensorSource) -> tuple[PathModel, d
         module.requires_grad_(True)
         modules[plan["slot"]] = module
         owned[plan["id"]] = module
-    return PathModel(modules), owned
+    return PathModel(modules, root.family), owned
 
 
 def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = None,

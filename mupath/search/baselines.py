@@ -31,7 +31,7 @@ from mupath.errors import ConfigError, MupathError
 from mupath.model.components import ComponentSpec, build_component, new_component_tensors
 from mupath.model.path_model import PathModel
 from mupath.runtime.executors import make_executor
-from mupath.search.mutation import ChildPlan, CompInfo, Lineage, SlotPlan, _find, _fresh, _wanted_slots, pos_grid
+from mupath.search.mutation import ChildPlan, CompInfo, Lineage, SlotPlan, find_component, fresh_slot, wanted_slots
 from mupath.search.scoring import compute_locks
 from mupath.search.settings import EvolveSettings, make_settings
 from mupath.store.records import ROOT_TASK, PathRecord
@@ -142,8 +142,8 @@ def _trains(kind: str, arg: int | None, slot: str) -> bool:
     """Does a root component in `slot` get cloned (trainable) under this method?"""
     if kind == "finetune-all":
         return True
-    if slot == "norm":
-        return True      # the reference trains encoder_norm in every baseline
+    if slot in ("norm", "neck"):
+        return True      # the reference trains encoder_norm in every baseline (the CNN's neck here)
     if kind == "freeze-bottom" and slot.startswith("block_"):
         return int(slot.split("_")[1]) >= int(arg)
     return False
@@ -159,14 +159,14 @@ def plan_baseline(system: "System", task: str, method: str, settings: EvolveSett
     root_path = system.manifest.retained()[ROOT_TASK]
     comps = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
              for c in system.manifest.components().values()}
-    lineage = Lineage({root_path.id: root_path}, comps, lambda cid: False, root_path, new_id)
-    wanted = _wanted_slots(int(hp["num_layers"]), hp["adapter_layers"], int(hp["adapter_dim"]),
-                           int(hp["num_classes"]), pos_grid(int(hp["ds_image_size"]), system.patch_size), lineage)
+    lineage = Lineage({root_path.id: root_path}, comps, lambda cid: False, root_path, new_id, system.family,
+                      system.root_meta)
+    wanted = wanted_slots(hp, int(hp["num_classes"]), lineage)
     slots: list[SlotPlan] = []
     for slot, (ckind, config) in wanted.items():
-        found = _find(slot, config, [root_path], lineage)
+        found = find_component(slot, config, [root_path], lineage)
         if found is None:                               # head, adapters (and a resampled pos_embed)
-            slots.append(_fresh(slot, ckind, config, lineage, rng))
+            slots.append(fresh_slot(slot, ckind, config, lineage, rng))
         elif _trains(kind, arg, slot):
             slots.append(SlotPlan(slot, new_id("c"), ckind, dict(config), True, {"from": found}))
         else:
@@ -366,14 +366,14 @@ def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int
         if size != int(system.root_spec.image_size):
             raise ConfigError("the sequential baseline keeps the root's image size (one shared position embedding)")
         sizes[task] = size
-        spec = ComponentSpec("head", {"dim": int(comps[root_path.components["cls_token"]].config["dim"]),
+        spec = ComponentSpec("head", {"dim": system.family.head_dim(system.root_configs()),
                                       "num_classes": int(hp["num_classes"])})
         head = build_component(spec, system.root_spec)
         head.load_state_dict(new_component_tensors(spec, _seed(seed, "sequential", task)))
         heads[task] = head
         out.head_params[task] = sum(p.numel() for p in head.parameters())
         owned = {**body, "head": head}
-        model = PathModel(dict(owned))
+        model = PathModel(dict(owned), system.family)
         data = system.task_data(task)
         limit = int(base.val_limit)
         val_x = to_model_input(data["validation.x"][:limit], size)
@@ -393,7 +393,7 @@ def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int
         for t in tasks[:k + 1]:
             d = data if t == task else system.task_data(t)
             with fixed_threads(CHECK_THREADS):
-                logits = logits_of(PathModel({**body, "head": heads[t]}), d["test.x"], sizes[t])
+                logits = logits_of(PathModel({**body, "head": heads[t]}, system.family), d["test.x"], sizes[t])
             accs[t] = accuracy_of(logits, d["test.y"])
         out.history.append((task, accs))
         out.after_own[task] = accs[task]

@@ -129,7 +129,8 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
         scores[p.id] = rescore(p)
     offspring: Counter = Counter(system.manifest.offspring())
     new_offspring: Counter = Counter()
-    lineage = Lineage(paths, comps, lambda cid: not locks.get(cid), root_path, new_id)
+    lineage = Lineage(paths, comps, lambda cid: not locks.get(cid), root_path, new_id, system.family,
+                      system.root_meta)
     if progress:
         progress.task_started(task, iteration, settings.generations * settings.candidates)
     failures: list[str] = []

@@ -1,7 +1,13 @@
 """Child creation (µ2Net `Path.clone` + mutations): copy the parent's hyperparameters, move some one
 step in their ordered lists, maybe insert identity adapters, change the depth, then pick every
 component by walking up the ancestry: owned components are always copied, frozen ones are shared
-unless the clone mutation fires (always for the final norm), the head is this task's or a new one."""
+unless the clone mutation fires (always for the family's `force_clone` slots, e.g. the ViT's final
+norm), the head is this task's or a new one. Slot layout, adapters and fresh components come from the
+root's family (mupath/model/families).
+
+Per-action probabilities (µ2Net+ `_mu_|<action>`): a default hyperparameter `_mu_|clone:<slot>` or
+`_mu_|add:adapter_<i>` replaces µ for that one action, e.g. 0 keeps the bottom of a CNN root frozen
+(bounded compute: its activations stay cacheable). Unlike µ2Net+ they are fixed settings, not learned."""
 from __future__ import annotations
 
 import copy
@@ -9,10 +15,9 @@ import dataclasses
 import random
 from typing import Any, Callable, Mapping
 
-from mupath.search.space import SearchSpace, is_data_key, is_model_key
+from mupath.model.families import VIT, RootFamily
+from mupath.search.space import SearchSpace, action_mu, is_data_key, is_model_key
 from mupath.store.records import PathRecord
-
-FORCE_CLONE = ("norm",)   #: reference `force_finetune_components = ['encoder_norm']`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +93,6 @@ def mutate_hparams(parent: Mapping[str, Any], space: SearchSpace, rng: random.Ra
     return hp, changed
 
 
-def pos_grid(image_size: int, patch: int) -> list[int]:
-    return [image_size // patch, image_size // patch]
-
-
 @dataclasses.dataclass
 class Lineage:
     """Read access the child builder needs: path and component lookups, ownership, ids."""
@@ -101,6 +102,11 @@ class Lineage:
     trainable: Callable[[str], bool]          # does the current task own this component?
     root_path: PathRecord
     new_id: Callable[[str], str]
+    family: RootFamily = VIT
+    meta: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def root_configs(self) -> dict[str, dict[str, Any]]:
+        return {slot: self.comps[cid].config for slot, cid in self.root_path.components.items()}
 
     def chain(self, start: PathRecord) -> list[PathRecord]:
         """start, its parent, grandparent ... ending with the root path (orphans fall back to it)."""
@@ -128,22 +134,22 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
     adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)
     if mutate_adapters:
         for i in range(num_layers):
-            if i not in adapters and rng.random() < mu:
+            if i not in adapters and rng.random() < action_mu(space, f"add:adapter_{i}", mu):
                 adapters.append(i)
                 changed.setdefault("adapters_added", []).append(i)
     hp["adapter_layers"] = sorted(adapters)
-    wanted = _wanted_slots(num_layers, hp["adapter_layers"], int(hp["adapter_dim"]), num_classes,
-                           pos_grid(int(hp["ds_image_size"]), patch_size), lineage)
+    wanted = wanted_slots(hp, num_classes, lineage, patch_size)
     chain = lineage.chain(parent)
     slots: list[SlotPlan] = []
     cloned: list[str] = []
     for slot, (kind, config) in wanted.items():
-        found = _find(slot, config, chain, lineage)
+        found = find_component(slot, config, chain, lineage)
         if found is None:
-            slots.append(_fresh(slot, kind, config, lineage, rng))
+            slots.append(fresh_slot(slot, kind, config, lineage, rng))
             continue
         comp = lineage.comps[found]
-        if lineage.trainable(found) or slot in FORCE_CLONE or rng.random() < mu:
+        if (lineage.trainable(found) or slot in lineage.family.force_clone
+                or rng.random() < action_mu(space, f"clone:{slot}", mu)):
             if not lineage.trainable(found):
                 cloned.append(slot)
             slots.append(SlotPlan(slot, lineage.new_id("c"), kind, dict(comp.config), True, {"from": found}))
@@ -157,25 +163,18 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
     return ChildPlan(child, slots, changed)
 
 
-def _wanted_slots(num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
-                  grid: list[int], lineage: Lineage) -> dict[str, tuple[str, dict[str, Any]]]:
-    root = lineage.root_path.components
-    dim = int(lineage.comps[root["cls_token"]].config["dim"])
-    wanted: dict[str, tuple[str, dict[str, Any]]] = {
-        "patch_embed": ("patch_embed", {"dim": dim}),
-        "cls_token": ("cls_token", {"dim": dim}),
-        "pos_embed": ("pos_embed", {"dim": dim, "grid": grid}),
-    }
-    for i in range(num_layers):
-        if i in adapters:
-            wanted[f"adapter_{i}"] = ("adapter", {"dim": dim, "width": adapter_dim})
-        wanted[f"block_{i}"] = ("block", {"dim": dim})
-    wanted["norm"] = ("norm", {"dim": dim})
-    wanted["head"] = ("head", {"dim": dim, "num_classes": num_classes})
-    return wanted
+def wanted_slots(hp: Mapping[str, Any], num_classes: int, lineage: Lineage,
+                 patch_size: int | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{slot: (kind, config)} of a path with hyperparameters `hp` (the family's layout)."""
+    meta = dict(lineage.meta)
+    if patch_size is not None:
+        meta["patch_size"] = patch_size
+    return lineage.family.wanted_slots(int(hp["num_layers"]), list(hp.get("adapter_layers", [])),
+                                       int(hp["adapter_dim"]), num_classes, int(hp["ds_image_size"]),
+                                       lineage.root_configs(), meta)
 
 
-def _find(slot: str, config: dict[str, Any], chain: list[PathRecord], lineage: Lineage) -> str | None:
+def find_component(slot: str, config: dict[str, Any], chain: list[PathRecord], lineage: Lineage) -> str | None:
     """Nearest ancestor's component for `slot` whose shape fits; a head only if this task owns it."""
     for path in chain:
         cid = path.components.get(slot)
@@ -190,12 +189,12 @@ def _find(slot: str, config: dict[str, Any], chain: list[PathRecord], lineage: L
     return None
 
 
-def _fresh(slot: str, kind: str, config: dict[str, Any], lineage: Lineage, rng: random.Random) -> SlotPlan:
-    """A component no ancestor has: resampled root position embedding (always trainable, µ2Net),
-    identity adapter, zero head."""
-    if kind == "pos_embed":
-        src = lineage.root_path.components["pos_embed"]
-        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, {"resample": src, "grid": config["grid"]})
-    if kind in ("adapter", "head"):
+def fresh_slot(slot: str, kind: str, config: dict[str, Any], lineage: Lineage, rng: random.Random) -> SlotPlan:
+    """A component no ancestor has: identity adapter, zero head, or what the family makes (the ViT's
+    resampled root position embedding, always trainable as in µ2Net)."""
+    init = lineage.family.fresh_init(slot, kind, config, lineage.root_path.components)
+    if init is not None:
+        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, init)
+    if kind in (lineage.family.adapter_kind, "head"):
         return SlotPlan(slot, lineage.new_id("c"), kind, config, True, {"new": rng.randrange(2 ** 31)})
     raise ValueError(f"no ancestor has a component for slot {slot}")

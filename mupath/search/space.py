@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 from mupath.errors import ConfigError
@@ -21,6 +22,20 @@ ADAPTER_VALUES = [8, 16, 32, 64, 128]
 #: keys mutated per child with probability µ (reference: `_mu_`, `num_layers`, `adapter_dim`, `opt_*`)
 def is_model_key(key: str) -> bool:
     return key in ("_mu_", "num_layers", "adapter_dim") or key.startswith("opt_")
+
+
+MU_ACTION_PREFIX = "_mu_|"
+_ACTION = re.compile(r"(clone:[a-z_]+(_\d+)?|add:adapter_\d+)")
+
+
+def is_action_key(key: str) -> bool:
+    """`_mu_|clone:<slot>` / `_mu_|add:adapter_<i>`: the probability of one mutation action."""
+    return key.startswith(MU_ACTION_PREFIX) and bool(_ACTION.fullmatch(key[len(MU_ACTION_PREFIX):]))
+
+
+def action_mu(space: "SearchSpace", action: str, mu: float) -> float:
+    """Probability of one mutation action: its `_mu_|action` default when set, else µ."""
+    return float(space.defaults.get(MU_ACTION_PREFIX + action, mu))
 
 
 def is_data_key(key: str) -> bool:
@@ -47,14 +62,18 @@ class SearchSpace:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
-def default_space(root_depth: int, image_size: int, patch_size: int) -> SearchSpace:
-    """Defaults for a root of `root_depth` blocks at `image_size` with `patch_size` patches."""
+def default_space(root_depth: int, image_size: int, patch_size: int = 0, depths: list[int] | None = None,
+                  sizes: list[int] | None = None) -> SearchSpace:
+    """Defaults for a root of `root_depth` blocks at `image_size` with `patch_size` patches (0: none).
+    `depths` / `sizes`: the root family's `num_layers` and image-size choices when they differ from
+    the ViT's (1..depth; one patch smaller or the root's size)."""
     # Never larger than the root's by default: compute per task stays bounded by the root's (users may
     # widen the range with --range ds_image_size=...).
-    sizes = sorted({s for s in (image_size - patch_size, image_size) if s >= patch_size})
+    if sizes is None:
+        sizes = sorted({s for s in (image_size - patch_size, image_size) if s >= max(patch_size, 1)})
     ranges: dict[str, list[Any]] = {
         "_mu_": MU_VALUES,
-        "num_layers": list(range(1, root_depth + 1)),
+        "num_layers": list(depths) if depths else list(range(1, root_depth + 1)),
         "adapter_dim": ADAPTER_VALUES,
         "opt_name": ["sgd", "adamw"],
         "opt_lr": LR_VALUES,
@@ -107,6 +126,14 @@ def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
         else:
             new.ranges[key] = list(values)
     for key, value in (defaults or {}).items():
+        if is_action_key(key):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ConfigError(f"mutation probability {key} must be a number in [0, 1], got {value!r}")
+            new.defaults[key] = float(value)
+            continue
+        if key.startswith(MU_ACTION_PREFIX):
+            raise ConfigError(f"unknown mutation action in '{key}'; use _mu_|clone:<slot> or "
+                              "_mu_|add:adapter_<i>")
         if key not in known:
             raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
         new.defaults[key] = value

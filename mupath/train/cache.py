@@ -31,10 +31,10 @@ class Prefix:
 def frozen_prefix(model: PathModel, owned_ids: set[int], slot_ids: dict[str, str]) -> tuple[str, ...] | None:
     """Component ids of the leading frozen slots (embeddings first), or None when an embedding trains.
     `owned_ids` holds id() of owned modules."""
-    for slot in ("patch_embed", "cls_token", "pos_embed"):
+    for slot in model.embed_slots:
         if id(model.parts[slot]) in owned_ids:
             return None
-    ids = [slot_ids["patch_embed"], slot_ids["cls_token"], slot_ids["pos_embed"]]
+    ids = [slot_ids[slot] for slot in model.embed_slots]
     for slot in model.body:
         if id(model.parts[slot]) in owned_ids:
             break
@@ -66,11 +66,12 @@ class ActivationCache:
                train_x: torch.Tensor, val_x: torch.Tensor) -> Prefix | None:
         """Activations after the frozen prefix `ids` for the training images and the (preprocessed)
         validation images, computing only what no cached entry already covers."""
-        depth = len(ids) - 3                       # body slots in the prefix
+        n_embed = len(model.embed_slots)
+        depth = len(ids) - n_embed                 # body slots in the prefix
         if depth < 1 or self.max_bytes <= 0:
             return None
         for k in range(depth, -1, -1):             # longest cached prefix first
-            key = (data_key, image_size, ids[:3 + k])
+            key = (data_key, image_size, ids[:n_embed + k])
             if key in self.entries:
                 self.entries.move_to_end(key)
                 train, val = self.entries[key]

@@ -1,0 +1,100 @@
+"""The root-family interface: everything mupath needs to know about one family of timm models to cut
+a root into components, put a path's components back together, insert adapters, remove top layers and
+change the input size. The search, the training loop, the cache and the store only talk to a family
+through this interface, so a new family (another timm architecture) is one new module."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+#: (slot, kind, config, tensors) of one root component, in forward order.
+Part = tuple[str, str, dict[str, Any], dict[str, torch.Tensor]]
+
+
+class RootFamily:
+    """Base class of a root family. Slots are named `<embed slots>`, then `adapter_i` / `block_i`
+    pairs (the body: every removable or adaptable layer), then `<neck slots>`, then `head`."""
+
+    #: family name recorded in docs and messages
+    name: str = ""
+    #: slots run before the body (never removed; frozen ones can be cached as a prefix)
+    embed_slots: tuple[str, ...] = ()
+    #: slots between the body and the head (pooling / final norm)
+    neck_slots: tuple[str, ...] = ()
+    #: slots every child clones (reference: force_finetune_components = ['encoder_norm'])
+    force_clone: tuple[str, ...] = ()
+    #: kind of the identity-initialised adapter inserted before block i
+    adapter_kind: str = "adapter"
+
+    def timm_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """timm.create_model keyword arguments for the root (no classifier, no dropout)."""
+        raise NotImplementedError
+
+    def check(self, model: nn.Module, name: str) -> None:
+        """Raise ConfigError when `model` is of this family but a layout the forward does not cover."""
+
+    def meta(self, model: nn.Module) -> dict[str, int]:
+        """Numbers recorded in the manifest: `depth` (body blocks) and `patch_size` (0 if none)."""
+        raise NotImplementedError
+
+    def check_image_size(self, image_size: int, meta: Mapping[str, int]) -> None:
+        """Raise ConfigError when the root cannot run at `image_size`."""
+
+    def cut(self, model: nn.Module) -> list[Part]:
+        """The root's components in forward order (its classifier is never cut: tasks own heads)."""
+        raise NotImplementedError
+
+    def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:
+        """A component module of a template-built kind (copied from the root architecture)."""
+        raise NotImplementedError
+
+    def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, S, S) -> activations entering the first body slot."""
+        raise NotImplementedError
+
+    def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """Body output -> logits (neck slots, pooling, head)."""
+        raise NotImplementedError
+
+    def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
+                     image_size: int, root: Mapping[str, Mapping[str, Any]],
+                     meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """{slot: (kind, config)} of a path with these hyperparameters, in forward order. `root` maps
+        the root path's slots to their component configs."""
+        raise NotImplementedError
+
+    def head_dim(self, root: Mapping[str, Mapping[str, Any]]) -> int:
+        """Width of the features a task's head classifies."""
+        raise NotImplementedError
+
+    def fresh_init(self, slot: str, kind: str, config: Mapping[str, Any],
+                   root_ids: Mapping[str, str]) -> dict[str, Any] | None:
+        """How to initialise a component no ancestor has, besides a new head or adapter (those are
+        generic): e.g. a position embedding resampled from the root's. None if not possible."""
+        return None
+
+    def depth_choices(self, root: Mapping[str, Mapping[str, Any]], depth: int) -> list[int]:
+        """Values of `num_layers` (top blocks removed) that give a body the neck still fits."""
+        return list(range(1, depth + 1))
+
+    def image_sizes(self, image_size: int, meta: Mapping[str, int]) -> list[int]:
+        """Default `ds_image_size` range: never above the root's (bounded compute per task)."""
+        return [image_size]
+
+    def prepare_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adapt a loaded checkpoint to `model` (drop the classifier, resample what depends on size)."""
+        return state
+
+
+def body_slots(num_layers: int, adapters: list[int],
+               adapter: Callable[[int], tuple[str, dict[str, Any]]] | None,
+               block: Callable[[int], tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """(adapter_i, block_i) slots for i < num_layers; `adapter(i)` and `block(i)` give (kind, config)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for i in range(num_layers):
+        if adapter is not None and i in adapters:
+            out[f"adapter_{i}"] = adapter(i)
+        out[f"block_{i}"] = block(i)
+    return out

@@ -1,0 +1,163 @@
+"""The EfficientNet family (timm `efficientnet`: tf_efficientnet_lite0 and its siblings): the stem
+(first conv + BatchNorm), one component per MBConv block, the neck (1x1 head conv + BatchNorm), and
+the classifier. Adapters are zero-initialised residual 1x1 convolutions.
+
+BatchNorm: every component always runs with its stored running statistics (the model stays in eval
+mode), so statistics belong to the component that owns them and are frozen with it: sharing a block
+never changes another task, and an owned block trains only its weights and BatchNorm affine terms."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mupath.errors import ConfigError
+from mupath.model.families.base import Part, RootFamily, body_slots
+
+
+class Stem(nn.Module):
+    """First convolution and its BatchNorm (+ activation)."""
+
+    def __init__(self, template: nn.Module) -> None:
+        super().__init__()
+        self.conv = copy.deepcopy(template.conv_stem)
+        self.bn = copy.deepcopy(template.bn1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class Neck(nn.Module):
+    """1x1 head convolution and its BatchNorm (+ activation), before global pooling."""
+
+    def __init__(self, template: nn.Module) -> None:
+        super().__init__()
+        self.conv = copy.deepcopy(template.conv_head)
+        self.bn = copy.deepcopy(template.bn2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class ConvAdapter(nn.Module):
+    """Residual 1x1 bottleneck: x + up(relu(down(x))), `up` zero-initialised so that a freshly
+    inserted adapter is an exact identity (the ViT adapter's rule, on feature maps)."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(channels, width, 1)
+        self.act = nn.ReLU()
+        self.up = nn.Conv2d(width, channels, 1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.act(self.down(x)))
+
+
+def flat_blocks(model: nn.Module) -> list[nn.Module]:
+    """timm groups blocks in stages; mupath numbers them in forward order."""
+    return [block for stage in model.blocks for block in stage]
+
+
+def _channels(block: nn.Module) -> tuple[int, int]:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return int(convs[0].in_channels), int(convs[-1].out_channels)
+
+
+def _detached(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and BatchNorm statistics (num_batches_tracked is never used in eval mode: dropped)."""
+    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+class EfficientNetFamily(RootFamily):
+    name = "efficientnet"
+    embed_slots = ("stem",)
+    neck_slots = ("neck",)
+    force_clone = ("neck",)     # the analogue of encoder_norm: the last layer before the classifier
+    adapter_kind = "conv_adapter"
+
+    def timm_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in kwargs.items() if k != "img_size"}   # any input size works
+        return {**out, "drop_rate": 0.0, "drop_path_rate": 0.0, "num_classes": 0}
+
+    def check(self, model: nn.Module, name: str) -> None:
+        from timm.models.efficientnet import EfficientNet
+
+        if not isinstance(model, EfficientNet) or not all(
+                hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+            raise ConfigError(f"root '{name}' is not a timm EfficientNet with stem, blocks and head conv; "
+                              "use tf_efficientnet_lite0 or a sibling")
+        if not isinstance(model.conv_head, nn.Conv2d):
+            raise ConfigError(f"root '{name}' has no head convolution; use tf_efficientnet_lite0 or a sibling")
+
+    def meta(self, model: nn.Module) -> dict[str, int]:
+        return {"depth": len(flat_blocks(model)), "patch_size": 0}
+
+    def check_image_size(self, image_size: int, meta: Mapping[str, int]) -> None:
+        if image_size < 32:
+            raise ConfigError(f"image size {image_size} is too small for an EfficientNet root (stride 32); "
+                              "use --image-size 32 or more")
+
+    def cut(self, model: nn.Module) -> list[Part]:
+        blocks = flat_blocks(model)
+        stem_out = int(model.conv_stem.out_channels)
+        parts: list[Part] = [("stem", "stem", {"channels": stem_out}, _detached(Stem(model)))]
+        for i, block in enumerate(blocks):
+            c_in, c_out = _channels(block)
+            parts.append((f"block_{i}", "block", {"index": i, "in": c_in, "out": c_out}, _detached(block)))
+        neck = Neck(model)
+        parts.append(("neck", "neck", {"in": int(model.conv_head.in_channels),
+                                       "out": int(model.conv_head.out_channels)}, _detached(neck)))
+        return parts
+
+    def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:
+        if kind == "stem":
+            return Stem(template)
+        if kind == "block":
+            return copy.deepcopy(flat_blocks(template)[int(config["index"])])
+        if kind == "neck":
+            return Neck(template)
+        if kind == "conv_adapter":
+            return ConvAdapter(int(config["channels"]), int(config["width"]))
+        raise ValueError(f"unknown EfficientNet component kind {kind}")
+
+    def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        return parts["stem"](x)
+
+    def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        return parts["head"](F.adaptive_avg_pool2d(parts["neck"](x), 1).flatten(1))
+
+    def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
+                     image_size: int, root: Mapping[str, Mapping[str, Any]],
+                     meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
+        wanted: dict[str, tuple[str, dict[str, Any]]] = {"stem": ("stem", dict(root["stem"]))}
+        wanted.update(body_slots(
+            num_layers, adapters,
+            lambda i: ("conv_adapter", {"channels": int(root[f"block_{i}"]["in"]), "width": adapter_dim}),
+            lambda i: ("block", dict(root[f"block_{i}"]))))
+        wanted["neck"] = ("neck", dict(root["neck"]))
+        wanted["head"] = ("head", {"dim": self.head_dim(root), "num_classes": num_classes})
+        return wanted
+
+    def head_dim(self, root: Mapping[str, Mapping[str, Any]]) -> int:
+        return int(root["neck"]["out"])
+
+    def depth_choices(self, root: Mapping[str, Mapping[str, Any]], depth: int) -> list[int]:
+        """Top blocks can be removed only where the remaining body ends with the channels the neck
+        takes (within the last stage); for tf_efficientnet_lite0 that is the full depth only."""
+        need = int(root["neck"]["in"])
+        return [n for n in range(1, depth + 1) if int(root[f"block_{n - 1}"]["out"]) == need]
+
+    def image_sizes(self, image_size: int, meta: Mapping[str, int]) -> list[int]:
+        return sorted({s for s in (image_size - 16, image_size) if s >= 32})
+
+    def prepare_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if not k.startswith("classifier.")}
+
+
+EFFICIENTNET = EfficientNetFamily()
