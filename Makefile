@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.stamp-install
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test test-fast fashion-data bench-speed clean
+.PHONY: demo demo-vit test test-fast fashion-data bench-speed bench-roots clean
 
 # Reuse an existing .venv unless pyproject.toml changed since it was installed.
 $(STAMP): pyproject.toml
@@ -24,8 +24,12 @@ fashion-data:
 	  fi; \
 	fi
 
+# `make demo` grows runs/demo from the pretrained EfficientNet-Lite0; `make demo-vit` from a random-init ViT.
 demo: $(STAMP) fashion-data
-	$(VENV)/bin/mupath demo runs/demo
+	$(VENV)/bin/mupath demo runs/demo $(ARGS)
+
+demo-vit: $(STAMP) fashion-data
+	$(VENV)/bin/mupath demo runs/demo-vit --root vit $(ARGS)
 
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory fashion-data
@@ -55,3 +59,7 @@ bench-speed: $(STAMP)
 # One system over the 69-task stream (docs/benchmarks.md, section "scale"); resumable.
 bench-scale: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/scale.py $(ARGS)
+
+# Pretrained vs random-init roots on the demo stream (docs/benchmarks.md, section "roots"); resumable.
+bench-roots: $(STAMP) fashion-data
+	$(VENV)/bin/python benchmarks/roots.py $(ARGS)

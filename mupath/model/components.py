@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from mupath.model.families import family_of
-from mupath.model.families.efficientnet import ConvAdapter
+from mupath.model.families import EFFICIENTNET, VIT, RootFamily, family_of
 from mupath.model.root import RootSpec, create_root
 
 #: Kinds a component can be, per family, in forward order.
 KINDS = ("patch_embed", "cls_token", "pos_embed", "stem", "adapter", "conv_adapter", "block", "norm",
          "neck", "head")
+_TEMPLATE_FREE: dict[str, RootFamily] = {"cls_token": VIT, "pos_embed": VIT, "conv_adapter": EFFICIENTNET}
 _FIXED_ORDER = {"patch_embed": (0, 0), "cls_token": (1, 0), "pos_embed": (2, 0), "stem": (0, 0),
                 "norm": (4, 0), "neck": (4, 0), "head": (5, 0)}
 
@@ -72,14 +72,11 @@ def build_component(spec: ComponentSpec, root: RootSpec) -> nn.Module:
     kind, cfg = spec.kind, spec.config
     if kind == "adapter":
         return ResidualAdapter(cfg["dim"], cfg["width"])
-    if kind == "conv_adapter":
-        return ConvAdapter(cfg["channels"], cfg["width"])
     if kind == "head":
         return nn.Linear(cfg["dim"], cfg["num_classes"])
-    family = family_of(root.name)
-    if kind in ("cls_token", "pos_embed"):          # no template needed
-        return family.build(kind, cfg, None)
-    return family.build(kind, cfg, _templates(root.to_json()))
+    if kind in _TEMPLATE_FREE:              # their shapes are all in the config
+        return _TEMPLATE_FREE[kind].build(kind, cfg, None)
+    return family_of(root.name).build(kind, cfg, _templates(root.to_json()))
 
 
 def new_component_tensors(spec: ComponentSpec, seed: int) -> dict[str, torch.Tensor]:

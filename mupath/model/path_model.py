@@ -28,6 +28,7 @@ class PathModel(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Run body slots from index `start` on embedded activations (used by prefix caching)."""
+        x = self.family.activations(x)
         for slot in self.body[start:]:
             x = self.parts[slot](x)
         return x

@@ -8,6 +8,7 @@ executors that run candidates out of process retry a candidate whose worker died
 (`WORKER_RETRIES`), then drop it with the reason in its result's `failure`."""
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
@@ -57,7 +58,8 @@ def died(exc: BaseException) -> str:
 
 class Executor(Protocol):
     def run(self, jobs: list[Job], on_done: OnDone | None = None, on_step: OnStep | None = None) -> list[Result]: ...
-    def close(self) -> None: ...
+    def close(self) -> None: ...   # after a run that ended normally (a shared pool stays up)
+    def shutdown(self) -> None: ...   # after an error or interrupt: stop everything
 
 
 class InProcessExecutor:
@@ -80,6 +82,9 @@ class InProcessExecutor:
     def close(self) -> None:
         pass
 
+    def shutdown(self) -> None:
+        pass
+
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
@@ -90,9 +95,11 @@ class ProcessPoolExecutor:
     """N worker processes (spawned, so no state leaks from the parent), each with cores // N torch
     threads so that the workers together do not oversubscribe the machine."""
 
-    def __init__(self, workers: int, threads: int = 0) -> None:
+    def __init__(self, workers: int, threads: int = 0, persistent: bool = False) -> None:
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self.workers = workers
+        self.persistent = persistent
+        self.closed = False
         self.pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
@@ -159,19 +166,55 @@ class ProcessPoolExecutor:
         return [r for r in results if r is not None]
 
     def close(self) -> None:
+        """A persistent pool stays up for the next evolve call in this process (no new processes, no
+        torch import, warm frozen-module and activation caches); others stop."""
+        if not self.persistent:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.closed = True
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_SHARED_POOL: ProcessPoolExecutor | None = None
+
+
+def shared_process_pool(workers: int, threads: int = 0) -> ProcessPoolExecutor:
+    """The process's one persistent pool: successive `evolve` calls (a benchmark or a script adding tasks
+    one by one) reuse its workers instead of spawning new ones. Workers key every cache by content
+    (blob sha), so one pool can serve several stores. Asking for another size replaces it, so at most
+    one pool is alive; `shutdown_workers()` (also run at exit) stops it."""
+    global _SHARED_POOL
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    pool = _SHARED_POOL
+    if pool is None or pool.closed or (pool.workers, pool.threads) != (workers, threads):
+        if pool is not None and not pool.closed:
+            pool.shutdown()
+        _SHARED_POOL = pool = ProcessPoolExecutor(workers, threads, persistent=True)
+    return pool
+
+
+def shutdown_workers() -> None:
+    """Stop the persistent worker pool (frees its processes and caches)."""
+    global _SHARED_POOL
+    if _SHARED_POOL is not None and not _SHARED_POOL.closed:
+        _SHARED_POOL.shutdown()
+    _SHARED_POOL = None
+
+
+atexit.register(shutdown_workers)
 
 
 def make_executor(kind: str, workers: int, threads: int = 0, ray_address: str | None = None,
                   ship_blobs: bool | None = None) -> Executor:
-    """`auto` is in-process for one worker, the process pool for more, and Ray when `ray_address` is
-    given. Ray is imported only when asked for (`pip install 'mupath[ray]'`)."""
+    """`auto` is in-process for one worker, the (persistent) process pool for more, and Ray when
+    `ray_address` is given. Ray is imported only when asked for (`pip install 'mupath[ray]'`)."""
     if kind == "auto":
         kind = "ray" if ray_address else "inprocess" if workers == 1 else "process"
     if kind == "inprocess":
         return InProcessExecutor(threads)
     if kind == "process":
-        return ProcessPoolExecutor(workers, threads)
+        return shared_process_pool(workers, threads)
     if kind == "ray":
         from mupath.runtime.ray_executor import RayExecutor
         return RayExecutor(workers, threads, ray_address, ship_blobs=ship_blobs)

@@ -229,6 +229,9 @@ class RayExecutor:
             self.traffic[-1]["wall_time"] = time.perf_counter() - started
         return [r for r in results if r is not None]
 
+    def shutdown(self) -> None:
+        self.close()
+
     def close(self) -> None:
         for ref in list(self._inflight):          # an interrupted run: stop its tasks
             try:

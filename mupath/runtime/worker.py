@@ -89,20 +89,29 @@ class TensorSource:
         return {k[len(prefix):]: v for k, v in self._scratch[file].items() if k.startswith(prefix)}
 
 
-_FROZEN_CACHE: dict[str, nn.Module] = {}
+_FROZEN_CACHE: dict[tuple[str, str], nn.Module] = {}
 
 
-def _frozen_module(cid: str, spec: ComponentSpec, root: RootSpec, tensors: Callable[[], dict]) -> nn.Module:
+def content_key(ref: dict[str, Any]) -> str:
+    """What a component's tensors are, independent of the store: its blob's sha256, or the scratch file
+    and id of a candidate's component. Long-lived workers (a persistent pool, Ray) serve several stores,
+    whose root components share ids (`root-block_0`), so caches are keyed by content, never by id."""
+    return ref["blob"] if ref.get("blob") else f"{ref['scratch']}#{ref['id']}"
+
+
+def _frozen_module(key: str, spec: ComponentSpec, root: RootSpec, tensors: Callable[[], dict]) -> nn.Module:
     """Shared components are built once per process and reused by every candidate: they are frozen
-    (requires_grad False) and never handed to an optimiser, so sharing the object is safe."""
-    module = _FROZEN_CACHE.get(cid)
+    (requires_grad False) and never handed to an optimiser, so sharing the object is safe. Keyed by
+    content and root architecture (the module class comes from the root's family)."""
+    cache_key = (key, root.to_json())
+    module = _FROZEN_CACHE.get(cache_key)
     if module is None:
         module = build_component(spec, root)
         module.load_state_dict(tensors())
         module.requires_grad_(False)
         if len(_FROZEN_CACHE) > 512:
             _FROZEN_CACHE.clear()
-        _FROZEN_CACHE[cid] = module
+        _FROZEN_CACHE[cache_key] = module
     return module
 
 
@@ -115,7 +124,8 @@ def materialise(job: dict[str, Any], source: TensorSource) -> tuple[PathModel, d
     for plan in job["slots"]:
         spec = ComponentSpec(plan["kind"], plan["config"])
         if not plan["trainable"]:
-            modules[plan["slot"]] = _frozen_module(plan["id"], spec, root, lambda p=plan: source.get(refs[p["id"]]))
+            modules[plan["slot"]] = _frozen_module(content_key(refs[plan["id"]]), spec, root,
+                                                   lambda p=plan: source.get(refs[p["id"]]))
             continue
         init = plan["init"]
         if "from" in init:
@@ -161,10 +171,12 @@ def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = No
         prefix = None
         cache_bytes = int(job.get("cache_mb", 0)) << 20
         if cache_bytes > 0 and not has_augmentation(hp):
-            ids = frozen_prefix(model, {id(m) for m in owned.values()}, {p["slot"]: p["id"] for p in job["slots"]})
+            keys = {p["slot"]: content_key(job["refs"][p["id"]]) if not p["trainable"] else p["id"]
+                    for p in job["slots"]}
+            ids = frozen_prefix(model, {id(m) for m in owned.values()}, keys)
             if ids is not None:
-                prefix = process_cache(cache_bytes).prefix(model, ids, job["task_blob"], size,
-                                                            data["train.x"], val_x)
+                prefix = process_cache(cache_bytes).prefix(model, ids, job["task_blob"] + job["root"], size,
+                                                            data["train.x"], val_x, int(job.get("cache_floor", 0)))
         outcome = train_path(model, owned, hp, cfg, data["train.x"], data["train.y"], val_x, val_y,
                              lambda q: q * penalty, bar, on_step, prefix)
     except Exception as exc:  # a candidate failing must never take the search down

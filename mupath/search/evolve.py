@@ -21,6 +21,7 @@ from mupath.search.mutation import ChildPlan, CompInfo, Lineage, make_child, sam
 from mupath.search.scoring import accounted_params, compute_locks, score
 from mupath.search.selection import select_parent
 from mupath.search.settings import EvolveSettings
+from mupath.search.space import frozen_floor
 from mupath.store.records import ROOT_TASK, PathRecord
 
 if TYPE_CHECKING:
@@ -92,8 +93,12 @@ def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
                 system.check_interrupt()
                 reports.append(_evolve_task(system, task, iteration, settings, executor, run_id, progress))
         system.finish_run(run_id)
+    except BaseException:
+        executor.shutdown()            # candidates may still be in flight: stop the workers
+        raise
+    else:
+        executor.close()               # a persistent pool stays up for the next call
     finally:
-        executor.close()
         shutil.rmtree(system.scratch_dir(run_id), ignore_errors=True)
     return EvolveReport(run_id, resumed, reports, time.perf_counter() - started)
 
@@ -169,7 +174,8 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
             child = plan.path
             child.quality = float(res["quality"])
             child.metrics.update({k: res.get(k) for k in ("evals", "steps", "images", "train_time",
-                                                          "eval_time", "owned_params", "accounted_params")})
+                                                          "eval_time", "owned_params", "accounted_params",
+                                                          "cached_prefix", "wall_time")})
             child.metrics.update({"generation": generation, "iteration": iteration, "run_id": run_id})
             for s in plan.slots:
                 if s.trainable:
@@ -251,5 +257,7 @@ def _job(system: "System", plan: ChildPlan, task: str, data_blob: str, settings:
         "steps_per_validation": settings.steps_per_validation, "validations": settings.validations,
         "batch_size": settings.batch_size, "val_limit": settings.val_limit, "seed": seed,
         "cache_mb": settings.cache_mb,
+        "cache_floor": frozen_floor(system.search_space(settings), system.family.embed_slots, system.depth,
+                                    settings.mutate_adapters),
         "scratch_file": str(scratch / f"{plan.path.id}.safetensors"),
     }

@@ -38,6 +38,19 @@ def action_mu(space: "SearchSpace", action: str, mu: float) -> float:
     return float(space.defaults.get(MU_ACTION_PREFIX + action, mu))
 
 
+def frozen_floor(space: "SearchSpace", embed_slots: tuple[str, ...], depth: int, adapters: bool) -> int:
+    """How many leading blocks no candidate can clone or adapt (their per-action probabilities are 0),
+    provided no embedding slot can be cloned either: the run's always-frozen bottom, a checkpoint for
+    the activation cache."""
+    if any(action_mu(space, f"clone:{slot}", 1.0) > 0 for slot in embed_slots):
+        return 0
+    n = 0
+    while n < depth and action_mu(space, f"clone:block_{n}", 1.0) == 0 and (
+            not adapters or action_mu(space, f"add:adapter_{n}", 1.0) == 0):
+        n += 1
+    return n
+
+
 def is_data_key(key: str) -> bool:
     """`ds_*` keys are sampled once per generation and shared by its candidates."""
     return key.startswith("ds_")

@@ -63,9 +63,12 @@ class ActivationCache:
         self.entries[key] = value
 
     def prefix(self, model: PathModel, ids: tuple[str, ...], data_key: str, image_size: int,
-               train_x: torch.Tensor, val_x: torch.Tensor) -> Prefix | None:
+               train_x: torch.Tensor, val_x: torch.Tensor, floor: int = 0) -> Prefix | None:
         """Activations after the frozen prefix `ids` for the training images and the (preprocessed)
-        validation images, computing only what no cached entry already covers."""
+        validation images, computing only what no cached entry already covers. `floor`: body slots
+        that no candidate of the run can own (the run's always-frozen bottom); a fill that passes it
+        also keeps the activations there, so that candidates with a shorter prefix than this one
+        start from them instead of from the images."""
         n_embed = len(model.embed_slots)
         depth = len(ids) - n_embed                 # body slots in the prefix
         if depth < 1 or self.max_bytes <= 0:
@@ -83,6 +86,11 @@ class ActivationCache:
             k, train, val = -1, None, None
         self.misses += 1
         with torch.no_grad():
+            if k < floor < depth:
+                train = _run(model, train, train_x, k, floor, image_size, raw=train is None)
+                val = _run(model, val, val_x, k, floor, image_size, raw=val is None, preprocessed=True)
+                self._store((data_key, image_size, ids[:n_embed + floor]), (train, val))
+                k = floor
             train = _run(model, train, train_x, k, depth, image_size, raw=train is None)
             val = _run(model, val, val_x, k, depth, image_size, raw=val is None, preprocessed=True)
         self._store((data_key, image_size, ids), (train, val))

@@ -50,6 +50,12 @@ class RootFamily:
         """A component module of a template-built kind (copied from the root architecture)."""
         raise NotImplementedError
 
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Body activations in the memory layout the family's layers run fastest on. Cached
+        activations pass through it too, so cached and uncached forwards run the same kernels (and
+        give the same bits)."""
+        return x
+
     def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, S, S) -> activations entering the first body slot."""
         raise NotImplementedError

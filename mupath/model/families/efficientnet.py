@@ -2,6 +2,9 @@
 (first conv + BatchNorm), one component per MBConv block, the neck (1x1 head conv + BatchNorm), and
 the classifier. Adapters are zero-initialised residual 1x1 convolutions.
 
+Memory layout: modules and activations are channels-last (NHWC), which runs the depthwise and 1x1
+convolutions about 1.5-2x faster on CPU than NCHW (measured on the frozen bottom at 64 px, one thread).
+
 BatchNorm: every component always runs with its stored running statistics (the model stays in eval
 mode), so statistics belong to the component that owns them and are frozen with it: sharing a block
 never changes another task, and an owned block trains only its weights and BatchNorm affine terms."""
@@ -18,28 +21,25 @@ from mupath.errors import ConfigError
 from mupath.model.families.base import Part, RootFamily, body_slots
 
 
-class Stem(nn.Module):
-    """First convolution and its BatchNorm (+ activation)."""
+class ConvBN(nn.Module):
+    """A convolution and its BatchNorm (+ activation): the stem (first conv) and the neck (1x1 head
+    conv, before global pooling) are both this, copied from the root's own layers."""
 
-    def __init__(self, template: nn.Module) -> None:
+    def __init__(self, conv: nn.Module, bn: nn.Module) -> None:
         super().__init__()
-        self.conv = copy.deepcopy(template.conv_stem)
-        self.bn = copy.deepcopy(template.bn1)
+        self.conv = copy.deepcopy(conv)
+        self.bn = copy.deepcopy(bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
 
 
-class Neck(nn.Module):
-    """1x1 head convolution and its BatchNorm (+ activation), before global pooling."""
+def stem_of(model: nn.Module) -> ConvBN:
+    return ConvBN(model.conv_stem, model.bn1)
 
-    def __init__(self, template: nn.Module) -> None:
-        super().__init__()
-        self.conv = copy.deepcopy(template.conv_head)
-        self.bn = copy.deepcopy(template.bn2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+def neck_of(model: nn.Module) -> ConvBN:
+    return ConvBN(model.conv_head, model.bn2)
 
 
 class ConvAdapter(nn.Module):
@@ -106,28 +106,33 @@ class EfficientNetFamily(RootFamily):
     def cut(self, model: nn.Module) -> list[Part]:
         blocks = flat_blocks(model)
         stem_out = int(model.conv_stem.out_channels)
-        parts: list[Part] = [("stem", "stem", {"channels": stem_out}, _detached(Stem(model)))]
+        parts: list[Part] = [("stem", "stem", {"channels": stem_out}, _detached(stem_of(model)))]
         for i, block in enumerate(blocks):
             c_in, c_out = _channels(block)
             parts.append((f"block_{i}", "block", {"index": i, "in": c_in, "out": c_out}, _detached(block)))
-        neck = Neck(model)
+        neck = neck_of(model)
         parts.append(("neck", "neck", {"in": int(model.conv_head.in_channels),
                                        "out": int(model.conv_head.out_channels)}, _detached(neck)))
         return parts
 
     def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:
         if kind == "stem":
-            return Stem(template)
-        if kind == "block":
-            return copy.deepcopy(flat_blocks(template)[int(config["index"])])
-        if kind == "neck":
-            return Neck(template)
-        if kind == "conv_adapter":
-            return ConvAdapter(int(config["channels"]), int(config["width"]))
-        raise ValueError(f"unknown EfficientNet component kind {kind}")
+            module: nn.Module = stem_of(template)
+        elif kind == "block":
+            module = copy.deepcopy(flat_blocks(template)[int(config["index"])])
+        elif kind == "neck":
+            module = neck_of(template)
+        elif kind == "conv_adapter":
+            module = ConvAdapter(int(config["channels"]), int(config["width"]))
+        else:
+            raise ValueError(f"unknown EfficientNet component kind {kind}")
+        return module.to(memory_format=torch.channels_last)
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
 
     def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
-        return parts["stem"](x)
+        return parts["stem"](self.activations(x))
 
     def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
         return parts["head"](F.adaptive_avg_pool2d(parts["neck"](x), 1).flatten(1))
