@@ -236,6 +236,14 @@ def bench_generation(steps):
     return out
 
 
+def generation_table(gen: dict[str, float]) -> str:
+    base = gen["1 worker x 1 thread"]
+    return (table(["executor", "wall s", "speed-up vs 1x1"], [[k, f"{v:.1f}", f"{base / v:.2f}x"] for k, v in gen.items()])
+            + "\n\nA generation = from the task's start to its last candidate's result (the commit follows). "
+            "The process pool persists between evolve calls in a process, so only the first call pays the "
+            "'cold pool' start-up (spawn + torch import). Target: 2 workers x 1 thread >= 1.7x.")
+
+
 def bench_growth(steps, tasks):
     """Wall time per task as the system grows (same budget per task)."""
     from mupath import System, Task
@@ -265,11 +273,19 @@ def bench_growth(steps, tasks):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
+    parser.add_argument("--only", choices=["generation"], help="run one measurement; it gets its own "
+                        "section (speed-<name>) and the full section is left as it is")
     args = parser.parse_args()
     torch.set_num_threads(2)
     steps, repeats = (10, 1) if args.quick else (40, 3)
     t_start = time.perf_counter()
     sections = []
+    if args.only == "generation":
+        gen = bench_generation(60 if args.quick else 250)
+        body = ("### One generation by executor, persistent pool (re-measured alone)\n\n" + environment()
+                + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n" + generation_table(gen))
+        print(write_section("benchmarks.md", "speed-generation", body))
+        return
 
     a, b = bench_overhead(steps, repeats)
     sections.append("### Candidate training vs a hand-written timm loop (same trainable set)\n\n" + table(
@@ -299,13 +315,7 @@ def main() -> None:
     print("flops", peak, achieved, flush=True)
 
     gen = bench_generation(60 if args.quick else 250)
-    base = gen["1 worker x 1 thread"]
-    sections.append("### One generation (4 candidates, ViT demo root, digits) by executor\n\n" + table(
-        ["executor", "wall s", "speed-up vs 1x1"],
-        [[k, f"{v:.1f}", f"{base / v:.2f}x"] for k, v in gen.items()])
-        + "\n\nA generation = from the task's start to its last candidate's result (the commit follows). "
-        "The process pool persists between evolve calls in a process, so only the first call pays the "
-        "'cold pool' start-up (spawn + torch import). Target: 2 workers x 1 thread >= 1.7x.")
+    sections.append("### One generation (4 candidates, ViT demo root, digits) by executor\n\n" + generation_table(gen))
     print("generation", gen, flush=True)
 
     times = bench_growth(40 if args.quick else 150, 4 if args.quick else 8)

@@ -65,7 +65,7 @@ def test_cli_end_to_end(tmp_path, npz_source, digits_small):
 def test_cli_bad_input_gives_one_line_errors(tmp_path, npz_source):
     store = tmp_path / "store"
     _fails(["status", tmp_path / "nowhere"], "no mupath store")
-    _fails(["init", store, "--root", "resnet18"], "not a timm vision_transformer")
+    _fails(["init", store, "--root", "resnet18"], "not of a supported family")
     _ok(["init", store, "--image-size", 8, "--patch-size", 4, "--depth", 1, "--embed-dim", 16, "--num-heads", 2])
     _fails(["init", store], "already exists")
     _fails(["add-task", store, tmp_path / "missing_dir"], "")

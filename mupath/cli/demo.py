@@ -46,7 +46,7 @@ DEMO_ROOTS: dict[str, dict[str, Any]] = {
 #: the random-init ViT root: the benchmarks that compare against random-init baselines grow from it
 VIT_DEMO_ROOT = DEMO_ROOTS["vit"]
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "efficientnet": dict(iterations=1, generations=2, candidates=2, steps_per_validation=100, validations=3,
+    "efficientnet": dict(iterations=1, generations=3, candidates=2, steps_per_validation=100, validations=4,
                          batch_size=64, val_limit=1000, scale_factor=0.99, seed=0,
                          hparams=_frozen_bottom(FROZEN_BOTTOM), ranges=NO_AUGMENTATION),
     "vit": dict(iterations=1, generations=3, candidates=2, steps_per_validation=250, validations=4,
