@@ -74,6 +74,15 @@ def report(results: dict[str, dict[str, Any]], quick: bool) -> str:
                        f"{r['total'] / r['root_params']:.2f}",
                        f"{sum(r['rows'][t]['images'] for t in DEMO_TASKS):,}", f"{r['wall']:.0f} s"])
     lines.append(table(header, rows))
+    avg = {k: sum(r["rows"][t]["acc"] for t in DEMO_TASKS) / len(DEMO_TASKS) for k, r in results.items()}
+    if {"efficientnet-pretrained", "efficientnet-random"} <= set(avg):
+        gain = avg["efficientnet-pretrained"] - avg["efficientnet-random"]
+        worst = min(DEMO_TASKS, key=lambda t: results["efficientnet-random"]["rows"][t]["acc"]
+                    - results["efficientnet-pretrained"]["rows"][t]["acc"])
+        lines.append(f"\nSame architecture, same settings and compute: the ImageNet weights add **{gain * 100:+.1f} "
+                     f"points** of average test accuracy; the largest gain is on {worst} "
+                     f"({results['efficientnet-random']['rows'][worst]['acc']:.4f} -> "
+                     f"{results['efficientnet-pretrained']['rows'][worst]['acc']:.4f}).")
     lines.append("\nEvolve wall time = sum of the task iterations' wall times (training, commit, no-forgetting "
                  "check). A store that is already grown is reported, not re-run (`--runs` keeps them).\n")
     lines.append("\nPer task (accounted parameters follow the µ2Net rule: shared components divided by "
