@@ -429,14 +429,16 @@ class System:
             "JOIN paths p ON p.id = r.path_id WHERE c.task = ?", (task,)).fetchone()
         return CheckRecord(*row[:4]), self.manifest._path_from_row(row[4:])
 
-    def check_immutability(self, exclude: str | None = None) -> list[str]:
-        """Re-run every committed task (but `exclude`) on its test images and require logits that
-        are bit-identical to those recorded at its last commit. Raises ForgettingError otherwise.
+    def check_immutability(self, exclude: str | None = None, tasks: Iterable[str] | None = None) -> list[str]:
+        """Re-run every committed task (but `exclude`; only `tasks` when given) on its test images and
+        require logits that are bit-identical to those recorded at its last commit. Raises
+        ForgettingError otherwise.
         A task that another process commits while it is being checked is checked again against its
         new reference (its old path's blobs may be gone by then)."""
         checked = []
+        only = None if tasks is None else set(tasks)
         for task in sorted(self.manifest.checks()):
-            if task == exclude:
+            if task == exclude or (only is not None and task not in only):
                 continue
             for attempt in range(3):
                 check, path = self._checked_pair(task)

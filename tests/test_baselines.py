@@ -14,7 +14,7 @@ from mupath.errors import ConfigError
 from mupath.model.root import RootSpec, create_root, cut_root
 from mupath.search.baselines import (budgets_from_commits, forgetting, parse_method, plan_baseline,
                                      run_sequential, split_budget, train_store_baselines)
-from mupath.search.evolve import _ids
+from mupath.search.evolve import id_stream
 from mupath.search.settings import make_settings
 from mupath.store.records import ROOT_TASK
 
@@ -29,7 +29,7 @@ EXPECTED_TRAINABLE = {   # depth-2 tiny root
 
 
 def _plan(system, method, task="digits"):
-    return plan_baseline(system, task, method, make_settings(**SETTINGS), _ids(random.Random(0)), random.Random(0))
+    return plan_baseline(system, task, method, make_settings(**SETTINGS), id_stream(random.Random(0)), random.Random(0))
 
 
 def test_methods_parse_and_bad_names_fail():

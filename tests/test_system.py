@@ -174,3 +174,32 @@ def test_shared_forward_runs_each_shared_component_once(two_task_system, digits_
             assert torch.equal(out["digits"], models["digits"](x))
     for h in hooks:
         h.remove()
+
+
+def test_shared_check_scope_rechecks_only_tasks_sharing_touched_components(tiny_system, monkeypatch):
+    """check_scope="shared": after a commit only the tasks whose paths use a non-root component of the
+    committed task's new or replaced path are re-run; "all" re-runs every other task."""
+    from mupath.search.evolve import sharing_tasks
+    from mupath.store.records import PathRecord
+    retained = {t: PathRecord(f"p{t}", t, None, comps, {}, 0.0, {}) for t, comps in {
+        "a": {"block_0": "root-block_0", "block_1": "ca1"},
+        "b": {"block_0": "ca1", "block_1": "cb1"},
+        "c": {"block_0": "root-block_0", "block_1": "cc1"}}.items()}
+    assert sharing_tasks(retained, {"ca1", "root-block_0"}, "a") == {"b"}      # root components never count
+    assert sharing_tasks(retained, {"cc1"}, "c") == set()
+
+    calls = []
+    real = System.check_immutability
+    monkeypatch.setattr(System, "check_immutability",
+                        lambda self, exclude=None, tasks=None: calls.append((exclude, tasks)) or real(self, exclude, tasks))
+    for name, seed in (("x", 0), ("y", 1)):
+        tiny_system.add_task(blobs_task(name, n=90, seed=seed))
+    tiny_system.evolve(["x", "y"], **dict(TINY_SETTINGS, check_scope="shared"))
+    after_y = calls[-1]
+    expected = sharing_tasks(tiny_system.manifest.retained(),
+                             set(tiny_system.manifest.retained()["y"].components.values()), "y")
+    assert after_y == ("y", expected)
+    tiny_system.evolve(["y"], **dict(TINY_SETTINGS, seed=5))                  # default scope: all
+    assert calls[-1] == ("y", None)
+    with pytest.raises(ConfigError, match="check_scope"):
+        tiny_system.evolve(["y"], check_scope="some")

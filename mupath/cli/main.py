@@ -106,6 +106,8 @@ def evolve(store: Path,
            val_limit: int = typer.Option(1000, help="validation examples used for selection"),
            adapters: bool = typer.Option(True, help="allow the adapter-insertion mutation"),
            check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
+           check_scope: str = typer.Option("all", help="tasks re-run by that check: all | shared (only "
+                                           "tasks sharing a component the commit touched)"),
            executor: str = typer.Option("auto", help="auto | inprocess | process | ray "
                                         "(Ray: install the ray extra)"),
            ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster, HOST:6379 (implies "
@@ -134,7 +136,7 @@ def evolve(store: Path,
                                candidates=candidates, workers=workers, scale_factor=scale_factor, seed=seed,
                                batch_size=batch_size, steps_per_validation=steps_per_validation,
                                validations=validations, val_limit=val_limit, mutate_adapters=adapters,
-                               check_immutability=check, executor=executor,
+                               check_immutability=check, check_scope=check_scope, executor=executor,
                                threads_per_worker=threads_per_worker, cache_mb=cache_mb, ray_address=ray_address,
                                ray_ship_blobs=ray_ship_blobs, hparams=hp,
                                ranges=ranges)

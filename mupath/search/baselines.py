@@ -31,6 +31,7 @@ from mupath.errors import ConfigError, MupathError
 from mupath.model.components import ComponentSpec, build_component, new_component_tensors
 from mupath.model.path_model import PathModel
 from mupath.runtime.executors import make_executor
+from mupath.search.evolve import candidate_job, id_stream, seed_for
 from mupath.search.mutation import ChildPlan, CompInfo, Lineage, SlotPlan, find_component, fresh_slot, wanted_slots
 from mupath.search.scoring import compute_locks
 from mupath.search.settings import EvolveSettings, make_settings
@@ -177,21 +178,10 @@ def plan_baseline(system: "System", task: str, method: str, settings: EvolveSett
     return ChildPlan(path, slots, {})
 
 
-def _new_ids(rng: random.Random) -> Callable[[str], str]:
-    from mupath.search.evolve import _ids
-    return _ids(rng)
-
-
-def _seed(*parts: Any) -> int:
-    from mupath.search.evolve import _seed_for
-    return _seed_for(*parts)
-
-
 def baseline_job(system: "System", plan: ChildPlan, budget_images: int, settings: EvolveSettings,
                  run_id: str, seed: int, validations: int | None = None) -> dict[str, Any]:
     """The worker job of a baseline candidate (the evolution's job format, the whole budget in one
     candidate: `settings.steps_per_validation` is kept, the validations multiplied)."""
-    from mupath.search.evolve import _job
     spv, v = split_budget(budget_images, settings.batch_size, settings.steps_per_validation, validations)
     long = dataclasses.replace(settings, steps_per_validation=spv, validations=v)
     locks = compute_locks(system.manifest.retained())
@@ -199,7 +189,7 @@ def baseline_job(system: "System", plan: ChildPlan, budget_images: int, settings
              for c in system.manifest.components().values()}
     sizes = {cid: c.num_params for cid, c in comps.items()}
     record = system.task_record(plan.path.task)
-    return _job(system, plan, plan.path.task, record.data_blob, long, locks, sizes, comps, {}, {},
+    return candidate_job(system, plan, plan.path.task, record.data_blob, long, locks, sizes, comps, {}, {},
                 system.scratch_dir(run_id), seed)
 
 
@@ -269,9 +259,9 @@ def prepare_store_baselines(systems: Mapping[str, "System"], tasks: list[str], b
             system.task_record(task)
             if task in committed:
                 continue
-            new_id = _new_ids(random.Random(_seed(seed, "ids", method, task, run_id)))
-            plan = plan_baseline(system, task, method, base, new_id, random.Random(_seed(seed, "baseline", method, task)))
-            job = baseline_job(system, plan, int(budgets[task]), base, run_id, _seed(seed, "baseline", task),
+            new_id = id_stream(random.Random(seed_for(seed, "ids", method, task, run_id)))
+            plan = plan_baseline(system, task, method, base, new_id, random.Random(seed_for(seed, "baseline", method, task)))
+            job = baseline_job(system, plan, int(budgets[task]), base, run_id, seed_for(seed, "baseline", task),
                                validations)
             pending.append(PendingBaseline(method, task, system, run_id, plan, job, int(budgets[task])))
     return pending, runs
@@ -369,7 +359,7 @@ def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int
         spec = ComponentSpec("head", {"dim": system.family.head_dim(system.root_configs()),
                                       "num_classes": int(hp["num_classes"])})
         head = build_component(spec, system.root_spec)
-        head.load_state_dict(new_component_tensors(spec, _seed(seed, "sequential", task)))
+        head.load_state_dict(new_component_tensors(spec, seed_for(seed, "sequential", task)))
         heads[task] = head
         out.head_params[task] = sum(p.numel() for p in head.parameters())
         owned = {**body, "head": head}
@@ -378,7 +368,7 @@ def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int
         limit = int(base.val_limit)
         val_x = to_model_input(data["validation.x"][:limit], size)
         spv, v = split_budget(int(budgets[task]), base.batch_size, base.steps_per_validation, validations)
-        run_seed = _seed(seed, "baseline", task)
+        run_seed = seed_for(seed, "baseline", task)
         torch.manual_seed(run_seed)
         outcome = train_path(model, owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
                              data["train.x"], data["train.y"], val_x, data["validation.y"][:limit],

@@ -63,12 +63,12 @@ class EvolveReport:
     wall_time: float
 
 
-def _seed_for(*parts: Any) -> int:
+def seed_for(*parts: Any) -> int:
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
-def _ids(rng: random.Random) -> Any:
+def id_stream(rng: random.Random) -> Any:
     """Unique ids that are also reproducible for a given seed (uuid from the run's random stream)."""
     def new_id(prefix: str) -> str:
         return f"{prefix}{uuid.UUID(int=rng.getrandbits(128), version=4).hex[:16]}"
@@ -106,8 +106,8 @@ def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
 def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSettings, executor: Any,
                  run_id: str, progress: Progress | None) -> TaskReport:
     t_start = time.perf_counter()
-    rng = random.Random(_seed_for(settings.seed, task, iteration))
-    new_id = _ids(random.Random(_seed_for(settings.seed, task, iteration, "ids", run_id)))
+    rng = random.Random(seed_for(settings.seed, task, iteration))
+    new_id = id_stream(random.Random(seed_for(settings.seed, task, iteration, "ids", run_id)))
     info = system.task_record(task)
     space = system.search_space(settings)
     retained = system.manifest.retained()
@@ -156,8 +156,8 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
             new_offspring[(parent.id, task)] += 1
             plans.append(make_child(parent, task, info.num_classes, ds_hp, space, lineage, rng,
                                     system.patch_size, settings.mutate_adapters))
-        jobs = [_job(system, plan, task, info.data_blob, settings, locks, sizes, comps, scores, paths,
-                     scratch, _seed_for(settings.seed, task, iteration, generation, i))
+        jobs = [candidate_job(system, plan, task, info.data_blob, settings, locks, sizes, comps, scores, paths,
+                     scratch, seed_for(settings.seed, task, iteration, generation, i))
                 for i, plan in enumerate(plans)]
         system.pin_blobs(run_id, jobs)     # other agents may drop borrowed components meanwhile
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
@@ -196,7 +196,12 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
                               "improved": improved, "failures": failures[:20], "train_images": train_images,
                               "train_time": train_time, "wall_time": time.perf_counter() - t_start})
     if settings.check_immutability:
-        system.check_immutability(exclude=task)
+        scope = None
+        if settings.check_scope == "shared":
+            touched = set(best.components.values()) | (set(retained[task].components.values())
+                                                       if task in retained else set())
+            scope = sharing_tasks(system.manifest.retained(), touched, task)
+        system.check_immutability(exclude=task, tasks=scope)
     parent_task = paths[best.parent_id].task if best.parent_id in paths else None
     entry = TaskReport(task, iteration, best.id, changed, best.quality, test_acc, scores[best.id],
                        settings.generations * settings.candidates, improved, failures, train_images,
@@ -204,6 +209,14 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     if progress:
         progress.task_done(entry)
     return entry
+
+
+def sharing_tasks(retained: dict[str, PathRecord], components: set[str], task: str) -> set[str]:
+    """Tasks other than `task` whose retained path uses one of `components` (root components left
+    out: they are never written or dropped)."""
+    own = {c for c in components if not c.startswith("root-")}
+    return {t for t, p in retained.items()
+            if t not in (task, ROOT_TASK) and own & set(p.components.values())}
 
 
 def _adopt_new_seeds(system: "System", task: str, paths: dict[str, PathRecord], comps: dict[str, CompInfo],
@@ -235,7 +248,7 @@ def _best(population: list[PathRecord], scores: dict[str, float]) -> PathRecord 
     return best
 
 
-def _job(system: "System", plan: ChildPlan, task: str, data_blob: str, settings: EvolveSettings,
+def candidate_job(system: "System", plan: ChildPlan, task: str, data_blob: str, settings: EvolveSettings,
          locks: dict[str, set[str]], sizes: dict[str, int], comps: dict[str, CompInfo],
          scores: dict[str, float], paths: dict[str, PathRecord], scratch: Path, seed: int) -> dict[str, Any]:
     """The JSON job of one candidate."""

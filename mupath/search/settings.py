@@ -35,6 +35,10 @@ class EvolveSettings:
     mutate_adapters: bool = True
     #: re-run every other task after each commit and require bit-identical logits
     check_immutability: bool = True
+    #: which tasks the after-commit check re-runs: "all" (every other task: O(tasks) per commit) or
+    #: "shared" (only tasks whose path uses a non-root component of the committed task's new or
+    #: replaced path: the only components a commit adds or drops; for long task streams)
+    check_scope: str = "all"
     #: "auto" (in-process for 1 worker, else process pool; Ray when ray_address is set) | "inprocess"
     #: | "process" | "ray" (pip install 'mupath[ray]')
     executor: str = "auto"
@@ -61,6 +65,8 @@ class EvolveSettings:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not (0.0 < float(self.scale_factor) <= 1.0):
             raise ConfigError(f"scale_factor must be in (0, 1], got {self.scale_factor}")
+        if self.check_scope not in ("all", "shared"):
+            raise ConfigError(f"check_scope must be all or shared, got '{self.check_scope}'")
         if self.executor not in ("auto", "inprocess", "process", "ray"):
             raise ConfigError(f"executor must be auto, inprocess, process or ray, got '{self.executor}'")
         if self.executor == "inprocess" and self.workers > 1:
@@ -88,7 +94,8 @@ class EvolveSettings:
         """What must match for a run to be resumed: everything that changes the search's choices.
         (workers, executor, threads and where the workers run only change speed.)"""
         data = dataclasses.asdict(self)
-        for k in ("workers", "executor", "threads_per_worker", "cache_mb", "ray_address", "ray_ship_blobs"):
+        for k in ("workers", "executor", "threads_per_worker", "cache_mb", "ray_address", "ray_ship_blobs",
+                  "check_scope"):
             data.pop(k)
         return json.dumps({"settings": data, "tasks": tasks}, sort_keys=True)
 
