@@ -132,7 +132,8 @@ def main() -> None:
         f"- wall time per task: mean {walls.mean():.0f} s, linear-fit slope {slope:+.2f} s per task "
         f"({slope * len(walls) / max(walls.mean(), 1e-9):+.0%} over the run)",
         f"- no task changed by a later one: all {len(audited)} tasks re-run bit-exactly after the run "
-        "(and every commit re-checked all earlier tasks)",
+        + ("(and every commit re-checked the earlier tasks sharing a component it added or dropped: "
+           "check_scope=shared)" if kw.get("check_scope") == "shared" else "(and every commit re-checked all earlier tasks)"),
     ]
     body = ("## Scale: one system over the task stream\n\n" + environment()
             + f"- mode: {'QUICK (first 12 tasks, small budgets)' if args.quick else 'full stream69'}; "
