@@ -31,7 +31,7 @@ from mupath.errors import ConfigError, MupathError
 from mupath.model.components import ComponentSpec, build_component, new_component_tensors
 from mupath.model.path_model import PathModel
 from mupath.runtime.executors import make_executor
-from mupath.search.evolve import candidate_job, id_stream, seed_for
+from mupath.search.evolve import candidate_job, id_stream, run_cache_floor, seed_for
 from mupath.search.mutation import ChildPlan, CompInfo, Lineage, SlotPlan, find_component, fresh_slot, wanted_slots
 from mupath.search.scoring import compute_locks
 from mupath.search.settings import EvolveSettings, make_settings
@@ -190,7 +190,7 @@ def baseline_job(system: "System", plan: ChildPlan, budget_images: int, settings
     sizes = {cid: c.num_params for cid, c in comps.items()}
     record = system.task_record(plan.path.task)
     return candidate_job(system, plan, plan.path.task, record.data_blob, long, locks, sizes, comps, {}, {},
-                system.scratch_dir(run_id), seed)
+                         system.scratch_dir(run_id), seed, run_cache_floor(system, long, system.search_space(long)))
 
 
 def commit_baseline(system: "System", plan: ChildPlan, result: dict[str, Any], job: dict[str, Any],

@@ -21,7 +21,7 @@ from mupath.search.mutation import ChildPlan, CompInfo, Lineage, make_child, sam
 from mupath.search.scoring import accounted_params, compute_locks, score
 from mupath.search.selection import select_parent
 from mupath.search.settings import EvolveSettings
-from mupath.search.space import frozen_floor
+from mupath.search.space import SearchSpace, frozen_floor
 from mupath.store.records import ROOT_TASK, PathRecord
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     new_id = id_stream(random.Random(seed_for(settings.seed, task, iteration, "ids", run_id)))
     info = system.task_record(task)
     space = system.search_space(settings)
+    floor = run_cache_floor(system, settings, space)
     retained = system.manifest.retained()
     locks = compute_locks(retained)
     if task in retained:                      # start_task: this task's own components are trainable again
@@ -157,7 +158,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
             plans.append(make_child(parent, task, info.num_classes, ds_hp, space, lineage, rng,
                                     system.patch_size, settings.mutate_adapters))
         jobs = [candidate_job(system, plan, task, info.data_blob, settings, locks, sizes, comps, scores, paths,
-                     scratch, seed_for(settings.seed, task, iteration, generation, i))
+                              scratch, seed_for(settings.seed, task, iteration, generation, i), floor)
                 for i, plan in enumerate(plans)]
         system.pin_blobs(run_id, jobs)     # other agents may drop borrowed components meanwhile
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
@@ -248,10 +249,16 @@ def _best(population: list[PathRecord], scores: dict[str, float]) -> PathRecord 
     return best
 
 
+def run_cache_floor(system: "System", settings: EvolveSettings, space: SearchSpace) -> int:
+    """Leading blocks no candidate of this run can own: the activation cache's checkpoint depth."""
+    return frozen_floor(space, system.family.embed_slots, system.depth, settings.mutate_adapters)
+
+
 def candidate_job(system: "System", plan: ChildPlan, task: str, data_blob: str, settings: EvolveSettings,
-         locks: dict[str, set[str]], sizes: dict[str, int], comps: dict[str, CompInfo],
-         scores: dict[str, float], paths: dict[str, PathRecord], scratch: Path, seed: int) -> dict[str, Any]:
-    """The JSON job of one candidate."""
+                  locks: dict[str, set[str]], sizes: dict[str, int], comps: dict[str, CompInfo],
+                  scores: dict[str, float], paths: dict[str, PathRecord], scratch: Path, seed: int,
+                  cache_floor: int = 0) -> dict[str, Any]:
+    """The JSON job of one candidate (`cache_floor`: see `run_cache_floor`)."""
     frozen = [s.id for s in plan.slots if not s.trainable]
     refs: dict[str, dict[str, Any]] = {}
     for s in plan.slots:
@@ -270,7 +277,6 @@ def candidate_job(system: "System", plan: ChildPlan, task: str, data_blob: str, 
         "steps_per_validation": settings.steps_per_validation, "validations": settings.validations,
         "batch_size": settings.batch_size, "val_limit": settings.val_limit, "seed": seed,
         "cache_mb": settings.cache_mb,
-        "cache_floor": frozen_floor(system.search_space(settings), system.family.embed_slots, system.depth,
-                                    settings.mutate_adapters),
+        "cache_floor": cache_floor,
         "scratch_file": str(scratch / f"{plan.path.id}.safetensors"),
     }

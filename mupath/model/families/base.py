@@ -21,8 +21,6 @@ class RootFamily:
     name: str = ""
     #: slots run before the body (never removed; frozen ones can be cached as a prefix)
     embed_slots: tuple[str, ...] = ()
-    #: slots between the body and the head (pooling / final norm)
-    neck_slots: tuple[str, ...] = ()
     #: slots every child clones (reference: force_finetune_components = ['encoder_norm'])
     force_clone: tuple[str, ...] = ()
     #: kind of the identity-initialised adapter inserted before block i
@@ -92,6 +90,13 @@ class RootFamily:
     def prepare_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Adapt a loaded checkpoint to `model` (drop the classifier, resample what depends on size)."""
         return state
+
+
+def detached_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A component's tensors as stored: parameters and buffers, detached and contiguous.
+    `num_batches_tracked` is left out: BatchNorm always runs in eval mode, where it is never used."""
+    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
 
 
 def body_slots(num_layers: int, adapters: list[int],

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mupath.errors import ConfigError
-from mupath.model.families.base import Part, RootFamily, body_slots
+from mupath.model.families.base import Part, RootFamily, body_slots, detached_state
 
 
 class ConvBN(nn.Module):
@@ -68,16 +68,9 @@ def _channels(block: nn.Module) -> tuple[int, int]:
     return int(convs[0].in_channels), int(convs[-1].out_channels)
 
 
-def _detached(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and BatchNorm statistics (num_batches_tracked is never used in eval mode: dropped)."""
-    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()
-            if not k.endswith("num_batches_tracked")}
-
-
 class EfficientNetFamily(RootFamily):
     name = "efficientnet"
     embed_slots = ("stem",)
-    neck_slots = ("neck",)
     force_clone = ("neck",)     # the analogue of encoder_norm: the last layer before the classifier
     adapter_kind = "conv_adapter"
 
@@ -106,13 +99,13 @@ class EfficientNetFamily(RootFamily):
     def cut(self, model: nn.Module) -> list[Part]:
         blocks = flat_blocks(model)
         stem_out = int(model.conv_stem.out_channels)
-        parts: list[Part] = [("stem", "stem", {"channels": stem_out}, _detached(stem_of(model)))]
+        parts: list[Part] = [("stem", "stem", {"channels": stem_out}, detached_state(stem_of(model)))]
         for i, block in enumerate(blocks):
             c_in, c_out = _channels(block)
-            parts.append((f"block_{i}", "block", {"index": i, "in": c_in, "out": c_out}, _detached(block)))
+            parts.append((f"block_{i}", "block", {"index": i, "in": c_in, "out": c_out}, detached_state(block)))
         neck = neck_of(model)
         parts.append(("neck", "neck", {"in": int(model.conv_head.in_channels),
-                                       "out": int(model.conv_head.out_channels)}, _detached(neck)))
+                                       "out": int(model.conv_head.out_channels)}, detached_state(neck)))
         return parts
 
     def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mupath.errors import ConfigError
-from mupath.model.families.base import Part, RootFamily, body_slots
+from mupath.model.families.base import Part, RootFamily, body_slots, detached_state
 
 
 class PatchEmbed(nn.Module):
@@ -56,14 +56,9 @@ def resample_pos_embed(pos: torch.Tensor, new_grid: tuple[int, int]) -> torch.Te
     return resample_abs_pos_embed(pos, list(new_grid), list(old_grid), num_prefix_tokens=1).contiguous()
 
 
-def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().contiguous() for k, v in state.items()}
-
-
 class ViTFamily(RootFamily):
     name = "vit"
     embed_slots = ("patch_embed", "cls_token", "pos_embed")
-    neck_slots = ("norm",)
     force_clone = ("norm",)
     adapter_kind = "adapter"
 
@@ -106,13 +101,13 @@ class ViTFamily(RootFamily):
         grid = list(model.patch_embed.grid_size)
         dim = int(model.embed_dim)
         parts: list[Part] = [
-            ("patch_embed", "patch_embed", {"dim": dim}, _detached(model.patch_embed.state_dict())),
+            ("patch_embed", "patch_embed", {"dim": dim}, detached_state(model.patch_embed)),
             ("cls_token", "cls_token", {"dim": dim}, {"token": model.cls_token.detach().clone()}),
             ("pos_embed", "pos_embed", {"dim": dim, "grid": grid}, {"pos_embed": model.pos_embed.detach().clone()}),
         ]
         for i, block in enumerate(model.blocks):
-            parts.append((f"block_{i}", "block", {"dim": dim}, _detached(block.state_dict())))
-        parts.append(("norm", "norm", {"dim": dim}, _detached(model.norm.state_dict())))
+            parts.append((f"block_{i}", "block", {"dim": dim}, detached_state(block)))
+        parts.append(("norm", "norm", {"dim": dim}, detached_state(model.norm)))
         return parts
 
     def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:
