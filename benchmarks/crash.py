@@ -34,15 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from mupath import System, Task, load_task  # noqa: E402
+from mupath import System, load_task  # noqa: E402
 from mupath.errors import StoreError  # noqa: E402
 from mupath.store.faults import POINTS  # noqa: E402
 from mupath.store.verify import verify_store  # noqa: E402
+from mupath.data.synthetic import quadrant_task  # noqa: E402
 from mupath.train.evaluate import fixed_threads, logits_of  # noqa: E402
 
 TINY_ROOT = dict(root="vit_tiny_patch16_224", image_size=8, patch_size=4, depth=2, embed_dim=32,
@@ -54,15 +54,7 @@ MODES = ("random", *POINTS)
 CHILD_TIMEOUT = 300
 
 
-def blobs_task(name: str, n: int = 120, seed: int = 0, classes: int = 3) -> Task:
-    """Separable synthetic images: class k is a bright square in quadrant k (as tests/conftest.py)."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    images = rng.integers(0, 40, (n, 8, 8)).astype(np.uint8)
-    for i, k in enumerate(labels):
-        r, c = divmod(int(k), 2)
-        images[i, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] = 220
-    return Task.from_arrays(name, images, labels, seed=seed)
+blobs_task = quadrant_task
 
 
 def make_template(path: Path) -> Path:

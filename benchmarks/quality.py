@@ -9,7 +9,7 @@ OUT/results.json.
     .venv/bin/python benchmarks/quality.py [--quick] [--workers 2] [--out DIR]
 
 Every run starts from fresh stores in the work folder (default runs/bench-quality[-quick]). Full mode
-takes about 65 minutes with --workers 2 on the project's 2-core machine, --quick about 7 minutes;
+takes about 40 minutes with --workers 2 on the project's 2-core machine, --quick about 7 minutes;
 --report-only re-renders the docs section and plots from OUT/results.json.
 """
 from __future__ import annotations
@@ -59,13 +59,14 @@ class Mode:
     max_test: dict[str, int]
 
 
-# Budgets: full = 2 x 2 x 2 candidates of 200 steps = 204,800 training images per task (about 65 min on
-# the 2-core machine with --workers 2, estimated from the quick run's throughput); quick = 25,600 per task
-# (about 6.5 min measured).
-FULL = Mode("full", dict(iterations=2, generations=2, candidates=2, steps_per_validation=100, validations=2,
+# Budgets: full = 2 iterations x 4 generations x 1 candidate of 200 steps of 64 = 102,400 training images
+# per task; quick = 25,600. One candidate per generation: the lineage of the retained path then gets the
+# whole budget instead of 1/candidates of it (with 2 candidates per generation the same full budget gave
+# 0.904 average test accuracy instead of 0.919 in the exploration runs; docs/benchmarks.md).
+FULL = Mode("full", dict(iterations=2, generations=4, candidates=1, steps_per_validation=100, validations=2,
                          batch_size=64, val_limit=1000, seed=0),
             [1.0, 0.99, 0.95, 0.9, 0.7], {}, {})
-QUICK = Mode("quick", dict(iterations=2, generations=2, candidates=2, steps_per_validation=25, validations=2,
+QUICK = Mode("quick", dict(iterations=2, generations=4, candidates=1, steps_per_validation=25, validations=2,
                            batch_size=64, val_limit=500, seed=0),
              [1.0, 0.99, 0.9], {"fashion_mnist": 3000}, {"fashion_mnist": 2000})
 
@@ -120,8 +121,14 @@ class History:
             f"images={entry.train_images} {entry.wall_time:.0f}s")
 
 
+def evolve_workers(mode: Mode, workers: int) -> int:
+    """Never more workers than candidates per generation: the cores go to threads instead."""
+    return max(1, min(workers, int(mode.evolve["candidates"])))
+
+
 def evolve_system(folder: Path, tasks: dict[str, Task], mode: Mode, scale: float, workers: int,
                   track: bool) -> dict[str, Any]:
+    workers = evolve_workers(mode, workers)
     system = new_store(folder, tasks)
     history = History(system if track else None)
     t0 = time.perf_counter()
@@ -477,6 +484,8 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
     sizes = res["task_sizes"]
     title = "## Quality" + (" — QUICK MODE (smoke run: small budgets, not the evidence run)" if mode.name == "quick" else "")
     s_ev = mode.evolve
+    evo_workers = evolve_workers(mode, args.workers)
+    evo_threads = max(1, args.workers // evo_workers)
     body = "\n\n".join([
         title + "\n\n" + res["environment"] + (f"- report re-rendered from results.json: "
                                                  f"{time.strftime('%Y-%m-%d %H:%M')}\n" if args.report_only else "")
@@ -495,8 +504,9 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         f"- baselines: per task one path whose parent is the root, trained as one candidate with exactly the "
         f"training images the evolution spent on that task (Σ `train_images` of its commits), validations every "
         f"{s_ev['steps_per_validation']} steps, best snapshot kept; search-space default hyperparameters; store "
-        f"baselines committed with `System.commit` (same test evaluation and accounting). Evolution candidates, "
-        f"baseline candidates and the sequential run all train on 1 thread each, {args.workers} at a time.",
+        f"baselines committed with `System.commit` (same test evaluation and accounting). Baseline candidates and "
+        f"the sequential run train on 1 thread each, {args.workers} at a time; evolution candidates on "
+        f"{evo_threads} thread(s) each, {evo_workers} at a time ({s_ev['candidates']} per generation).",
         "### Target\n\nAt the same training images per task: evolved average test accuracy ≥ finetune-all's, "
         "parameters per task ≤ half of finetune-all's, forgetting exactly 0.\n\n" + target
         + f"\n\n**Target {'holds' if holds else 'does not hold'}** in this {mode.name} run.",
@@ -504,9 +514,9 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         "Parameters per task: µ2Net accounting (a component used by k tasks costs |c|/k to each; for "
         "`sequential` the shared body costs |body|/4 to each task plus its head). Total / root: every stored "
         "component (the root's included) over the root's size. Forgetting: the largest drop of a task's test "
-        "accuracy after later tasks were trained. Train s: summed candidate training time (1 thread); wall s: "
-        "summed per-task wall time of the candidates (evolved: elapsed time of the task iteration with "
-        f"{args.workers} workers).\n\n"
+        "accuracy after later tasks were trained. Train s: summed candidate training time (baselines: 1 "
+        f"thread, evolved: {evo_threads}); wall s: summed per-task wall time of the candidates (evolved: "
+        f"elapsed time of the task iterations with {evo_workers} worker(s)).\n\n"
         + table(["method", "avg test acc", "params / task", "params / task ÷ root", "total / root", "forgetting",
                  "train images", "train s", "wall s"], method_rows),
         "### Per task\n\n" + table(["task", "method", "test acc", "params accounted", "train images", "train s",

@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
-from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root  # noqa: E402
-from mupath.model.components import new_component_tensors  # noqa: E402
+from mupath.model import PathModel, RootSpec, create_root, root_modules  # noqa: E402
 from mupath.model.multipath import shared_forward  # noqa: E402
 from mupath.train.cache import ActivationCache, frozen_prefix  # noqa: E402
 from mupath.train.loop import TrainConfig, train_path  # noqa: E402
@@ -35,14 +34,7 @@ HP = dict(ds_image_size=32, opt_name="adamw", opt_lr=1e-3, opt_momentum=0.9, opt
 
 
 def build(spec: RootSpec, owned_slots: list[str], classes: int = 10):
-    modules, configs = {}, {}
-    for slot, kind, config, tensors in cut_root(create_root(spec)):
-        m = build_component(ComponentSpec(kind, config), spec)
-        m.load_state_dict(tensors)
-        modules[slot], configs[slot] = m, config
-    head = ComponentSpec("head", {"dim": spec.family.head_dim(configs), "num_classes": classes})
-    modules["head"] = build_component(head, spec)
-    modules["head"].load_state_dict(new_component_tensors(head, 0))
+    modules = root_modules(spec, classes)
     for slot, m in modules.items():
         m.requires_grad_(slot in owned_slots)
     return PathModel(modules), {s: modules[s] for s in owned_slots}, {s: f"id-{s}" for s in modules}

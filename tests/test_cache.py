@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root
-from mupath.model.components import new_component_tensors
+from mupath.model import PathModel, RootSpec, root_modules
 from mupath.train.cache import ActivationCache, frozen_prefix
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import to_model_input
@@ -13,14 +12,7 @@ SPEC = RootSpec(kwargs=dict(img_size=16, patch_size=4, depth=4, embed_dim=32, nu
 
 
 def _model(owned_slots):
-    modules = {}
-    for slot, kind, config, tensors in cut_root(create_root(SPEC)):
-        m = build_component(ComponentSpec(kind, config), SPEC)
-        m.load_state_dict(tensors)
-        modules[slot] = m
-    head = ComponentSpec("head", {"dim": 32, "num_classes": 4})
-    modules["head"] = build_component(head, SPEC)
-    modules["head"].load_state_dict(new_component_tensors(head, 1))
+    modules = root_modules(SPEC, 4, head_seed=1)
     torch.nn.init.normal_(modules["head"].weight)
     for slot, m in modules.items():
         m.requires_grad_(slot in owned_slots)

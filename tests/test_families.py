@@ -11,7 +11,7 @@ import torch
 
 from mupath import System
 from mupath.errors import ConfigError
-from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root
+from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root, root_modules
 from mupath.model.components import new_component_tensors
 from mupath.model.families import EFFICIENTNET, VIT, family_of
 from mupath.search.space import customise, default_space
@@ -29,13 +29,7 @@ def lite0():
 
 
 def _path_model(root, spec, owned=(), adapters=()):
-    modules = {}
-    for slot, kind, config, tensors in cut_root(root):
-        m = build_component(ComponentSpec(kind, config), spec)
-        m.load_state_dict(tensors)
-        modules[slot] = m
-    head = ComponentSpec("head", {"dim": EFFICIENTNET.head_dim({"neck": {"out": 1280}}), "num_classes": 5})
-    modules["head"] = build_component(head, spec)
+    modules = root_modules(spec, 5, root=root)
     torch.manual_seed(3)
     torch.nn.init.normal_(modules["head"].weight, std=0.05)
     torch.nn.init.normal_(modules["head"].bias, std=0.05)

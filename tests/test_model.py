@@ -6,24 +6,15 @@ import torch
 from safetensors.torch import save_file
 
 from mupath.errors import ConfigError
-from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root
-from mupath.model.components import ResidualAdapter, new_component_tensors
+from mupath.model import PathModel, RootSpec, create_root, cut_root, root_modules
+from mupath.model.components import ResidualAdapter
 from mupath.model.root import resample_pos_embed
 
 SPEC = RootSpec(kwargs=dict(img_size=16, patch_size=4, depth=3, embed_dim=32, num_heads=2))
 
 
 def _path_model(spec: RootSpec, extra: dict | None = None) -> PathModel:
-    root = create_root(spec)
-    modules = {}
-    for slot, kind, config, tensors in cut_root(root):
-        m = build_component(ComponentSpec(kind, config), spec)
-        m.load_state_dict(tensors)
-        modules[slot] = m
-    head_spec = ComponentSpec("head", {"dim": 32, "num_classes": 5})
-    head = build_component(head_spec, spec)
-    head.load_state_dict(new_component_tensors(head_spec, 0))
-    modules["head"] = head
+    modules = root_modules(spec, 5)
     modules.update(extra or {})
     return PathModel(modules).eval()
 

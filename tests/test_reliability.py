@@ -30,7 +30,6 @@ from mupath.errors import MupathError, StoreError
 from mupath.store import blobs as blobs_module
 from mupath.store.atomic import atomic_output, file_mode
 from mupath.store.blobs import BlobStore
-from mupath.store.manifest import Manifest
 from mupath.store.records import ROOT_TASK
 from mupath.store.verify import CORRUPT, MANIFEST, MISSING, ORPHAN, fix_store, verify_store
 

@@ -5,7 +5,7 @@ import random
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from mupath.errors import ConfigError
 from mupath.search.mutation import CompInfo, Lineage, incremental, make_child, mutate_hparams, sample_ds_hparams
@@ -144,6 +144,30 @@ def test_child_of_another_tasks_path_shares_frozen_parts_and_gets_a_new_head():
                 assert s.id == other.components[s.slot]                                # shared as-is
             clones[s.slot] += s.trainable
     assert 0.05 < clones["block_0"] / 300 < 0.16     # cloned with probability µ = 0.1
+
+
+def test_always_cloned_root_components_are_never_shared_but_other_tasks_parts_are():
+    """clone_root: a random-init root's components are always cloned (owned, initialised from the
+    root), while another task's trained components are still shared unless the mutation fires."""
+    comps, root = _root_fixture()
+    comps["hu"] = CompInfo("hu", "head", "head", {"dim": 8, "num_classes": 3}, 27, blob="y" * 64)
+    comps["u1"] = CompInfo("u1", "block", "block_1", {"dim": 8}, 10, blob="z" * 64)
+    other = PathRecord("pu", "u", "root", dict(root.components, head="hu", block_1="u1"),
+                       dict(SPACE.defaults, _mu_=0.1), 0.9)
+    counter = iter(range(10 ** 6))
+    lineage = Lineage({"pu": other, "root": root}, comps, lambda cid: False, root, lambda p: f"{p}{next(counter)}",
+                      always_clone=frozenset(root.components.values()))
+    space = customise(SPACE, {"_mu_": 0.1}, {"_mu_": [], "num_layers": [], "adapter_dim": [], "opt_lr": []})
+    shared_u1 = 0
+    for seed in range(100):
+        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), 4, mutate_adapters=False)
+        for s in plan.slots:
+            if s.slot in ("block_1", "head"):
+                continue
+            assert s.trainable and s.id not in comps
+            assert s.init == {"from": root.components[s.slot]}
+        shared_u1 += {s.slot: s for s in plan.slots}["block_1"].id == "u1"
+    assert 80 < shared_u1 < 100       # another task's block: shared unless cloned (µ = 0.1)
 
 
 def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparams():

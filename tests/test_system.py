@@ -167,11 +167,19 @@ def test_shared_forward_runs_each_shared_component_once(two_task_system, digits_
             lambda m, i, o, key=key: calls.__setitem__(key, calls.get(key, 0) + 1)))
     size = system.image_size("digits")
     x = to_model_input(as_nchw(digits_small.test.images[:10]), size)
+    # a body component runs once per distinct prefix (embedding ids + body ids up to it) that ends in it
+    expected: dict[int, set] = {}
+    for t, m in models.items():
+        ids = retained[t].components
+        prefix = tuple(ids[s] for s in m.embed_slots)
+        for s in m.body:
+            prefix += (ids[s],)
+            expected.setdefault(id(m.parts[s]), set()).add(prefix)
     if system.image_size("parity") == size:
         with torch.no_grad():
             out = shared_forward(models, {t: retained[t].components for t in models}, x)
-            assert calls and all(n == 1 for n in calls.values())   # shared components ran once for both
-            assert torch.equal(out["digits"], models["digits"](x))
+        assert calls == {k: len(v) for k, v in expected.items()}
+        assert torch.equal(out["digits"], models["digits"](x))
     for h in hooks:
         h.remove()
 
@@ -203,3 +211,19 @@ def test_shared_check_scope_rechecks_only_tasks_sharing_touched_components(tiny_
     assert calls[-1] == ("y", None)
     with pytest.raises(ConfigError, match="check_scope"):
         tiny_system.evolve(["y"], check_scope="some")
+
+
+def test_random_root_components_are_cloned_by_default_and_shared_under_mutation(tmp_path, digits_small):
+    """clone_root=auto on a random-init root: no evolved path shares a root component frozen; with
+    clone_root=mutation (the rule for pretrained roots) some stay shared."""
+    root_ids = {}
+    for mode in ("auto", "mutation"):
+        system = System.create(tmp_path / mode, **TINY_ROOT)
+        system.add_task(digits_small)
+        system.evolve(["digits"], clone_root=mode, **TINY_SETTINGS)
+        root_ids[mode] = set(system.manifest.retained()[ROOT_TASK].components.values()) & set(
+            system.manifest.retained()["digits"].components.values())
+    assert root_ids["auto"] == set()
+    assert root_ids["mutation"]
+    with pytest.raises(ConfigError, match="clone_root must be"):
+        system.evolve(["digits"], clone_root="never", **TINY_SETTINGS)

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mupath.model import ComponentSpec, PathModel, RootSpec, build_component, create_root, cut_root
-from mupath.model.components import new_component_tensors
+from mupath.model import PathModel, RootSpec, root_modules
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.optim import lr_at
 from mupath.train.pipeline import augment, to_model_input
@@ -13,15 +12,7 @@ SPEC = RootSpec(kwargs=dict(img_size=8, patch_size=4, depth=2, embed_dim=16, num
 
 
 def _modules():
-    out = {}
-    for slot, kind, config, tensors in cut_root(create_root(SPEC)):
-        m = build_component(ComponentSpec(kind, config), SPEC)
-        m.load_state_dict(tensors)
-        out[slot] = m
-    head = ComponentSpec("head", {"dim": 16, "num_classes": 3})
-    out["head"] = build_component(head, SPEC)
-    out["head"].load_state_dict(new_component_tensors(head, 0))
-    return out
+    return root_modules(SPEC, 3)
 
 
 def test_only_owned_components_receive_gradients_and_updates():

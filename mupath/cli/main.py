@@ -41,7 +41,6 @@ def _open(store: Path) -> Any:
 
 
 def _key_values(items: list[str], what: str) -> dict[str, Any]:
-    from mupath.search.space import parse_value
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -105,6 +104,8 @@ def evolve(store: Path,
            validations: int = typer.Option(2, help="validations per candidate"),
            val_limit: int = typer.Option(1000, help="validation examples used for selection"),
            adapters: bool = typer.Option(True, help="allow the adapter-insertion mutation"),
+           clone_root: str = typer.Option("auto", help="root components: auto (always cloned when the root "
+                                          "is random-init) | always | mutation (shared unless cloned)"),
            check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
            check_scope: str = typer.Option("all", help="tasks re-run by that check: all | shared (only "
                                            "tasks sharing a component the commit touched)"),
@@ -136,7 +137,7 @@ def evolve(store: Path,
                                candidates=candidates, workers=workers, scale_factor=scale_factor, seed=seed,
                                batch_size=batch_size, steps_per_validation=steps_per_validation,
                                validations=validations, val_limit=val_limit, mutate_adapters=adapters,
-                               check_immutability=check, check_scope=check_scope, executor=executor,
+                               clone_root=clone_root, check_immutability=check, check_scope=check_scope, executor=executor,
                                threads_per_worker=threads_per_worker, cache_mb=cache_mb, ray_address=ray_address,
                                ray_ship_blobs=ray_ship_blobs, hparams=hp,
                                ranges=ranges)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mupath.data.task import Split, Task
+from mupath.data.task import Task
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                    "Bag", "Ankle boot")

@@ -4,10 +4,10 @@ from mupath.model.root import RootSpec, create_root, load_weights, cut_root, roo
 from mupath.model.components import (
     ComponentSpec, build_component, new_component_tensors, component_num_params, slot_order,
 )
-from mupath.model.path_model import PathModel
+from mupath.model.path_model import PathModel, root_modules
 
 __all__ = [
     "RootSpec", "create_root", "load_weights", "cut_root", "root_num_params",
     "ComponentSpec", "build_component", "new_component_tensors", "component_num_params",
-    "slot_order", "PathModel",
+    "slot_order", "PathModel", "root_modules",
 ]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mupath.model.components import slot_order
+from mupath.model.components import ComponentSpec, build_component, new_component_tensors, slot_order
 from mupath.model.families import RootFamily, family_for_slots
+from mupath.model.root import RootSpec, create_root, cut_root
 
 
 class PathModel(nn.Module):
@@ -38,3 +39,20 @@ class PathModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head_logits(self.forward_tokens(self.embed(images)))
+
+
+def root_modules(spec: RootSpec, num_classes: int, root: nn.Module | None = None,
+                 head_seed: int = 0) -> dict[str, nn.Module]:
+    """The root's components rebuilt as separate modules, plus a new zero-initialised head for
+    `num_classes`: a single-task model of the root without a store (`PathModel(root_modules(...))`),
+    what the tests and benchmarks train and time. `root`: an already created root of `spec`."""
+    modules: dict[str, nn.Module] = {}
+    configs = {}
+    for slot, kind, config, tensors in cut_root(root if root is not None else create_root(spec)):
+        module = build_component(ComponentSpec(kind, config), spec)
+        module.load_state_dict(tensors)
+        modules[slot], configs[slot] = module, config
+    head = ComponentSpec("head", {"dim": spec.family.head_dim(configs), "num_classes": num_classes})
+    modules["head"] = build_component(head, spec)
+    modules["head"].load_state_dict(new_component_tensors(head, head_seed))
+    return modules

@@ -136,7 +136,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     offspring: Counter = Counter(system.manifest.offspring())
     new_offspring: Counter = Counter()
     lineage = Lineage(paths, comps, lambda cid: not locks.get(cid), root_path, new_id, system.family,
-                      system.root_meta)
+                      system.root_meta, always_cloned(system, settings, root_path))
     if progress:
         progress.task_started(task, iteration, settings.generations * settings.candidates)
     failures: list[str] = []
@@ -249,8 +249,18 @@ def _best(population: list[PathRecord], scores: dict[str, float]) -> PathRecord 
     return best
 
 
+def always_cloned(system: "System", settings: EvolveSettings, root_path: PathRecord) -> frozenset[str]:
+    """Root components no child shares frozen (`clone_root`): random weights are no knowledge to
+    reuse, so sharing them only costs accuracy; µ2Net's random-init roots likewise grow trained layers."""
+    mode = settings.clone_root
+    if mode == "always" or (mode == "auto" and system.root_spec.weights == "random"):
+        return frozenset(root_path.components.values())
+    return frozenset()
+
+
 def run_cache_floor(system: "System", settings: EvolveSettings, space: SearchSpace) -> int:
-    """Leading blocks no candidate of this run can own: the activation cache's checkpoint depth."""
+    """Leading blocks no candidate of this run can own: the activation cache's checkpoint depth.
+    (`clone_root` never overrides a clone probability of 0, so the floor holds under it too.)"""
     return frozen_floor(space, system.family.embed_slots, system.depth, settings.mutate_adapters)
 
 

@@ -2,7 +2,7 @@
 step in their ordered lists, maybe insert identity adapters, change the depth, then pick every
 component by walking up the ancestry: owned components are always copied, frozen ones are shared
 unless the clone mutation fires (always for the family's `force_clone` slots, e.g. the ViT's final
-norm), the head is this task's or a new one. Slot layout, adapters and fresh components come from the
+norm, and for a random-init root's components: `clone_root`), the head is this task's or a new one. Slot layout, adapters and fresh components come from the
 root's family (mupath/model/families).
 
 Per-action probabilities (µ2Net+ `_mu_|<action>`): a default hyperparameter `_mu_|clone:<slot>` or
@@ -104,6 +104,8 @@ class Lineage:
     new_id: Callable[[str], str]
     family: RootFamily = VIT
     meta: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    #: components a child always clones, never shares frozen (a random-init root's: `clone_root`)
+    always_clone: frozenset[str] = frozenset()
 
     def root_configs(self) -> dict[str, dict[str, Any]]:
         return {slot: self.comps[cid].config for slot, cid in self.root_path.components.items()}
@@ -148,8 +150,9 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
             slots.append(fresh_slot(slot, kind, config, lineage, rng))
             continue
         comp = lineage.comps[found]
+        clone_mu = action_mu(space, f"clone:{slot}", mu)
         if (lineage.trainable(found) or slot in lineage.family.force_clone
-                or rng.random() < action_mu(space, f"clone:{slot}", mu)):
+                or (found in lineage.always_clone and clone_mu > 0) or rng.random() < clone_mu):
             if not lineage.trainable(found):
                 cloned.append(slot)
             slots.append(SlotPlan(slot, lineage.new_id("c"), kind, dict(comp.config), True, {"from": found}))

@@ -9,6 +9,9 @@ from typing import Any
 from mupath.errors import ConfigError
 
 
+CLONE_ROOT = ("auto", "always", "mutation")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvolveSettings:
     #: task iterations: each pass visits every selected task once, round-robin (reference: 2)
@@ -33,6 +36,11 @@ class EvolveSettings:
     val_limit: int = 1000
     #: insert residual adapters as a mutation (reference: on for Ti/B roots)
     mutate_adapters: bool = True
+    #: when a child uses a root component: "auto" (always clone it when the root is random-init, whose
+    #: frozen weights carry no knowledge to share; else share it unless the clone mutation fires, as
+    #: for any frozen component), "always" or "mutation" (µ2Net's rule for a pretrained root). A slot
+    #: whose clone probability `_mu_|clone:<slot>` is 0 stays shared in every mode.
+    clone_root: str = "auto"
     #: re-run every other task after each commit and require bit-identical logits
     check_immutability: bool = True
     #: which tasks the after-commit check re-runs: "all" (every other task: O(tasks) per commit) or
@@ -67,6 +75,8 @@ class EvolveSettings:
             raise ConfigError(f"scale_factor must be in (0, 1], got {self.scale_factor}")
         if self.check_scope not in ("all", "shared"):
             raise ConfigError(f"check_scope must be all or shared, got '{self.check_scope}'")
+        if self.clone_root not in CLONE_ROOT:
+            raise ConfigError(f"clone_root must be {', '.join(CLONE_ROOT)}, got '{self.clone_root}'")
         if self.executor not in ("auto", "inprocess", "process", "ray"):
             raise ConfigError(f"executor must be auto, inprocess, process or ray, got '{self.executor}'")
         if self.executor == "inprocess" and self.workers > 1:

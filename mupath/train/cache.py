@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from typing import Callable
 
 import torch
-from torch import nn
 
 from mupath.model.path_model import PathModel
 from mupath.train.pipeline import to_model_input
