@@ -51,8 +51,13 @@ clean:
 bench-quality: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/quality.py $(ARGS)
 
+# What sharing a trained body costs on the quality stream (section "transfer"); needs bench-quality's run.
+.PHONY: bench-transfer
+bench-transfer: $(STAMP) fashion-data
+	$(VENV)/bin/python benchmarks/transfer.py $(ARGS)
+
 # Speed ratios (docs/benchmarks.md, section "speed"); `make bench-speed ARGS=--quick` for a smoke run.
-.PHONY: bench-scale
+.PHONY: bench-speed bench-scale
 bench-speed: $(STAMP)
 	$(VENV)/bin/python benchmarks/speed.py $(ARGS)
 

@@ -9,7 +9,7 @@ OUT/results.json.
     .venv/bin/python benchmarks/quality.py [--quick] [--workers 2] [--out DIR]
 
 Every run starts from fresh stores in the work folder (default runs/bench-quality[-quick]). Full mode
-takes about 40 minutes with --workers 2 on the project's 2-core machine, --quick about 7 minutes;
+takes about 35 minutes with --workers 2 on the project's 2-core machine, --quick about 7 minutes;
 --report-only re-renders the docs section and plots from OUT/results.json.
 """
 from __future__ import annotations
