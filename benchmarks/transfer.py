@@ -27,7 +27,7 @@ from mupath import System  # noqa: E402
 from mupath.runtime.worker import run_job  # noqa: E402
 from mupath.search.baselines import baseline_job, budgets_from_commits, commit_baseline  # noqa: E402
 from mupath.search.evolve import id_stream  # noqa: E402
-from mupath.search.mutation import CompInfo, Lineage, make_child  # noqa: E402
+from mupath.search.mutation import Lineage, committed_infos, make_child  # noqa: E402
 from mupath.search.settings import EvolveSettings  # noqa: E402
 from mupath.search.space import customise, is_data_key  # noqa: E402
 from mupath.store.records import ROOT_TASK  # noqa: E402
@@ -48,8 +48,7 @@ def probe(source: Path, work: Path, task: str, donor: str, settings: EvolveSetti
     retained = system.manifest.retained()
     parent = retained[donor]
     top = top_block(parent.components)
-    comps = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
-             for c in system.manifest.components().values()}
+    comps = committed_infos(system.manifest.components())
     base = system.search_space(settings)
     # no hyperparameter moves, no adapters; clone exactly the top block (norm and head always are)
     actions = {f"_mu_|clone:{s}": float(s == top) for s in parent.components
@@ -66,7 +65,10 @@ def probe(source: Path, work: Path, task: str, donor: str, settings: EvolveSetti
     job = baseline_job(system, plan, budget, settings, run_id, seed)
     result = commit_baseline(system, plan, run_job(job), job, budget, run_id, check=False)
     status = {s.task: s for s in system.status()}[task]
-    source_status = {s.task: s for s in System.open(source).status()}[task]
+    system.close()
+    original = System.open(source)
+    source_status = {s.task: s for s in original.status()}[task]
+    original.close()
     return {"task": task, "donor": donor, "test": result.test_accuracy, "accounted": status.accounted_params,
             "root_params": system.root_params, "trained": result.trainable, "images": result.images,
             "evolved_test": source_status.test_accuracy, "evolved_accounted": source_status.accounted_params}

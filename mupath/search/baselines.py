@@ -32,7 +32,8 @@ from mupath.model.components import ComponentSpec, build_component, new_componen
 from mupath.model.path_model import PathModel
 from mupath.runtime.executors import make_executor
 from mupath.search.evolve import candidate_job, id_stream, run_cache_floor, seed_for
-from mupath.search.mutation import ChildPlan, CompInfo, Lineage, SlotPlan, find_component, fresh_slot, wanted_slots
+from mupath.search.mutation import (ChildPlan, CompInfo, Lineage, SlotPlan, committed_infos, find_component, fresh_slot,
+                                    wanted_slots)
 from mupath.search.scoring import compute_locks
 from mupath.search.settings import EvolveSettings, make_settings
 from mupath.store.records import ROOT_TASK, PathRecord
@@ -158,8 +159,7 @@ def plan_baseline(system: "System", task: str, method: str, settings: EvolveSett
         raise ConfigError(f"'{method}' is not a store baseline; use run_sequential")
     hp = baseline_hparams(system, task, kind, arg, settings)
     root_path = system.manifest.retained()[ROOT_TASK]
-    comps = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
-             for c in system.manifest.components().values()}
+    comps = committed_infos(system.manifest.components())
     lineage = Lineage({root_path.id: root_path}, comps, lambda cid: False, root_path, new_id, system.family,
                       system.root_meta)
     wanted = wanted_slots(hp, int(hp["num_classes"]), lineage)
@@ -185,8 +185,7 @@ def baseline_job(system: "System", plan: ChildPlan, budget_images: int, settings
     spv, v = split_budget(budget_images, settings.batch_size, settings.steps_per_validation, validations)
     long = dataclasses.replace(settings, steps_per_validation=spv, validations=v)
     locks = compute_locks(system.manifest.retained())
-    comps = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
-             for c in system.manifest.components().values()}
+    comps = committed_infos(system.manifest.components())
     sizes = {cid: c.num_params for cid, c in comps.items()}
     record = system.task_record(plan.path.task)
     return candidate_job(system, plan, plan.path.task, record.data_blob, long, locks, sizes, comps, {}, {},

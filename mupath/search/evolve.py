@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mupath.errors import MupathError
 from mupath.runtime.executors import make_executor
-from mupath.search.mutation import ChildPlan, CompInfo, Lineage, make_child, sample_ds_hparams
+from mupath.search.mutation import ChildPlan, CompInfo, Lineage, committed_infos, make_child, sample_ds_hparams
 from mupath.search.scoring import accounted_params, compute_locks, score
 from mupath.search.selection import select_parent
 from mupath.search.settings import EvolveSettings
@@ -116,8 +116,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     if task in retained:                      # start_task: this task's own components are trainable again
         for cid in retained[task].components.values():
             locks[cid].discard(task)
-    comps: dict[str, CompInfo] = {c.id: CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)
-                                  for c in system.manifest.components().values()}
+    comps = committed_infos(system.manifest.components())
     sizes = {cid: c.num_params for cid, c in comps.items()}
     root_params = system.root_params
     paths: dict[str, PathRecord] = {p.id: p for p in retained.values()}
@@ -233,7 +232,7 @@ def _adopt_new_seeds(system: "System", task: str, paths: dict[str, PathRecord], 
     for path in new:
         for cid in path.components.values():
             c = stored[cid]
-            comps.setdefault(cid, CompInfo(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob))
+            comps.setdefault(cid, CompInfo.committed(c))
             sizes.setdefault(cid, c.num_params)
             locks.setdefault(cid, set()).add(path.task)
         paths[path.id] = path

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from mupath.model.families import VIT, RootFamily
 from mupath.search.space import SearchSpace, action_mu, is_data_key, is_model_key
-from mupath.store.records import PathRecord
+from mupath.store.records import ComponentRecord, PathRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,16 @@ class CompInfo:
     num_params: int
     blob: str | None = None
     scratch: str | None = None
+
+    @classmethod
+    def committed(cls, record: ComponentRecord) -> "CompInfo":
+        """A component of the store (its tensors are a blob)."""
+        return cls(record.id, record.kind, record.slot, record.config, record.num_params, blob=record.blob)
+
+
+def committed_infos(records: Mapping[str, ComponentRecord]) -> dict[str, CompInfo]:
+    """{id: CompInfo} of the store's components (`manifest.components()`)."""
+    return {cid: CompInfo.committed(c) for cid, c in records.items()}
 
 
 @dataclasses.dataclass(frozen=True)
