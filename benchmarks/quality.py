@@ -524,7 +524,7 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         f"### Evolved system (s = {MAIN_SCALE:g}): reuse\n\nComponents of each task's retained path by the task "
         "that created them.\n\n" + table(["task", "own (trained)", "root (frozen)", "from other tasks", "layers",
                                           "adapters"], reuse)
-        + f"\n\n![system graph](img/quality_system_graph.png)",
+        + "\n\n![system graph](img/quality_system_graph.png)",
         "### Evolved system: what the second task iteration changed\n\n" + table(
             ["task", "changed", "test acc it0 → it1", "val acc it0 → it1", "children that beat it", "parent of new path",
              "mutations of the new path"], second),

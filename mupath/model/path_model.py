@@ -37,6 +37,10 @@ class PathModel(nn.Module):
     def head_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.family.head_logits(self.parts, x)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The representation the head classifies (what a relevance probe compares across paths)."""
+        return self.family.features(self.parts, self.forward_tokens(self.embed(images)))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head_logits(self.forward_tokens(self.embed(images)))
 

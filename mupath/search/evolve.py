@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mupath.errors import MupathError
 from mupath.runtime.executors import make_executor
 from mupath.search.mutation import ChildPlan, CompInfo, Lineage, committed_infos, make_child, sample_ds_hparams
+from mupath.search.probe import probe_scores, rank_seeds
 from mupath.search.scoring import accounted_params, compute_locks, score
 from mupath.search.selection import select_parent
 from mupath.search.settings import EvolveSettings
@@ -123,6 +124,16 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     root_path = retained[ROOT_TASK]
     seeds = [p for t, p in sorted(retained.items()) if t != task]   # other tasks' best paths + the root
     rng.shuffle(seeds)
+    probe: dict[str, Any] = {}
+    if settings.seed_order == "probe" and seeds:
+        t_probe = time.perf_counter()
+        data = system.task_data(task)
+        relevance = probe_scores(seeds, system.build_model, data["train.x"], data["train.y"], info.num_classes,
+                                 settings.probe_images, seed_for(settings.seed, task, "probe"),
+                                 int(space.defaults["ds_image_size"]))
+        seeds = rank_seeds(seeds, relevance)
+        probe = {"probe_top": [[p.task, round(relevance[p.id], 4)] for p in seeds[:5]],
+                 "probe_time": time.perf_counter() - t_probe}
     population = [retained[task]] if task in retained else []
     scores: dict[str, float] = {}
 
@@ -194,7 +205,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     test_acc = system.commit(task, best, comps, new_offspring, run_id, iteration, changed,
                              {"score": scores[best.id], "candidates": settings.generations * settings.candidates,
                               "improved": improved, "failures": failures[:20], "train_images": train_images,
-                              "train_time": train_time, "wall_time": time.perf_counter() - t_start})
+                              "train_time": train_time, "wall_time": time.perf_counter() - t_start, **probe})
     if settings.check_immutability:
         scope = None
         if settings.check_scope == "shared":

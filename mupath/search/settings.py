@@ -10,6 +10,7 @@ from mupath.errors import ConfigError
 
 
 CLONE_ROOT = ("auto", "always", "mutation")
+SEED_ORDER = ("shuffle", "probe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,12 @@ class EvolveSettings:
     #: for any frozen component), "always" or "mutation" (µ2Net's rule for a pretrained root). A slot
     #: whose clone probability `_mu_|clone:<slot>` is 0 stays shared in every mode.
     clone_root: str = "auto"
+    #: order in which other tasks' best paths (and the root) are tried as parents: "shuffle" (µ2Net)
+    #: or "probe" (most relevant first: nearest-class-mean accuracy of each one's frozen features on
+    #: `probe_images` training images; for few candidates per task, where the first seeds decide)
+    seed_order: str = "shuffle"
+    #: training images the relevance probe uses (half fit the class means, half score them)
+    probe_images: int = 512
     #: re-run every other task after each commit and require bit-identical logits
     check_immutability: bool = True
     #: which tasks the after-commit check re-runs: "all" (every other task: O(tasks) per commit) or
@@ -66,7 +73,7 @@ class EvolveSettings:
 
     def __post_init__(self) -> None:
         positive = ("iterations", "generations", "candidates", "workers", "batch_size",
-                    "steps_per_validation", "validations", "val_limit")
+                    "steps_per_validation", "validations", "val_limit", "probe_images")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -77,6 +84,8 @@ class EvolveSettings:
             raise ConfigError(f"check_scope must be all or shared, got '{self.check_scope}'")
         if self.clone_root not in CLONE_ROOT:
             raise ConfigError(f"clone_root must be {', '.join(CLONE_ROOT)}, got '{self.clone_root}'")
+        if self.seed_order not in SEED_ORDER:
+            raise ConfigError(f"seed_order must be {' or '.join(SEED_ORDER)}, got '{self.seed_order}'")
         if self.executor not in ("auto", "inprocess", "process", "ray"):
             raise ConfigError(f"executor must be auto, inprocess, process or ray, got '{self.executor}'")
         if self.executor == "inprocess" and self.workers > 1:

@@ -97,8 +97,10 @@ class ActivationCache:
 
 def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k: int, depth: int,
          image_size: int, raw: bool, preprocessed: bool = False) -> torch.Tensor:
+    """Body slots [k, depth) over `src` in chunks, written into one preallocated tensor (a list of
+    chunks and their concatenation would hold the activations twice at the peak)."""
     src = images if raw else tokens
-    out = []
+    out: torch.Tensor | None = None
     for i in range(0, src.shape[0], CHUNK):
         chunk = src[i:i + CHUNK]
         if raw:
@@ -109,8 +111,10 @@ def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k:
             x, start = chunk, k
         for slot in model.body[start:depth]:
             x = model.parts[slot](x)
-        out.append(x)
-    return torch.cat(out) if out else torch.zeros(0)
+        if out is None:
+            out = torch.empty((src.shape[0], *x.shape[1:]), dtype=x.dtype)
+        out[i:i + x.shape[0]] = x
+    return out if out is not None else torch.zeros(0)
 
 
 _PROCESS_CACHE: ActivationCache | None = None

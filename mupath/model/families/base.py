@@ -58,9 +58,13 @@ class RootFamily:
         """Images (N, 3, S, S) -> activations entering the first body slot."""
         raise NotImplementedError
 
-    def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
-        """Body output -> logits (neck slots, pooling, head)."""
+    def features(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """Body output -> the (N, head_dim) representation the head classifies (neck, pooling)."""
         raise NotImplementedError
+
+    def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """Body output -> logits: the head on `features`."""
+        return parts["head"](self.features(parts, x))
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
                      image_size: int, root: Mapping[str, Mapping[str, Any]],

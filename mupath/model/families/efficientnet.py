@@ -127,8 +127,8 @@ class EfficientNetFamily(RootFamily):
     def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
         return parts["stem"](self.activations(x))
 
-    def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
-        return parts["head"](F.adaptive_avg_pool2d(parts["neck"](x), 1).flatten(1))
+    def features(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(parts["neck"](x), 1).flatten(1)
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
                      image_size: int, root: Mapping[str, Mapping[str, Any]],

@@ -132,8 +132,8 @@ class ViTFamily(RootFamily):
                              f"{pos.shape[1] - 1}")
         return torch.cat([token, x], dim=1) + pos
 
-    def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
-        return parts["head"](parts["norm"](x[:, 0]))
+    def features(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        return parts["norm"](x[:, 0])
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
                      image_size: int, root: Mapping[str, Mapping[str, Any]],
