@@ -345,7 +345,7 @@ def bounds_section(steps, repeats, t_start) -> str:
                       f"{b / a / inference_bound(s):.0%}"] for s, a, b in inf])
             + "\n\nWith the first half shared (3/6) the bound is 1.78x even if embeddings and heads cost nothing, "
             "so the issue's 1.8x is out of reach for that configuration; 5/6 shared shows the trie's gain where "
-            "the bound allows more.\n\n" + memory_table())
+            "the bound allows more.")
 
 
 def memory_table() -> str:
@@ -365,11 +365,17 @@ def memory_table() -> str:
 
 def _peak_rss_mib(job: str) -> float:
     """Peak resident memory of this (fresh) process after `job`: "import" (torch + mupath only) or one
-    candidate of the 6-block path with 5 blocks frozen, "uncached" or "cached" (4,096 images)."""
+    candidate of the 6-block path with 5 blocks frozen, "uncached" or "cached" (4,096 images). Read
+    from VmHWM: getrusage's ru_maxrss survives exec, so a spawned child would report its parent's peak."""
     torch.set_num_threads(1)
     if job != "import":
         x, y = data(4096)
         ours(["block_5", "norm", "head"], 10, x, y, use_cache=job == "cached")
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -387,7 +393,7 @@ def candidate_memory() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats (smoke run)")
-    parser.add_argument("--only", choices=["generation", "cache-cnn", "bounds"], help="run one measurement; it gets its own "
+    parser.add_argument("--only", choices=["generation", "cache-cnn", "bounds", "memory"], help="run one measurement; it gets its own "
                         "section (speed-<name>) and the full section is left as it is")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -399,6 +405,12 @@ def main() -> None:
         body = ("### One generation by executor, persistent pool (re-measured alone)\n\n" + environment()
                 + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n" + generation_table(gen))
         print(write_section("benchmarks.md", "speed-generation", body))
+        return
+    if args.only == "memory":
+        mem = memory_table()
+        body = ("### Memory of one candidate (re-measured alone)\n\n" + environment()
+                + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n" + mem)
+        print(write_section("benchmarks.md", "speed-memory", body))
         return
     if args.only == "bounds":
         print(write_section("benchmarks.md", "speed-bounds", bounds_section(steps, repeats, t_start)))
