@@ -174,9 +174,9 @@ def bench_inference(repeats, shared_blocks: int = 3):
     torch.manual_seed(0)
     base, _, ids = build(BENCH, [])
     models, slot_ids = {}, {}
+    own = [f"block_{i}" for i in range(shared_blocks, 6)] + ["norm", "head"]
     for t in range(8):
         parts = dict(base.parts.items())
-        own = [f"block_{i}" for i in range(shared_blocks, 6)] + ["norm", "head"]
         for slot in own:
             parts[slot] = copy.deepcopy(parts[slot])
             for p in parts[slot].parameters():
@@ -334,16 +334,18 @@ def bounds_section(steps, repeats, t_start) -> str:
             + "Frozen-prefix cache, ViT-Ti at its standard depth of 12 blocks (dim 192, 32 px, patch 4, batch 128, "
             "no augmentation):\n\n" + cache_table(deep, 12, 2048)
             + "\n\nThe cache removes only the frozen blocks' forward. With k of n blocks frozen, a step still runs "
-            "each trainable block's forward and backward: about 3 forwards (1 + k / 3(n - k): 2.67x for 5/6, "
-            "4.67x for 11/12), at least 2 when the backward computes weight gradients only (the bound "
-            "1 + k / 2(n - k): 3.5x for 5/6, 6.5x for 11/12). On the issue's 6-block ViT-Ti no path with a "
+            "each trainable block's forward and backward: about 3 forwards (1 + k / 3(n - k): "
+            f"{cache_estimate(5, 6):.2f}x for 5/6, {cache_estimate(11, 12):.2f}x for 11/12), at least 2 when the "
+            f"backward computes weight gradients only (the bound 1 + k / 2(n - k): "
+            f"{cache_estimate(5, 6, backward=1.0):.1f}x for 5/6, {cache_estimate(11, 12, backward=1.0):.1f}x for "
+            "11/12). On the issue's 6-block ViT-Ti no path with a "
             "trainable block can reach 4x; at the standard depth of 12, 11 frozen blocks do.\n\nShared-prefix "
             "inference, 8 tasks of 6 blocks (1,000 images each):\n\n"
             + table(["shared blocks", "one pass per task, task-images/s", "shared prefix, task-images/s", "speed-up",
                      "bound 8n / (s + 8(n - s))", "of the bound"],
                     [[f"{s}/6", f"{a:.0f}", f"{b:.0f}", f"**{b / a:.2f}x**", f"{inference_bound(s):.2f}x",
                       f"{b / a / inference_bound(s):.0%}"] for s, a, b in inf])
-            + "\n\nWith the first half shared (3/6) the bound is 1.78x even if embeddings and heads cost nothing, "
+            + f"\n\nWith the first half shared (3/6) the bound is {inference_bound(3):.2f}x even if embeddings and heads cost nothing, "
             "so the issue's 1.8x is out of reach for that configuration; 5/6 shared shows the trie's gain where "
             "the bound allows more.")
 
@@ -431,7 +433,7 @@ def main() -> None:
     rows = bench_cache(steps, repeats)
     sections.append("### Frozen-prefix cache vs uncached (6 blocks, no augmentation)\n\n" + cache_table(rows, 6, 4096)
                     + "\n\nTarget >= 4x for a path with at least half its blocks frozen. On 6 blocks the bound is "
-                    "below 4x for every path that trains a block (3.5x at 5/6); section speed-bounds measures the "
+                    f"below 4x for every path that trains a block ({cache_estimate(5, 6, backward=1.0):.1f}x at 5/6); section speed-bounds measures the "
                     "12-block ViT-Ti, where 11/12 frozen allows it.")
     print("cache", rows, flush=True)
 

@@ -49,13 +49,15 @@ def probe_scores(seeds: list[PathRecord], model_of: Callable[[PathRecord], "Path
     training images (`images` (N, C, H, W) uint8, `labels` (N,)), each at its path's image size
     (`default_size` for the root path, which has none of its own)."""
     fit_idx, eval_idx = probe_sample(labels, n, seed)
+    sample, k = images[torch.cat([fit_idx, eval_idx])], fit_idx.shape[0]
+    inputs: dict[int, torch.Tensor] = {}      # the sample preprocessed once per image size
     out: dict[str, float] = {}
     with torch.inference_mode():
         for path in seeds:
-            model = model_of(path).eval()
             size = int(path.hparams.get("ds_image_size", default_size))
-            feats = model.features(to_model_input(images[torch.cat([fit_idx, eval_idx])], size)).float()
-            k = fit_idx.shape[0]
+            if size not in inputs:
+                inputs[size] = to_model_input(sample, size)
+            feats = model_of(path).eval().features(inputs[size]).float()
             out[path.id] = ncm_accuracy(feats[:k], labels[fit_idx], feats[k:], labels[eval_idx], num_classes)
     return out
 
