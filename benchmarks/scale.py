@@ -30,15 +30,25 @@ def settings(quick: bool, workers: int) -> dict:
     - With a handful of candidates per task the parents decide a task, so seed_order="probe" tries the
       most relevant earlier task first.
     - 3 generations x 2 candidates: the 90-minute budget allows it (2 generations took 37 min).
-    - s = 0.9 makes a cloned block (a quarter of the root) cost 2.5% of the score instead of 0.25%, and
-      cloning the patch embedding alone is made likely (p = 0.5): the cheap way to absorb an input shift
-      (inverted, tinted, mirrored pixels are a linear map of the original patches).
+    - s = 0.7: a cloned block (a quarter of the root) costs 8% of the score instead of 0.25% at the
+      default 0.99, so a task clones one only where it buys more accuracy than that; the input stem
+      (3% of the root) costs 1%, and cloning it alone is made likely (p = 0.5): the cheap way to absorb
+      an input shift (inverted, tinted, mirrored pixels are a linear map of the original patches).
+      Measured against s = 0.9 without head_first (2026-11-29, both full runs): the system after 69
+      tasks holds 11.6 instead of 19.4 root's worth of parameters, for a mean test accuracy of 0.913
+      instead of 0.921. The price is paid by tasks that need a fully trained body: a full clone of the
+      random-init root costs 30% of the score, and two permuted-MNIST tasks stayed at 0.70-0.74 on a
+      shared body (0.90 at s = 0.9).
+    - head_first: each task's first candidate is its best-probed parent unmutated (shared body, new
+      head). Without it a cheap child is often never drawn: at µ = 0.2 half the children clone a block,
+      and at s = 0.7 (no head_first) 6 of the first 14 split tasks, at test accuracy 0.94-1.00, kept a
+      cloned block.
     - No image-size mutation (the reference enables it only in some configurations): every stream image
       is 28 px, the only smaller size is 21 px, and a generation-shared mutation to it locked a
       permuted-MNIST task at 21 px, where the permuted pixels lose their identity (0.52 vs 0.85)."""
     return dict(iterations=1, generations=3, candidates=2, workers=workers, check_scope="shared",
                 steps_per_validation=60 if quick else 150, validations=2, val_limit=500, seed=0,
-                seed_order="probe", scale_factor=0.9, hparams={"_mu_|clone:patch_embed": 0.5},
+                seed_order="probe", head_first=True, scale_factor=0.7, hparams={"_mu_|clone:patch_embed": 0.5},
                 ranges={"ds_image_size": []})
 
 
@@ -69,21 +79,27 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
     return rows
 
 
-def single_tasks(store: Path, names: list[str], kw: dict) -> dict[str, float]:
-    """Single-task accuracies of `names`, kept in `<store>.single.json` (keyed by the settings) so that
-    a re-run, or a run cut short in this phase, only trains the missing ones."""
+def single_tasks(store: Path, names: list[str], kw: dict, seeds: int) -> dict[str, list[float]]:
+    """Single-task test accuracies of `names`, one per seed (`kw`'s seed, then the next ones): a
+    single-task model trained from a random-init root with a few hundred steps is noisy (a
+    permuted-MNIST task scored 0.32 with one seed and 0.90 in the stream), so the comparison uses the
+    median of `seeds` runs. Kept in `<store>.single.json`, keyed by the settings of each run, so that a
+    re-run, or a run cut short in this phase, only trains the missing ones."""
     import json
     from mupath.store.atomic import atomic_write_bytes
     cache_file = store.with_name(store.name + ".single.json")
-    key = json.dumps(kw, sort_keys=True)
     cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    done = cached.get(key, {})
-    for name in names:
-        if name not in done:
-            done[name] = single_task(name, kw)
-            cached[key] = done
-            atomic_write_bytes(cache_file, json.dumps(cached, indent=1).encode())
-    return {name: done[name] for name in names}
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(seeds):
+        run_kw = {**kw, "seed": kw.get("seed", 0) + k}
+        key = json.dumps(run_kw, sort_keys=True)
+        done = cached.setdefault(key, {})
+        for name in names:
+            if name not in done:
+                done[name] = single_task(name, run_kw)
+                atomic_write_bytes(cache_file, json.dumps(cached, indent=1).encode())
+            out[name].append(done[name])
+    return out
 
 
 def kinds_table(rows: list[dict]) -> str:
@@ -152,6 +168,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("runs/scale"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sample", type=int, default=10, help="tasks compared with a single-task model")
+    parser.add_argument("--single-seeds", type=int, default=3, help="single-task runs per sampled task (median)")
     args = parser.parse_args()
     from mupath import System, stream_tasks
     names = stream_tasks("stream69")[:12] if args.quick else stream_tasks("stream69")
@@ -162,7 +179,8 @@ def main() -> None:
     system = System.open(store)
     audited = system.check_immutability()
     sample = [rows[i]["task"] for i in np.linspace(0, len(rows) - 1, min(args.sample, len(rows))).round().astype(int)]
-    single = single_tasks(store, sample, kw)
+    single_runs = single_tasks(store, sample, kw, args.single_seeds)
+    single = {n: float(np.median(accs)) for n, accs in single_runs.items()}
     by_task = {r["task"]: r for r in rows}
     ratios = {n: by_task[n]["test"] / max(single[n], 1e-9) for n in sample}
     k = min(20, len(rows) // 3 or 1)
@@ -171,8 +189,9 @@ def main() -> None:
     slope = np.polyfit(np.arange(len(walls)), walls, 1)[0] if len(walls) > 1 else 0.0
     pictures = plots(rows, system)
     verdicts = [
-        f"- every sampled task at least 0.9 of its single-task accuracy: **{all(r >= 0.9 for r in ratios.values())}** "
-        f"(lowest ratio {min(ratios.values()):.2f})",
+        f"- every sampled task at least 0.9 of its single-task accuracy (median of {args.single_seeds} seeds): "
+        f"**{all(r >= 0.9 for r in ratios.values())}** (lowest ratio {min(ratios.values()):.2f}, "
+        f"{min(ratios, key=ratios.get)})",
         f"- parameters added per task, last {k} vs first {k}: {last:,.0f} vs {first:,.0f} "
         f"(ratio {last / max(first, 1):.2f}; target <= 0.5: **{last <= 0.5 * first}**)",
         f"- wall time per task: mean {walls.mean():.0f} s, linear-fit slope {slope:+.2f} s per task "
@@ -186,11 +205,15 @@ def main() -> None:
               f"settings {kw}; wall time of this invocation {time.perf_counter() - t0:.0f} s (the tasks' own "
               f"wall times sum to {walls.sum():.0f} s; a resumed or re-reported run only pays what was missing)\n\n"
             + "\n".join(verdicts) + "\n\n"
-            + table(["#", "task", "test acc", "single-task acc", "params added", "total/root", "wall s", "reuses from"],
+            + table(["#", "task", "test acc", "single-task acc (median)", "params added", "total/root", "wall s", "reuses from"],
                     [[r["index"] + 1, r["task"], f"{r['test']:.3f}",
                       f"{single[r['task']]:.3f}" if r["task"] in single else "",
                       f"{r['added']:,}", f"{r['total_over_root']:.2f}", f"{r['wall']:.0f}",
                       ", ".join(r["reused"][:4]) + (" …" if len(r["reused"]) > 4 else "")] for r in rows])
+            + "\n\n### Sampled tasks: in the system vs alone\n\n"
+            + table(["task", "in the system", "alone, per seed", "alone, median", "ratio"],
+                    [[n, f"{by_task[n]['test']:.3f}", ", ".join(f"{a:.3f}" for a in single_runs[n]),
+                      f"{single[n]:.3f}", f"{ratios[n]:.2f}"] for n in sample])
             + "\n\n### Parameters added by kind of task\n\n" + kinds_table(rows)
             + "\n\n" + "\n".join(f"![{p}]({p})" for p in pictures))
     print(write_section("benchmarks.md", "scale", body, title="mupath benchmarks"))

@@ -170,6 +170,36 @@ def test_always_cloned_root_components_are_never_shared_but_other_tasks_parts_ar
     assert 80 < shared_u1 < 100       # another task's block: shared unless cloned (µ = 0.1)
 
 
+def test_unmutated_child_shares_the_whole_body_and_keeps_the_parents_hparams():
+    """head_first's child (mutate=False): every component it may share is shared as it is, only the
+    head (new) and the always-cloned slots (norm; a random-init root's parts) are its own, and its
+    hyperparameters are the parent's, whatever µ says."""
+    comps, root = _root_fixture()
+    comps["hu"] = CompInfo("hu", "head", "head", {"dim": 8, "num_classes": 3}, 27, blob="y" * 64)
+    comps["u1"] = CompInfo("u1", "block", "block_1", {"dim": 8}, 10, blob="z" * 64)
+    other = PathRecord("pu", "u", "root", dict(root.components, head="hu", block_1="u1"),
+                       dict(SPACE.defaults, _mu_=1.0, adapter_layers=[]), 0.9)
+    space = customise(SPACE, {"_mu_": 1.0}, {})
+    for always in (frozenset(), frozenset(root.components.values())):
+        counter = iter(range(10 ** 6))
+        lineage = Lineage({"pu": other, "root": root}, comps, lambda cid: False, root,
+                          lambda p: f"{p}{next(counter)}", always_clone=always)
+        for seed in range(20):
+            plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), 4, True, mutate=False)
+            by_slot = {s.slot: s for s in plan.slots}
+            assert set(plan.mutations) <= {"cloned"} and not any(k.startswith("adapter_") for k in by_slot)
+            assert {k: v for k, v in plan.path.hparams.items() if k != "num_classes"} == \
+                {k: v for k, v in other.hparams.items() if k != "num_classes"}
+            assert by_slot["head"].trainable and by_slot["head"].init.get("new") is not None
+            assert by_slot["block_1"].id == "u1" and not by_slot["block_1"].trainable
+            owned = {s.slot for s in plan.slots if s.trainable}
+            expected = {"head", "norm"} | {c.slot for c in comps.values() if c.id in always}
+            assert owned == expected - {"block_1"} and set(plan.mutations.get("cloned", [])) == owned - {"head"}
+        # with mutations on, µ = 1 clones and adapts everything
+        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(0), 4, True)
+        assert all(s.trainable for s in plan.slots)
+
+
 def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparams():
     comps, root = _root_fixture()
     comps["t0"] = CompInfo("t0", "block", "block_0", {"dim": 8}, 10, scratch="f")
@@ -205,3 +235,36 @@ def test_bad_search_overrides_are_clear_errors():
         customise(SPACE, {"opt_learning_rate": 0.1})
     space = customise(SPACE, {"opt_lr": 0.003})
     assert 0.003 in space.ranges["opt_lr"]
+
+
+def test_evolve_head_first_tries_the_parents_body_unchanged_first(tiny_system, digits_small):
+    """head_first: a new task's first candidate is its first parent with only a new head and the
+    always-cloned norm, nothing mutated; with one candidate that child is what gets committed.
+    (clone_root="mutation" so that even the root's parts are shared, whichever seed comes first.)"""
+    from conftest import TINY_SETTINGS
+    from mupath.data import Task
+    system = tiny_system
+    system.add_task(digits_small)
+    system.evolve(["digits"], **TINY_SETTINGS)
+    again = Task.from_arrays("digits_again", digits_small.train.images, digits_small.train.labels,
+                             val=(digits_small.validation.images, digits_small.validation.labels),
+                             test=(digits_small.test.images, digits_small.test.labels))
+    system.add_task(again)
+    one = dict(TINY_SETTINGS, generations=1, candidates=1, clone_root="mutation", hparams={"_mu_": 0.3})
+    system.evolve(["digits_again"], head_first=True, **one)
+    retained = system.manifest.retained()
+    child = retained["digits_again"]
+    parent = next(p for p in retained.values() if p.task == child.metrics["parent_task"])
+    comps = system.manifest.components()
+    own = {slot for slot, cid in child.components.items() if comps[cid].task == "digits_again"}
+    assert own == {"head", "norm"}
+    assert {s: c for s, c in child.components.items() if s not in own} == \
+        {s: c for s, c in parent.components.items() if s not in own}
+    assert set(child.metrics["mutations"]) <= {"cloned"}
+    # the same run without head_first, at µ = 0.3, mutates its first child
+    system.add_task(Task.from_arrays("digits_more", digits_small.train.images, digits_small.train.labels,
+                                     val=(digits_small.validation.images, digits_small.validation.labels),
+                                     test=(digits_small.test.images, digits_small.test.labels)))
+    system.evolve(["digits_more"], **one)
+    assert set(system.manifest.retained()["digits_more"].metrics["mutations"]) - {"cloned"} or \
+        len(system.manifest.retained()["digits_more"].metrics["mutations"].get("cloned", [])) > 1

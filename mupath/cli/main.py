@@ -109,6 +109,8 @@ def evolve(store: Path,
            seed_order: str = typer.Option("shuffle", help="parents from other tasks: shuffle (µ2Net) | probe "
                                           "(most relevant first, by a frozen-feature probe)"),
            probe_images: int = typer.Option(512, help="training images the seed probe uses"),
+           head_first: bool = typer.Option(False, help="a new task's first candidate is its first parent "
+                                           "unmutated (shared body, new head): the cheapest child"),
            check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
            check_scope: str = typer.Option("all", help="tasks re-run by that check: all | shared (only "
                                            "tasks sharing a component the commit touched)"),
@@ -141,6 +143,7 @@ def evolve(store: Path,
                                batch_size=batch_size, steps_per_validation=steps_per_validation,
                                validations=validations, val_limit=val_limit, mutate_adapters=adapters,
                                clone_root=clone_root, seed_order=seed_order, probe_images=probe_images,
+                               head_first=head_first,
                                check_immutability=check, check_scope=check_scope,
                                executor=executor,
                                threads_per_worker=threads_per_worker, cache_mb=cache_mb, ray_address=ray_address,

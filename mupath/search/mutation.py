@@ -134,17 +134,20 @@ class Lineage:
 
 def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[str, Any],
                space: SearchSpace, lineage: Lineage, rng: random.Random, patch_size: int,
-               mutate_adapters: bool) -> ChildPlan:
-    """A mutated child of `parent` for `task` (see module docstring)."""
+               mutate_adapters: bool, mutate: bool = True) -> ChildPlan:
+    """A mutated child of `parent` for `task` (see module docstring). `mutate=False` gives the
+    unmutated child (`head_first`): the parent's model hyperparameters and body, sharing every frozen
+    component it may share, with only what must be new (a head for another task's parent, the
+    family's always-cloned slots, a random-init root's components)."""
     base = {k: v for k, v in space.defaults.items()}
     base.update(parent.hparams)
     base.update(ds_hp)
     base["num_classes"] = num_classes
-    hp, changed = mutate_hparams(base, space, rng)
+    hp, changed = mutate_hparams(base, space, rng) if mutate else (copy.deepcopy(base), {})
     mu = float(base["_mu_"])   # the parent's µ decides this child's mutations
     num_layers = int(hp["num_layers"])
     adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)
-    if mutate_adapters:
+    if mutate_adapters and mutate:
         for i in range(num_layers):
             if i not in adapters and rng.random() < action_mu(space, f"add:adapter_{i}", mu):
                 adapters.append(i)
@@ -162,7 +165,7 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
         comp = lineage.comps[found]
         clone_mu = action_mu(space, f"clone:{slot}", mu)
         if (lineage.trainable(found) or slot in lineage.family.force_clone
-                or (found in lineage.always_clone and clone_mu > 0) or rng.random() < clone_mu):
+                or (found in lineage.always_clone and clone_mu > 0) or (mutate and rng.random() < clone_mu)):
             if not lineage.trainable(found):
                 cloned.append(slot)
             slots.append(SlotPlan(slot, lineage.new_id("c"), kind, dict(comp.config), True, {"from": found}))

@@ -48,6 +48,11 @@ class EvolveSettings:
     seed_order: str = "shuffle"
     #: training images the relevance probe uses (half fit the class means, half score them)
     probe_images: int = 512
+    #: the first candidate of a task's first visit is its first parent unmutated: that parent's body
+    #: shared as it is, with a new head (µ2Net samples every child's mutations). The cheapest child, so
+    #: each costlier candidate must beat it by more than its size penalty; for few candidates per task,
+    #: where no cheap child may be drawn at all
+    head_first: bool = False
     #: re-run every other task after each commit and require bit-identical logits
     check_immutability: bool = True
     #: which tasks the after-commit check re-runs: "all" (every other task: O(tasks) per commit) or
