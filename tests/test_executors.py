@@ -109,3 +109,37 @@ def test_persistent_pool_serves_several_stores_without_mixing_their_roots(tmp_pa
     executors.shutdown_workers()
     assert shared_b[0].keys() == fresh_b[0].keys()
     assert torch.equal(shared_b[1], fresh_b[1])
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that may never come in a container counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:") and "Z" in line for line in f)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_when_their_parent_is_killed():
+    """SIGKILL of the process that owns the pool (nothing can clean up) must not leave its workers
+    behind, idle and holding their memory."""
+    import signal
+    import time
+    script = ("import os, time\n"
+              "from mupath.runtime.executors import ProcessPoolExecutor\n"
+              "if __name__ == '__main__':\n"
+              "    pool = ProcessPoolExecutor(2, 1)._new_pool()\n"
+              "    print(*sorted({f.result() for f in [pool.submit(os.getpid) for _ in range(4)]}), flush=True)\n"
+              "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert workers and all(_alive(p) for p in workers)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers)

@@ -12,6 +12,8 @@ import atexit
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import threading
+import time
 from typing import Any, Callable, Protocol
 
 import torch
@@ -89,6 +91,17 @@ class InProcessExecutor:
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """A pool worker whose parent died (SIGKILL, SIGTERM without cleanup) is re-parented and would
+    otherwise live on, idle and holding its memory (about 1 GB each), until the machine reboots:
+    exit once the parent is gone. A candidate it was training is lost, as it is with its parent; the
+    store only ever sees atomic writes."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 class ProcessPoolExecutor:
