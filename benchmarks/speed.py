@@ -402,17 +402,19 @@ def main() -> None:
     steps, repeats = (10, 1) if args.quick else (40, 3)
     t_start = time.perf_counter()
     sections = []
+
+    def alone(name: str, title: str, content: str) -> None:
+        """Write one measurement re-run on its own into its section speed-<name>."""
+        body = (f"### {title} (re-measured alone)\n\n" + environment()
+                + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n" + content)
+        print(write_section("benchmarks.md", f"speed-{name}", body))
+
     if args.only == "generation":
-        gen = bench_generation(60 if args.quick else 250)
-        body = ("### One generation by executor, persistent pool (re-measured alone)\n\n" + environment()
-                + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n" + generation_table(gen))
-        print(write_section("benchmarks.md", "speed-generation", body))
+        alone("generation", "One generation by executor, persistent pool",
+              generation_table(bench_generation(60 if args.quick else 250)))
         return
     if args.only == "memory":
-        mem = memory_table()
-        body = ("### Memory of one candidate (re-measured alone)\n\n" + environment()
-                + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n" + mem)
-        print(write_section("benchmarks.md", "speed-memory", body))
+        alone("memory", "Memory of one candidate", memory_table())
         return
     if args.only == "bounds":
         print(write_section("benchmarks.md", "speed-bounds", bounds_section(steps, repeats, t_start)))

@@ -1,11 +1,12 @@
 """Seed relevance probe (`seed_order="probe"`): the classifier, the ranking and its use in evolve."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from conftest import TINY_SETTINGS
-from mupath.data import Task
 from mupath.errors import ConfigError
 from mupath.search.probe import ncm_accuracy, probe_sample, probe_scores, rank_seeds
 from mupath.store.records import PathRecord
@@ -75,10 +76,7 @@ def test_evolve_with_probe_tries_parents_best_first(tiny_system, digits_small):
     for task in (digits_small, quadrant_task("quadrants", n=200, classes=4)):
         system.add_task(task)
     system.evolve(["digits", "quadrants"], **TINY_SETTINGS)
-    again = Task.from_arrays("digits_again", digits_small.train.images, digits_small.train.labels,
-                             val=(digits_small.validation.images, digits_small.validation.labels),
-                             test=(digits_small.test.images, digits_small.test.labels))
-    system.add_task(again)
+    system.add_task(dataclasses.replace(digits_small, name="digits_again"))
     system.evolve(["digits_again"], seed_order="probe", **dict(TINY_SETTINGS, generations=1, candidates=1))
     commit = [c for c in system.manifest.commits() if c["task"] == "digits_again"][-1]
     top = commit["info"]["probe_top"]

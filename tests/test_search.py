@@ -241,15 +241,12 @@ def test_evolve_head_first_tries_the_parents_body_unchanged_first(tiny_system, d
     """head_first: a new task's first candidate is its first parent with only a new head and the
     always-cloned norm, nothing mutated; with one candidate that child is what gets committed.
     (clone_root="mutation" so that even the root's parts are shared, whichever seed comes first.)"""
+    import dataclasses
     from conftest import TINY_SETTINGS
-    from mupath.data import Task
     system = tiny_system
     system.add_task(digits_small)
     system.evolve(["digits"], **TINY_SETTINGS)
-    again = Task.from_arrays("digits_again", digits_small.train.images, digits_small.train.labels,
-                             val=(digits_small.validation.images, digits_small.validation.labels),
-                             test=(digits_small.test.images, digits_small.test.labels))
-    system.add_task(again)
+    system.add_task(dataclasses.replace(digits_small, name="digits_again"))
     one = dict(TINY_SETTINGS, generations=1, candidates=1, clone_root="mutation", hparams={"_mu_": 0.3})
     system.evolve(["digits_again"], head_first=True, **one)
     retained = system.manifest.retained()
@@ -262,9 +259,7 @@ def test_evolve_head_first_tries_the_parents_body_unchanged_first(tiny_system, d
         {s: c for s, c in parent.components.items() if s not in own}
     assert set(child.metrics["mutations"]) <= {"cloned"}
     # the same run without head_first, at µ = 0.3, mutates its first child
-    system.add_task(Task.from_arrays("digits_more", digits_small.train.images, digits_small.train.labels,
-                                     val=(digits_small.validation.images, digits_small.validation.labels),
-                                     test=(digits_small.test.images, digits_small.test.labels)))
+    system.add_task(dataclasses.replace(digits_small, name="digits_more"))
     system.evolve(["digits_more"], **one)
-    assert set(system.manifest.retained()["digits_more"].metrics["mutations"]) - {"cloned"} or \
-        len(system.manifest.retained()["digits_more"].metrics["mutations"].get("cloned", [])) > 1
+    mutations = system.manifest.retained()["digits_more"].metrics["mutations"]
+    assert set(mutations) - {"cloned"} or len(mutations.get("cloned", [])) > 1

@@ -97,8 +97,8 @@ def _init_worker(threads: int) -> None:
 def _exit_with_parent(parent: int, every: float = 1.0) -> None:
     """A pool worker whose parent died (SIGKILL, SIGTERM without cleanup) is re-parented and would
     otherwise live on, idle and holding its memory (about 1 GB each), until someone kills it: exit
-    once the parent is gone (checked every `every` seconds). A candidate it was training is lost, as it is with its parent; the
-    store only ever sees atomic writes."""
+    once the parent is gone (checked every `every` seconds). A candidate it was training is lost, as
+    it is with its parent; the store only ever sees atomic writes."""
     while os.getppid() == parent:
         time.sleep(every)
     os._exit(1)
