@@ -65,6 +65,11 @@ bench-speed: $(STAMP)
 bench-scale: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/scale.py $(ARGS)
 
+# What a new kind of input shift costs: cheap adaptations vs a cloned block (section "shift").
+.PHONY: bench-shift
+bench-shift: $(STAMP) fashion-data
+	$(VENV)/bin/python benchmarks/shift.py $(ARGS)
+
 # Pretrained vs random-init roots on the demo stream (docs/benchmarks.md, section "roots"); resumable.
 bench-roots: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/roots.py $(ARGS)

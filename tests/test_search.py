@@ -15,6 +15,7 @@ from mupath.search.space import customise, default_space, is_data_key, is_model_
 from mupath.store.records import ROOT_TASK, PathRecord
 
 SPACE = default_space(root_depth=3, image_size=16, patch_size=4)
+META = {"patch_size": 4, "depth": 3}   # the root's numbers the layout needs (System.root_meta)
 
 
 @given(st.lists(st.integers(), min_size=1, max_size=12, unique=True), st.data())
@@ -111,7 +112,8 @@ def test_accounted_params_divide_shared_components_by_their_users():
 
 def _lineage(comps, paths, root, trainable_ids):
     counter = iter(range(10 ** 6))
-    return Lineage(paths, comps, lambda cid: cid in trainable_ids, root, lambda p: f"{p}{next(counter)}")
+    return Lineage(paths, comps, lambda cid: cid in trainable_ids, root, lambda p: f"{p}{next(counter)}",
+                   meta=META)
 
 
 def _root_fixture():
@@ -134,7 +136,7 @@ def test_child_of_another_tasks_path_shares_frozen_parts_and_gets_a_new_head():
     space = customise(SPACE, {"_mu_": 0.1}, {"_mu_": [], "num_layers": [], "adapter_dim": [], "opt_lr": []})
     clones = Counter()
     for seed in range(300):
-        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), 4, mutate_adapters=False)
+        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), mutate_adapters=False)
         by_slot = {s.slot: s for s in plan.slots}
         assert by_slot["head"].init.get("new") is not None and by_slot["head"].trainable   # never shared
         assert by_slot["norm"].trainable and by_slot["norm"].init == {"from": "rn"}        # always cloned
@@ -156,11 +158,11 @@ def test_always_cloned_root_components_are_never_shared_but_other_tasks_parts_ar
                        dict(SPACE.defaults, _mu_=0.1), 0.9)
     counter = iter(range(10 ** 6))
     lineage = Lineage({"pu": other, "root": root}, comps, lambda cid: False, root, lambda p: f"{p}{next(counter)}",
-                      always_clone=frozenset(root.components.values()))
+                      meta=META, always_clone=frozenset(root.components.values()))
     space = customise(SPACE, {"_mu_": 0.1}, {"_mu_": [], "num_layers": [], "adapter_dim": [], "opt_lr": []})
     shared_u1 = 0
     for seed in range(100):
-        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), 4, mutate_adapters=False)
+        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), mutate_adapters=False)
         for s in plan.slots:
             if s.slot in ("block_1", "head"):
                 continue
@@ -183,9 +185,9 @@ def test_unmutated_child_shares_the_whole_body_and_keeps_the_parents_hparams():
     for always in (frozenset(), frozenset(root.components.values())):
         counter = iter(range(10 ** 6))
         lineage = Lineage({"pu": other, "root": root}, comps, lambda cid: False, root,
-                          lambda p: f"{p}{next(counter)}", always_clone=always)
+                          lambda p: f"{p}{next(counter)}", meta=META, always_clone=always)
         for seed in range(20):
-            plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), 4, True, mutate=False)
+            plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), True, mutate=False)
             by_slot = {s.slot: s for s in plan.slots}
             assert set(plan.mutations) <= {"cloned"} and not any(k.startswith("adapter_") for k in by_slot)
             assert {k: v for k, v in plan.path.hparams.items() if k != "num_classes"} == \
@@ -196,7 +198,7 @@ def test_unmutated_child_shares_the_whole_body_and_keeps_the_parents_hparams():
             expected = {"head", "norm"} | {c.slot for c in comps.values() if c.id in always}
             assert owned == expected - {"block_1"} and set(plan.mutations.get("cloned", [])) == owned - {"head"}
         # with mutations on, µ = 1 clones and adapts everything
-        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(0), 4, True)
+        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(0), True)
         assert all(s.trainable for s in plan.slots)
 
 
@@ -211,7 +213,7 @@ def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparam
     shallower = customise(SPACE, {"num_layers": 3, "_mu_": 0.3}, {"num_layers": [2, 3]})
     seen_depths = set()
     for seed in range(100):
-        plan = make_child(parent, "t", 3, {"ds_image_size": 16}, shallower, lineage, random.Random(seed), 4, False)
+        plan = make_child(parent, "t", 3, {"ds_image_size": 16}, shallower, lineage, random.Random(seed), False)
         by_slot = {s.slot: s for s in plan.slots}
         assert by_slot["block_0"].init == {"from": "t0"} and by_slot["block_0"].id != "t0"
         assert by_slot["head"].init == {"from": "ht"}
@@ -225,7 +227,7 @@ def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparam
 def test_image_size_change_resamples_a_trainable_position_embedding():
     comps, root = _root_fixture()
     lineage = _lineage(comps, {"root": root}, root, trainable_ids=set())
-    plan = make_child(root, "t", 3, {"ds_image_size": 20}, SPACE, lineage, random.Random(0), 4, False)
+    plan = make_child(root, "t", 3, {"ds_image_size": 20}, SPACE, lineage, random.Random(0), False)
     pos = {s.slot: s for s in plan.slots}["pos_embed"]
     assert pos.trainable and pos.init == {"resample": "rq", "grid": [5, 5]} and pos.config["grid"] == [5, 5]
 

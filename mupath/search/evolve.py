@@ -167,7 +167,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
             new_offspring[(parent.id, task)] += 1
             unmutated = settings.head_first and task not in retained and generation == 0 and i == 0
             plans.append(make_child(parent, task, info.num_classes, ds_hp, space, lineage, rng,
-                                    system.patch_size, settings.mutate_adapters, mutate=not unmutated))
+                                    settings.mutate_adapters, mutate=not unmutated))
         jobs = [candidate_job(system, plan, task, info.data_blob, settings, locks, sizes, comps, scores, paths,
                               scratch, seed_for(settings.seed, task, iteration, generation, i), floor)
                 for i, plan in enumerate(plans)]

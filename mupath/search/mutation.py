@@ -133,8 +133,8 @@ class Lineage:
 
 
 def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[str, Any],
-               space: SearchSpace, lineage: Lineage, rng: random.Random, patch_size: int,
-               mutate_adapters: bool, mutate: bool = True) -> ChildPlan:
+               space: SearchSpace, lineage: Lineage, rng: random.Random, mutate_adapters: bool,
+               mutate: bool = True) -> ChildPlan:
     """A mutated child of `parent` for `task` (see module docstring). `mutate=False` gives the
     unmutated child (`head_first`): the parent's model hyperparameters and body, sharing every frozen
     component it may share, with only what must be new (a head for another task's parent, the
@@ -153,7 +153,7 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
                 adapters.append(i)
                 changed.setdefault("adapters_added", []).append(i)
     hp["adapter_layers"] = sorted(adapters)
-    wanted = wanted_slots(hp, num_classes, lineage, patch_size)
+    wanted = wanted_slots(hp, num_classes, lineage)
     chain = lineage.chain(parent)
     slots: list[SlotPlan] = []
     cloned: list[str] = []
@@ -179,15 +179,12 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
     return ChildPlan(child, slots, changed)
 
 
-def wanted_slots(hp: Mapping[str, Any], num_classes: int, lineage: Lineage,
-                 patch_size: int | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
-    """{slot: (kind, config)} of a path with hyperparameters `hp` (the family's layout)."""
-    meta = dict(lineage.meta)
-    if patch_size is not None:
-        meta["patch_size"] = patch_size
+def wanted_slots(hp: Mapping[str, Any], num_classes: int, lineage: Lineage) -> dict[str, tuple[str, dict[str, Any]]]:
+    """{slot: (kind, config)} of a path with hyperparameters `hp` (the family's layout; the root's
+    numbers, e.g. its patch size, come from `lineage.meta`)."""
     return lineage.family.wanted_slots(int(hp["num_layers"]), list(hp.get("adapter_layers", [])),
                                        int(hp["adapter_dim"]), num_classes, int(hp["ds_image_size"]),
-                                       lineage.root_configs(), meta)
+                                       lineage.root_configs(), dict(lineage.meta))
 
 
 def find_component(slot: str, config: dict[str, Any], chain: list[PathRecord], lineage: Lineage) -> str | None:
