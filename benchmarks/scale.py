@@ -52,9 +52,20 @@ def settings(quick: bool, workers: int) -> dict:
                 ranges={"ds_image_size": []})
 
 
+def footprint(system, name: str) -> tuple[list[str], int, list[str]]:
+    """The slots `name`'s retained path owns, their parameters, and the other tasks (the root included)
+    whose components it shares."""
+    comps = system.manifest.components()
+    path = system.manifest.retained()[name]
+    owned = sorted(s for s, c in path.components.items() if comps[c].task == name)
+    added = sum(comps[path.components[s]].num_params for s in owned)
+    return owned, added, sorted({comps[c].task for c in path.components.values() if comps[c].task != name})
+
+
 def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
     from mupath import System, load_task
     from mupath.cli.demo import VIT_DEMO_ROOT
+    from mupath.store.records import ROOT_TASK
     from mupath.system import MANIFEST
     system = System.open(store) if (store / MANIFEST).exists() else System.create(store, **VIT_DEMO_ROOT)
     rows = []
@@ -66,11 +77,9 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
             system.evolve([name], **kw)
             done = [c for c in system.manifest.commits() if c["task"] == name]
         commit = done[-1]
-        comps = system.manifest.components()
-        path = system.manifest.retained()[name]
-        added = sum(comps[c].num_params for c in path.components.values() if comps[c].task == name)
-        reused = sorted({comps[c].task for c in path.components.values() if comps[c].task not in (name, "__root__")})
-        total = sum(c.num_params for c in comps.values())
+        _, added, reused = footprint(system, name)
+        reused = [t for t in reused if t != ROOT_TASK]
+        total = sum(c.num_params for c in system.manifest.components().values())
         rows.append(dict(task=name, index=i, test=commit["test_accuracy"], added=added, reused=reused,
                          total_over_root=total / system.root_params, wall=commit["info"].get("wall_time", 0.0)))
         print(f"{i + 1:2d}/{len(names)} {name:24s} test {commit['test_accuracy']:.3f} added {added:7d} "

@@ -16,7 +16,8 @@ per task).
     .venv/bin/python benchmarks/shift.py [--tasks mnist_inverted,...] [--work runs/bench-shift] [--quick]
 
 Default tasks: the first inverted, mirrored and tinted tasks of stream69, and fashion_mnist_inverted, the
-scale run's one sampled task below 0.9 of its single-task accuracy. About 17 minutes on 2 cores. Writes the section "shift" of docs/benchmarks.md.
+scale run's one sampled task below 0.9 of its single-task accuracy. About 14 minutes on 2 cores. Writes
+the section "shift" of docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
-from benchmarks.scale import settings as scale_settings  # noqa: E402
+from benchmarks.scale import footprint, settings as scale_settings  # noqa: E402
 
 BASE_TASKS = ["fashion_mnist", "mnist"]
 #: variant: (clone the stem, blocks to clone, add adapters); None = the scale run's unrestricted search
@@ -42,16 +43,14 @@ VARIANTS: dict[str, tuple[bool, tuple[int, ...], bool] | None] = {
 }
 
 
-def restricted(kw: dict[str, Any], slots: list[str], depth: int, stem: bool, blocks: tuple[int, ...],
-               adapters: bool) -> dict[str, Any]:
+def restricted(kw: dict[str, Any], slots: list[str], depth: int, model_keys: list[str], stem: bool,
+               blocks: tuple[int, ...], adapters: bool) -> dict[str, Any]:
     """The scale settings with every mutation action fixed to 0 or 1 and no model-key moves."""
     hp = {f"_mu_|clone:{s}": 0.0 for s in slots if s not in ("head", "norm")}
     hp.update({f"_mu_|clone:adapter_{i}": 0.0 for i in range(depth)})   # a parent's adapters stay shared
     hp["_mu_|clone:patch_embed"] = float(stem)
     hp.update({f"_mu_|clone:block_{i}": 1.0 for i in blocks})
     hp.update({f"_mu_|add:adapter_{i}": float(adapters) for i in range(depth)})
-    model_keys = ("_mu_", "num_layers", "adapter_dim", "opt_name", "opt_lr", "opt_lr_warmup_ratio",
-                  "opt_momentum", "opt_nesterov")
     return {**kw, "hparams": hp, "ranges": {**kw["ranges"], **{k: [] for k in model_keys}}}
 
 
@@ -80,13 +79,9 @@ def run_variant(base: Path, work: Path, task: str, kw: dict[str, Any]) -> dict[s
     t0 = time.perf_counter()
     system.evolve([task], **kw)
     commit = [c for c in system.manifest.commits() if c["task"] == task][-1]
-    comps = system.manifest.components()
-    path = system.manifest.retained()[task]
-    owned = sorted(s for s, c in path.components.items() if comps[c].task == task)
-    added = sum(comps[path.components[s]].num_params for s in owned)
+    owned, added, reuses = footprint(system, task)
     shutil.rmtree(work, ignore_errors=True)
-    return dict(test=commit["test_accuracy"], score=commit["info"]["score"], added=added,
-                reuses=sorted({comps[c].task for c in path.components.values() if comps[c].task != task}),
+    return dict(test=commit["test_accuracy"], score=commit["info"]["score"], added=added, reuses=reuses,
                 owned=[s for s in owned if s not in ("head", "norm")], wall=time.perf_counter() - t0)
 
 
@@ -114,16 +109,20 @@ def main() -> None:
     if args.quick:
         args.tasks, args.work = "mnist_inverted", args.work.with_name(args.work.name + "-quick")
     from mupath import System
+    from mupath.search.settings import make_settings
+    from mupath.search.space import is_model_key
+    from mupath.store.records import ROOT_TASK
     t0 = time.perf_counter()
     kw = scale_settings(args.quick, args.workers)
     base = base_system(args.work, kw)
     system = System.open(base)
-    slots = list(system.manifest.retained()["__root__"].components)
-    base_acc = {n: c["test_accuracy"] for c in system.manifest.commits() for n in [c["task"]]}
+    slots = list(system.manifest.retained()[ROOT_TASK].components)
+    model_keys = [k for k in system.search_space(make_settings(**kw)).ranges if is_model_key(k)]
+    base_acc = {c["task"]: c["test_accuracy"] for c in system.manifest.commits()}
     rows, results = [], {}
     for task in args.tasks.split(","):
         for name, spec in VARIANTS.items():
-            run_kw = kw if spec is None else restricted(kw, slots, system.depth, *spec)
+            run_kw = kw if spec is None else restricted(kw, slots, system.depth, model_keys, *spec)
             r = run_variant(base, args.work / "run", task, run_kw)
             print(f"{task:18s} {name:24s} test {r['test']:.3f} added {r['added']:7,d} score {r['score']:.3f} "
                   f"reuses {r['reuses']} owns {r['owned']} {r['wall']:.0f}s", flush=True)
