@@ -70,6 +70,11 @@ bench-scale: $(STAMP) fashion-data
 bench-shift: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/shift.py $(ARGS)
 
+# One task of a finished scale run re-evolved under other seeds (section "redraw-TASK"); needs runs/scale.
+.PHONY: bench-redraw
+bench-redraw: $(STAMP) fashion-data
+	$(VENV)/bin/python benchmarks/redraw.py $(ARGS)
+
 # Pretrained vs random-init roots on the demo stream (docs/benchmarks.md, section "roots"); resumable.
 bench-roots: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/roots.py $(ARGS)
