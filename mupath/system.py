@@ -300,6 +300,12 @@ class System:
             logits = logits_of(self.model(task), data[f"{split}.x"], self.image_size(task))
         return accuracy_of(logits, data[f"{split}.y"])
 
+    def history(self, task: str) -> list[dict[str, Any]]:
+        """The commits of `task`, oldest first: id, run_id, iteration, time, test_accuracy and `info`,
+        whose `tried` lists every candidate of that search (see docs/design.md, table `commits`)."""
+        self.task_record(task)
+        return [c for c in self.manifest.commits() if c["task"] == task]
+
     # ---- commit and the no-forgetting check -------------------------------------------------
     def pin_blobs(self, run_id: str, jobs: list[dict[str, Any]]) -> None:
         """Concurrent agents: another process's commit may drop a component that this run's candidates

@@ -57,6 +57,8 @@ def test_cli_end_to_end(tmp_path, npz_source, digits_small):
     out = _ok(["predict", store, "--task", "mydigits", png, npy])
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 4 and all(0 <= int(line.split()[1]) < 10 for line in lines)
+    out = _ok(["history", store, "mydigits"])
+    assert "mutations" in out and out.count("retained") == 1, out
     graph = tmp_path / "g.png"
     _ok(["graph", store, "-o", graph])
     assert graph.read_bytes()[:4] == b"\x89PNG"
@@ -77,4 +79,6 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path, npz_source):
     _fails(["evolve", store, "--scale-factor", "1.5"], "scale_factor")
     _fails(["predict", store, "--task", "mydigits", npz_source], "not been evolved")
     _fails(["graph", store, "-o", tmp_path / "g.jpg"], ".png")
+    _fails(["history", store, "mydigits"], "not been evolved")
+    _fails(["history", store, "nope"], "unknown task")
     _fails(["init", tmp_path / "s2", "--weights", tmp_path / "none.safetensors"], "does not exist")

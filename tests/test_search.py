@@ -265,3 +265,29 @@ def test_evolve_head_first_tries_the_parents_body_unchanged_first(tiny_system, d
     system.evolve(["digits_more"], **one)
     mutations = system.manifest.retained()["digits_more"].metrics["mutations"]
     assert set(mutations) - {"cloned"} or len(mutations.get("cloned", [])) > 1
+
+
+def test_commit_logs_every_candidate_tried_and_marks_the_retained_one(tiny_system, digits_small):
+    """info["tried"]: one entry per candidate, in order, with its generation and parent; exactly the
+    retained path is marked, its numbers are the committed ones, and only candidates that entered the
+    population have a score (a candidate below its bar has no quality)."""
+    import json
+    from conftest import TINY_SETTINGS
+    system = tiny_system
+    system.add_task(digits_small)
+    settings = dict(TINY_SETTINGS, generations=2, candidates=2)
+    system.evolve(["digits"], **settings)
+    [commit] = system.history("digits")
+    tried = commit["info"]["tried"]
+    best = system.manifest.retained()["digits"]
+    assert len(tried) == 4 and [e["generation"] for e in tried] == [0, 0, 1, 1]
+    assert [e["path"] for e in tried if e["retained"]] == [best.id]
+    kept = next(e for e in tried if e["retained"])
+    assert kept["entered"] and kept["quality"] == best.quality
+    assert kept["score"] == commit["info"]["score"]
+    assert kept["mutations"] == best.metrics["mutations"]
+    for e in tried:
+        assert (e["score"] is None) == (not e["entered"])
+        assert e["quality"] is None or 0.0 <= e["quality"] <= 1.0
+        assert e["owned_params"] > 0 and e["parent_task"] in ("__root__", "digits")
+    json.dumps(tried, allow_nan=False)      # stored as plain JSON

@@ -169,6 +169,18 @@ def status(store: Path) -> None:
     console.print(status_table(_open(store)))
 
 
+@app.command()
+@friendly
+def history(store: Path, task: str = typer.Argument(..., help="an evolved task")) -> None:
+    """Why a task has its path: each commit's candidates, their mutations, accuracy, size and score."""
+    from mupath.cli.tables import history_tables
+    tables = history_tables(_open(store), task)
+    if not tables:
+        raise ConfigError(f"task '{task}' has not been evolved yet; run `mupath evolve {store} --tasks {task}`")
+    for table in tables:
+        console.print(table)
+
+
 @app.command("eval")
 @friendly
 def eval_(store: Path, task: Optional[str] = typer.Option(None, help="one task (default: all evolved)"),

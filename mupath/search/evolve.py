@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
@@ -151,6 +152,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
         progress.task_started(task, iteration, settings.generations * settings.candidates)
     failures: list[str] = []
     improved = 0
+    tried: list[dict[str, Any]] = []
     train_images = 0
     train_time = 0.0
     scratch = system.scratch_dir(run_id)
@@ -176,6 +178,7 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         results = executor.run(jobs, on_done=on_done, on_step=on_step)
         for plan, res in zip(plans, results):
+            tried.append(tried_entry(plan, res, generation))
             train_images += int(res.get("images", 0))
             train_time += float(res.get("train_time", 0.0))
             if res.get("failure"):
@@ -203,9 +206,12 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
                           f"({failures[0] if failures else 'no candidates'}); lower the learning rate "
                           "or check the task's data")
     changed = task not in retained or best.id != retained[task].id
+    for entry in tried:
+        entry["retained"] = entry["path"] == best.id
     test_acc = system.commit(task, best, comps, new_offspring, run_id, iteration, changed,
                              {"score": scores[best.id], "candidates": settings.generations * settings.candidates,
-                              "improved": improved, "failures": failures[:20], "train_images": train_images,
+                              "improved": improved, "failures": failures[:20], "tried": tried,
+                              "train_images": train_images,
                               "train_time": train_time, "wall_time": time.perf_counter() - t_start, **probe})
     if settings.check_immutability:
         scope = None
@@ -221,6 +227,20 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     if progress:
         progress.task_done(entry)
     return entry
+
+
+def tried_entry(plan: ChildPlan, res: dict[str, Any], generation: int) -> dict[str, Any]:
+    """One candidate of a task's search, as the commit keeps it (info["tried"], shown by `mupath
+    history`): why a task ended with its path is otherwise invisible, since only the retained path is
+    stored. A candidate that never beat its bar has no quality (None, not -inf: JSON has no infinity)."""
+    quality = res.get("quality")
+    entered = bool(res.get("improved"))
+    finite = quality is not None and math.isfinite(float(quality))
+    return {"path": plan.path.id, "generation": generation, "parent_task": plan.path.metrics.get("parent_task"),
+            "mutations": plan.mutations, "quality": float(quality) if finite else None,
+            "score": float(res["score"]) if entered else None,
+            "owned_params": int(res.get("owned_params", 0)), "accounted_params": float(res.get("accounted_params", 0.0)),
+            "entered": entered, "failure": res.get("failure")}
 
 
 def sharing_tasks(retained: dict[str, PathRecord], components: set[str], task: str) -> set[str]:
