@@ -2,9 +2,10 @@
 from one root, task after task, and report how accuracy, parameters and time behave as it grows.
 Resumable: run it again and it continues with the first task not yet evolved.
 
-    .venv/bin/python benchmarks/scale.py [--quick] [--store runs/scale] [--workers 2]
+    .venv/bin/python benchmarks/scale.py [--quick] [--store runs/scale] [--workers 2] [--seed 0]
 
-Writes the section "scale" of docs/benchmarks.md and plots to docs/img/.
+Writes the section "scale" of docs/benchmarks.md and plots to docs/img/. `--seed N` grows another system
+(another draw of every task's search) into runs/scale-seedN and the section "scale-seedN".
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import DOCS, environment, table, write_section  # noqa: E402
 
 
-def settings(quick: bool, workers: int) -> dict:
-    """The stream's evolve settings (the single-task baselines get the same).
+def settings(quick: bool, workers: int, seed: int = 0) -> dict:
+    """The stream's evolve settings, `seed` its seed (the single-task baselines get the same settings with
+    their own seeds).
 
     - check_scope="shared": after each commit only tasks sharing a component it touched are re-run (the
       full check re-runs every earlier task: O(n^2) over the stream); the end of the run audits every
@@ -47,7 +49,7 @@ def settings(quick: bool, workers: int) -> dict:
       is 28 px, the only smaller size is 21 px, and a generation-shared mutation to it locked a
       permuted-MNIST task at 21 px, where the permuted pixels lose their identity (0.52 vs 0.85)."""
     return dict(iterations=1, generations=3, candidates=2, workers=workers, check_scope="shared",
-                steps_per_validation=60 if quick else 150, validations=2, val_limit=500, seed=0,
+                steps_per_validation=60 if quick else 150, validations=2, val_limit=500, seed=seed,
                 seed_order="probe", head_first=True, scale_factor=0.7, hparams={"_mu_|clone:patch_embed": 0.5},
                 ranges={"ds_image_size": []})
 
@@ -65,10 +67,22 @@ def footprint(system, name: str) -> tuple[list[str], int, list[str]]:
 def system_params(system, tasks: list[str]) -> int:
     """Parameters of the system as it stood after `tasks` (the root's and those tasks' components):
     a resumed run reports the earlier rows from the finished store, whose later components must not
-    count."""
+    count. Exact for a one-pass stream (iterations=1), where no later commit replaces an earlier
+    task's path."""
     from mupath.store.records import ROOT_TASK
     owners = {ROOT_TASK, *tasks}
     return sum(c.num_params for c in system.manifest.components().values() if c.task in owners)
+
+
+def stream_seeds(store: Path) -> set[int]:
+    """The seeds of the evolve runs recorded in `store` (a resumed stream must keep its seed)."""
+    import json
+    from mupath import System
+    from mupath.system import MANIFEST
+    if not (store / MANIFEST).exists():
+        return set()
+    rows = System.open(store).manifest.db.execute("SELECT settings FROM runs").fetchall()
+    return {int(json.loads(r[0])["settings"].get("seed", 0)) for r in rows}
 
 
 def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
@@ -81,10 +95,10 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
     for i, name in enumerate(names):
         if name not in system.tasks:
             system.add_task(load_task(name))
-        done = [c for c in system.manifest.commits() if c["task"] == name]
+        done = system.history(name)
         if not done:
             system.evolve([name], **kw)
-            done = [c for c in system.manifest.commits() if c["task"] == name]
+            done = system.history(name)
         commit = done[-1]
         _, added, reused = footprint(system, name)
         reused = [t for t in reused if t != ROOT_TASK]
@@ -98,10 +112,11 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
 
 
 def single_tasks(store: Path, names: list[str], kw: dict, seeds: int) -> dict[str, list[float]]:
-    """Single-task test accuracies of `names`, one per seed (`kw`'s seed, then the next ones): a
+    """Single-task test accuracies of `names`, one per seed (seeds 0, 1, ...): a
     single-task model trained from a random-init root with a few hundred steps is noisy (a
     permuted-MNIST task scored 0.32 with one seed and 0.90 in the stream), so the comparison uses the
-    median of `seeds` runs. Kept in `<store>.single.json`, keyed by the settings of each run, so that a
+    median of `seeds` runs, seeds 0..seeds-1 whatever the stream's seed, so that every stream seed is
+    compared with the same baselines. Kept in `<store>.single.json`, keyed by the settings of each run, so that a
     re-run, or a run cut short in this phase, only trains the missing ones."""
     import json
     from mupath.store.atomic import atomic_write_bytes
@@ -109,7 +124,7 @@ def single_tasks(store: Path, names: list[str], kw: dict, seeds: int) -> dict[st
     cached = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     out: dict[str, list[float]] = {name: [] for name in names}
     for k in range(seeds):
-        run_kw = {**kw, "seed": kw.get("seed", 0) + k}
+        run_kw = {**kw, "seed": k}
         key = json.dumps(run_kw, sort_keys=True)
         done = cached.setdefault(key, {})
         for name in names:
@@ -150,7 +165,7 @@ def single_task(name: str, kw: dict) -> float:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def plots(rows: list[dict], system) -> list[str]:
+def plots(rows: list[dict], system, stem: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -166,7 +181,7 @@ def plots(rows: list[dict], system) -> list[str]:
     ax[1].set_xlabel("tasks in the system")
     ax[1].set_ylabel("total parameters / root parameters")
     fig.tight_layout()
-    fig.savefig(img / "scale_params.png", dpi=110)
+    fig.savefig(img / f"{stem}_params.png", dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(x, [r["wall"] for r in rows], marker=".")
@@ -174,24 +189,31 @@ def plots(rows: list[dict], system) -> list[str]:
     ax.set_ylabel("wall time of the task (s)")
     ax.set_ylim(bottom=0)
     fig.tight_layout()
-    fig.savefig(img / "scale_time.png", dpi=110)
+    fig.savefig(img / f"{stem}_time.png", dpi=110)
     plt.close(fig)
-    draw_system_graph(system, img / "scale_graph.png")
-    return ["img/scale_params.png", "img/scale_time.png", "img/scale_graph.png"]
+    draw_system_graph(system, img / f"{stem}_graph.png")
+    return [f"img/{stem}_{kind}.png" for kind in ("params", "time", "graph")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the first 12 tasks, small budgets")
-    parser.add_argument("--store", type=Path, default=Path("runs/scale"))
+    parser.add_argument("--store", type=Path, default=None, help="default runs/scale (runs/scale-seedN)")
+    parser.add_argument("--seed", type=int, default=0, help="another seed is another draw of every task; its "
+                        "section is scale-seedN")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sample", type=int, default=10, help="tasks compared with a single-task model")
     parser.add_argument("--single-seeds", type=int, default=3, help="single-task runs per sampled task (median)")
     args = parser.parse_args()
     from mupath import System, stream_tasks
     names = stream_tasks("stream69")[:12] if args.quick else stream_tasks("stream69")
-    store = args.store.with_name(args.store.name + "-quick") if args.quick else args.store
-    kw = settings(args.quick, args.workers)
+    name = "scale" if args.seed == 0 else f"scale-seed{args.seed}"
+    store = args.store or Path("runs") / name
+    store = store.with_name(store.name + "-quick") if args.quick else store
+    kw = settings(args.quick, args.workers, args.seed)
+    if store.exists() and stream_seeds(store) - {args.seed}:
+        sys.exit(f"error: {store} was grown with seed {sorted(stream_seeds(store))}, not {args.seed}; "
+                 f"pass its seed or another --store")
     t0 = time.perf_counter()
     rows = evolve_stream(store, names, kw)
     system = System.open(store)
@@ -205,7 +227,7 @@ def main() -> None:
     first, last = np.mean([r["added"] for r in rows[:k]]), np.mean([r["added"] for r in rows[-k:]])
     walls = np.array([r["wall"] for r in rows])
     slope = np.polyfit(np.arange(len(walls)), walls, 1)[0] if len(walls) > 1 else 0.0
-    pictures = plots(rows, system)
+    pictures = plots(rows, system, name.replace("-", "_"))
     verdicts = [
         f"- every sampled task at least 0.9 of its single-task accuracy (median of {args.single_seeds} seeds): "
         f"**{all(r >= 0.9 for r in ratios.values())}** (below 0.9: "
@@ -219,7 +241,8 @@ def main() -> None:
         + ("(and every commit re-checked the earlier tasks sharing a component it added or dropped: "
            "check_scope=shared)" if kw.get("check_scope") == "shared" else "(and every commit re-checked all earlier tasks)"),
     ]
-    body = ("## Scale: one system over the task stream\n\n" + environment()
+    body = ("## Scale: one system over the task stream" + (f" (seed {args.seed})" if args.seed else "") + "\n\n"
+            + environment()
             + f"- mode: {'QUICK (first 12 tasks, small budgets)' if args.quick else 'full stream69'}; "
               f"settings {kw}; wall time of this invocation {time.perf_counter() - t0:.0f} s (the tasks' own "
               f"wall times sum to {walls.sum():.0f} s; a resumed or re-reported run only pays what was missing)\n\n"
@@ -235,7 +258,7 @@ def main() -> None:
                       f"{single[n]:.3f}", f"{ratios[n]:.3f}"] for n in sample])
             + "\n\n### Parameters added by kind of task\n\n" + kinds_table(rows)
             + "\n\n" + "\n".join(f"![{p}]({p})" for p in pictures))
-    print(write_section("benchmarks.md", "scale", body, title="mupath benchmarks"))
+    print(write_section("benchmarks.md", name, body, title="mupath benchmarks"))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def run_variant(base: Path, work: Path, task: str, kw: dict[str, Any]) -> dict[s
     system.add_task(load_task(task))
     t0 = time.perf_counter()
     system.evolve([task], **kw)
-    commit = [c for c in system.manifest.commits() if c["task"] == task][-1]
+    commit = system.history(task)[-1]
     owned, added, reuses = footprint(system, task)
     shutil.rmtree(work, ignore_errors=True)
     return dict(test=commit["test_accuracy"], score=commit["info"]["score"], added=added, reuses=reuses,

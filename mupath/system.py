@@ -304,7 +304,7 @@ class System:
         """The commits of `task`, oldest first: id, run_id, iteration, time, test_accuracy and `info`,
         whose `tried` lists every candidate of that search (see docs/design.md, table `commits`)."""
         self.task_record(task)
-        return [c for c in self.manifest.commits() if c["task"] == task]
+        return self.manifest.commits(task=task)
 
     # ---- commit and the no-forgetting check -------------------------------------------------
     def pin_blobs(self, run_id: str, jobs: list[dict[str, Any]]) -> None:

@@ -38,35 +38,39 @@ def mutation_summary(mutations: dict[str, Any]) -> str:
         parts.append("+adapter " + ", ".join(str(i) for i in mutations["adapters_added"]))
     parts += [f"{k} {v[0]}->{v[1]}" for k, v in sorted(mutations.items())
               if k not in ("cloned", "adapters_added") and isinstance(v, list) and len(v) == 2]
-    return "; ".join(parts) or "none (new head only)"
+    return "; ".join(parts) or "no mutation"
 
 
 def tried_status(entry: dict[str, Any]) -> str:
+    """What became of a candidate: kept by the commit, kept in the population (beat its bar but lost),
+    below its bar (never beat its parent's score), or failed (with the start of the reason)."""
     if entry.get("retained"):
         return "retained"
-    if entry.get("failure") and entry.get("quality") is None:
-        return "failed"
+    if entry.get("failure") and not entry.get("entered"):
+        return "failed: " + str(entry["failure"])[:60]
     return "in population" if entry.get("entered") else "below its bar"
 
 
 def history_tables(system: Any, task: str) -> list[Table]:
     """One table per commit of `task`: every candidate its search tried, what it changed from its parent,
-    its validation accuracy, parameters and score, and which one the task kept."""
+    its best validation accuracy, parameters and score, and which one the task kept."""
     out = []
     for c in system.history(task):
         info = c["info"]
         title = (f"{task}: iteration {c['iteration']}, run {c['run_id']}, test acc {c['test_accuracy']:.4f}, "
                  f"score {info.get('score', float('nan')):.4f}")
         table = Table(title=title)
-        for col in ("#", "gen", "parent task", "mutations", "val acc", "owned", "accounted", "score", "outcome"):
+        for col in ("#", "gen", "parent task", "mutations", "best val acc", "owned", "accounted", "score", "outcome"):
             table.add_column(col, justify="left" if col in ("parent task", "mutations", "outcome") else "right")
         tried = info.get("tried")
         if tried is None:
             table.caption = "this commit predates the search log: its candidates were not recorded"
+        elif not any(e.get("retained") for e in tried):
+            table.caption = "no candidate beat the path the task already had: it kept that path"
         for i, e in enumerate(tried or []):
             table.add_row(str(i), str(e["generation"]), str(e.get("parent_task") or "-"),
                           mutation_summary(e.get("mutations") or {}),
-                          "-" if e.get("quality") is None else f"{e['quality']:.4f}",
+                          "-" if e.get("best_val") is None else f"{e['best_val']:.4f}",
                           fmt_params(e.get("owned_params", 0)), fmt_params(e.get("accounted_params", 0)),
                           "-" if e.get("score") is None else f"{e['score']:.4f}", tried_status(e))
         out.append(table)

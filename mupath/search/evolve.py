@@ -232,12 +232,16 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
 def tried_entry(plan: ChildPlan, res: dict[str, Any], generation: int) -> dict[str, Any]:
     """One candidate of a task's search, as the commit keeps it (info["tried"], shown by `mupath
     history`): why a task ended with its path is otherwise invisible, since only the retained path is
-    stored. A candidate that never beat its bar has no quality (None, not -inf: JSON has no infinity)."""
+    stored. `quality` is set only for a candidate that beat its bar and joined the population;
+    `best_val` is its best validation accuracy either way (how close a losing candidate came). JSON has
+    no infinity, so neither is ever -inf: a candidate with no finite validation has None."""
     quality = res.get("quality")
+    finite = [float(v) for v in res.get("evals") or [] if v is not None and math.isfinite(float(v))]
     entered = bool(res.get("improved"))
-    finite = quality is not None and math.isfinite(float(quality))
     return {"path": plan.path.id, "generation": generation, "parent_task": plan.path.metrics.get("parent_task"),
-            "mutations": plan.mutations, "quality": float(quality) if finite else None,
+            "mutations": plan.mutations,
+            "quality": float(quality) if entered and quality is not None and math.isfinite(float(quality)) else None,
+            "best_val": max(finite) if finite else None,
             "score": float(res["score"]) if entered else None,
             "owned_params": int(res.get("owned_params", 0)), "accounted_params": float(res.get("accounted_params", 0.0)),
             "entered": entered, "failure": res.get("failure")}

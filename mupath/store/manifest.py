@@ -184,12 +184,13 @@ class Manifest:
                           (task, path_id, run_id, iteration, time.time(), test_accuracy, json.dumps(info)))
         return int(cur.lastrowid)
 
-    def commits(self, run_id: str | None = None) -> list[dict[str, Any]]:
+    def commits(self, run_id: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
+        """Commits in order, optionally of one run and/or one task (filtered in SQL: `info` can be large)."""
         query = "SELECT id, task, path_id, run_id, iteration, time, test_accuracy, info FROM commits"
-        args: tuple[Any, ...] = ()
-        if run_id is not None:
-            query += " WHERE run_id=?"
-            args = (run_id,)
+        where = [(col, val) for col, val in (("run_id", run_id), ("task", task)) if val is not None]
+        if where:
+            query += " WHERE " + " AND ".join(f"{col}=?" for col, _ in where)
+        args = tuple(val for _, val in where)
         rows = self.db.execute(query + " ORDER BY id", args).fetchall()
         keys = ("id", "task", "path_id", "run_id", "iteration", "time", "test_accuracy", "info")
         return [dict(zip(keys, r[:7] + (json.loads(r[7]),))) for r in rows]
