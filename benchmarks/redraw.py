@@ -27,37 +27,65 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
-from benchmarks.scale import footprint, settings as scale_settings  # noqa: E402
+from benchmarks.scale import footprint, settings as scale_settings, single_key  # noqa: E402
 
 
-def fork_before(store: Path, task: str, names: list[str], dest: Path) -> None:
-    """A copy of `store` as it stood before `task` was evolved: blobs hard-linked (a store never rewrites
-    a blob in place), manifest copied, `task` and every later task of `names` dropped from the retained
-    set, and `task`'s parent counters cleared. Later tasks' components stay on disk, unreachable."""
+def fork_before(store: Path, task: str, dest: Path) -> None:
+    """A copy of `store` as it stood before `task` was first evolved: blobs hard-linked (a store never
+    rewrites a blob in place: writes go to a new file that replaces the name), the manifest copied with
+    SQLite's backup API (a consistent snapshot), then every task first committed at or after `task`
+    dropped (retained path, commits, check record) with `task`'s parent counters and the run log.
+    Later tasks' components stay on disk, unreachable. Refuses a store where an earlier task's path was
+    replaced after `task` (several iterations or agents): no such snapshot exists."""
     from mupath.system import MANIFEST
-    later = names[names.index(task):]
-    shutil.copytree(store, dest, copy_function=os.link, ignore=shutil.ignore_patterns(MANIFEST, "scratch"))
-    shutil.copy2(store / MANIFEST, dest / MANIFEST)
-    con = sqlite3.connect(dest / MANIFEST)
-    with con:
-        con.executemany("DELETE FROM retained WHERE task = ?", [(t,) for t in later])
-        con.execute("DELETE FROM offspring WHERE task = ?", (task,))
-    con.close()
-
-
-def draw(store: Path, task: str, names: list[str], kw: dict, seed: int) -> dict:
-    """Evolve `task` once on a fresh fork of `store`, with the scale settings and `seed`."""
-    from mupath import System
-    folder = Path(tempfile.mkdtemp(prefix="redraw-"))
+    src = sqlite3.connect(store / MANIFEST)
     try:
-        fork_before(store, task, names, folder / "s")
+        first = dict(src.execute("SELECT task, MIN(id) FROM commits GROUP BY task").fetchall())
+        if task not in first:
+            raise SystemExit(f"error: the store has not evolved '{task}' yet; finish the scale run first")
+        later = [t for t, c in first.items() if c >= first[task]]
+        stale = src.execute("SELECT task FROM retained WHERE commit_id >= ? AND task NOT IN (%s)"
+                            % ",".join("?" * len(later)), (first[task], *later)).fetchall()
+        if stale:
+            raise SystemExit(f"error: {stale[0][0]} was re-committed after {task}; a fork needs a one-pass stream")
+        shutil.copytree(store, dest, copy_function=os.link,
+                        ignore=shutil.ignore_patterns(MANIFEST, MANIFEST + "-*", "scratch"))
+        dst = sqlite3.connect(dest / MANIFEST)
+        src.backup(dst)
+    finally:
+        src.close()
+    with dst:
+        for name in ("retained", "commits", "checks"):
+            dst.executemany(f"DELETE FROM {name} WHERE task = ?", [(t,) for t in later])
+        dst.execute("DELETE FROM offspring WHERE task = ?", (task,))
+        dst.execute("DELETE FROM runs")
+    dst.close()
+
+
+def stream_settings(system, task: str, workers: int) -> dict:
+    """The settings `task` was evolved with in the stream (its run's resume key), with `workers` and the
+    scale run's check scope, which the key leaves out."""
+    run_id = system.history(task)[0]["run_id"]
+    row = system.manifest.db.execute("SELECT settings FROM runs WHERE id = ?", (run_id,)).fetchone()
+    stored = json.loads(row[0])["settings"] if row else {}
+    return {**scale_settings(False, workers), **stored, "workers": workers}
+
+
+def draw(store: Path, task: str, kw: dict, seed: int) -> dict:
+    """Evolve `task` once on a fresh fork of `store`, with the stream's settings and `seed`. The fork
+    lives beside the store (hard links cannot cross filesystems)."""
+    from mupath import System
+    folder = Path(tempfile.mkdtemp(dir=store.parent, prefix=".redraw-"))
+    try:
+        fork_before(store, task, folder / "s")
         system = System.open(folder / "s")
         t0 = time.perf_counter()
         system.evolve([task], **{**kw, "seed": seed})
-        commit = [c for c in system.manifest.commits() if c["task"] == task][-1]
-        owned, added, reused = footprint(system, task)
+        [commit] = system.history(task)
+        owned, added, _ = footprint(system, task)
         path = system.manifest.retained()[task]
         comps = system.manifest.components()
+        system.close()
         return dict(seed=seed, test=commit["test_accuracy"], added=added, layers=int(path.hparams["num_layers"]),
                     owned=[s for s in owned if s not in ("head", "norm")],
                     blocks=[comps[c].task for s, c in sorted(path.components.items()) if s.startswith("block_")],
@@ -66,11 +94,12 @@ def draw(store: Path, task: str, names: list[str], kw: dict, seed: int) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def single_reference(store: Path, task: str) -> list[float]:
-    """The scale run's single-task accuracies of `task` (one per seed), if it was sampled."""
+def single_reference(store: Path, task: str, kw: dict, seeds: int = 3) -> list[float]:
+    """The scale run's single-task accuracies of `task` (seeds 0..seeds-1), if it was in its sample;
+    `kw`: the scale settings, which key that cache."""
     cache = store.with_name(store.name + ".single.json")
     runs = json.loads(cache.read_text()) if cache.exists() else {}
-    return [done[task] for done in runs.values() if task in done]
+    return [runs[single_key(kw, k)][task] for k in range(seeds) if task in runs.get(single_key(kw, k), {})]
 
 
 def main() -> None:
@@ -87,24 +116,30 @@ def main() -> None:
         sys.exit(f"error: no store at {args.store}; run `make bench-scale` first or pass --store")
     if args.task not in names:
         sys.exit(f"error: '{args.task}' is not in stream69; pass one of its tasks with --task")
-    stream = [c for c in System.open(args.store).manifest.commits() if c["task"] == args.task]
+    if args.draws < 1:
+        sys.exit("error: --draws must be at least 1")
+    system = System.open(args.store)
+    stream = system.history(args.task)
     if not stream:
         sys.exit(f"error: the store has not evolved '{args.task}' yet; finish the scale run first")
-    kw = scale_settings(False, args.workers)
+    kw = stream_settings(system, args.task, args.workers)
+    system.close()
     t0 = time.perf_counter()
     rows = []
     for seed in range(kw["seed"], kw["seed"] + args.draws):
-        rows.append(draw(args.store, args.task, names, kw, seed))
+        rows.append(draw(args.store, args.task, kw, seed))
         r = rows[-1]
         print(f"seed {seed}: test {r['test']:.3f} added {r['added']:,} layers {r['layers']} blocks {r['blocks']} "
               f"owns {r['owned']} {r['wall']:.0f}s", flush=True)
-    single = single_reference(args.store, args.task)
+    single = single_reference(args.store, args.task, scale_settings(False, args.workers))
     bar = 0.9 * float(np.median(single)) if single else None
     tests = np.array([r["test"] for r in rows])
     lines = [f"- task: {args.task} (#{names.index(args.task) + 1} of stream69), {args.draws} draws on a fork of "
              f"`{args.store}` as it stood before it; settings as the scale run, seed varied",
-             f"- the stream's own result: {stream[-1]['test_accuracy']:.3f}; draw {kw['seed']} (the stream's seed) "
-             f"gives {rows[0]['test']:.3f}",
+             f"- the stream's own result: {stream[0]['test_accuracy']:.3f}; draw {kw['seed']} (the stream's seed) "
+             f"gives {rows[0]['test']:.3f}: "
+             + ("reproduced" if rows[0]["test"] == stream[0]["test_accuracy"]
+                else "not reproduced (another machine's float order, or another code version)"),
              f"- test accuracy over the draws: median {np.median(tests):.3f}, min {tests.min():.3f}, "
              f"max {tests.max():.3f}"]
     if bar is not None:

@@ -111,6 +111,12 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
     return rows
 
 
+def single_key(kw: dict, seed: int) -> str:
+    """The cache key of a single-task run: its settings with its own seed."""
+    import json
+    return json.dumps({**kw, "seed": seed}, sort_keys=True)
+
+
 def single_tasks(store: Path, names: list[str], kw: dict, seeds: int) -> dict[str, list[float]]:
     """Single-task test accuracies of `names`, one per seed (seeds 0, 1, ...): a
     single-task model trained from a random-init root with a few hundred steps is noisy (a
@@ -125,8 +131,7 @@ def single_tasks(store: Path, names: list[str], kw: dict, seeds: int) -> dict[st
     out: dict[str, list[float]] = {name: [] for name in names}
     for k in range(seeds):
         run_kw = {**kw, "seed": k}
-        key = json.dumps(run_kw, sort_keys=True)
-        done = cached.setdefault(key, {})
+        done = cached.setdefault(single_key(kw, k), {})
         for name in names:
             if name not in done:
                 done[name] = single_task(name, run_kw)

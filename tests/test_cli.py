@@ -58,7 +58,9 @@ def test_cli_end_to_end(tmp_path, npz_source, digits_small):
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 4 and all(0 <= int(line.split()[1]) < 10 for line in lines)
     out = _ok(["history", store, "mydigits"])
-    assert "mutations" in out and out.count("retained") == 1, out
+    # 1 generation x 2 candidates of a first visit: both descend from other paths, so both enter the
+    # population (a cross-task child has no bar) and exactly one is kept
+    assert out.count("retained") == 1 and out.count("in population") == 1, out
     graph = tmp_path / "g.png"
     _ok(["graph", store, "-o", graph])
     assert graph.read_bytes()[:4] == b"\x89PNG"
@@ -82,3 +84,30 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path, npz_source):
     _fails(["history", store, "mydigits"], "not been evolved")
     _fails(["history", store, "nope"], "unknown task")
     _fails(["init", tmp_path / "s2", "--weights", tmp_path / "none.safetensors"], "does not exist")
+
+
+def test_history_table_lines():
+    """The pieces `mupath history` prints: mutations in one line, each candidate's outcome, and a
+    caption for a commit without a log or one that kept the task's previous path."""
+    from types import SimpleNamespace
+    from rich.console import Console
+    from mupath.cli.tables import history_tables, mutation_summary, tried_status
+    assert mutation_summary({}) == "no mutation"
+    assert mutation_summary({"cloned": ["block_0", "patch_embed"], "adapters_added": [1],
+                             "opt_lr": [0.001, 0.002]}) == "clone block_0, patch_embed; +adapter 1; opt_lr 0.001->0.002"
+    assert tried_status({"retained": True, "entered": True}) == "retained"
+    assert tried_status({"entered": True}) == "in population"
+    assert tried_status({"entered": False}) == "below its bar"
+    assert tried_status({"entered": False, "failure": "RuntimeError: boom"}) == "failed: RuntimeError: boom"
+    entry = dict(generation=0, parent_task="a", mutations={}, best_val=0.5, owned_params=10,
+                 accounted_params=12.0, score=None, entered=False, retained=False)
+    commits = [dict(iteration=0, run_id="r1", test_accuracy=0.9, info={"score": 0.8}),
+               dict(iteration=1, run_id="r2", test_accuracy=0.9, info={"score": 0.8, "tried": [entry]})]
+    system = SimpleNamespace(history=lambda task: commits)
+    old, kept = history_tables(system, "t")
+    assert "predates the search log" in old.caption and old.row_count == 0
+    assert "kept that path" in kept.caption and kept.row_count == 1
+    console = Console(width=200, record=True)
+    console.print(kept)
+    text = console.export_text()
+    assert "0.5000" in text and "below its bar" in text and "12" in text

@@ -291,3 +291,22 @@ def test_commit_logs_every_candidate_tried_and_marks_the_retained_one(tiny_syste
         assert e["quality"] is None or 0.0 <= e["quality"] <= 1.0
         assert e["owned_params"] > 0 and e["parent_task"] in ("__root__", "digits")
     json.dumps(tried, allow_nan=False)      # stored as plain JSON
+
+
+def test_tried_entry_keeps_losers_best_validation_and_never_infinity():
+    """A candidate below its bar has quality -inf and no score in the worker's result; its log entry has
+    quality None but its best finite validation accuracy; a failed one has neither; all is plain JSON."""
+    import json
+    from mupath.search.evolve import tried_entry
+    from mupath.search.mutation import ChildPlan
+    from mupath.store.records import PathRecord
+    plan = ChildPlan(PathRecord("p1", "t", "p0", {}, {}, metrics={"parent_task": "a"}), [], {"cloned": ["block_0"]})
+    below = tried_entry(plan, {"improved": False, "quality": float("-inf"), "score": 0.7,
+                               "evals": [float("-inf"), 0.61, 0.64], "owned_params": 5, "accounted_params": 9.5}, 1)
+    assert below["quality"] is None and below["score"] is None and below["best_val"] == 0.64
+    assert below["generation"] == 1 and below["parent_task"] == "a" and below["mutations"] == {"cloned": ["block_0"]}
+    kept = tried_entry(plan, {"improved": True, "quality": 0.8, "score": 0.75, "evals": [0.7, 0.8]}, 0)
+    assert (kept["quality"], kept["score"], kept["best_val"], kept["entered"]) == (0.8, 0.75, 0.8, True)
+    failed = tried_entry(plan, {"improved": False, "failure": "RuntimeError: boom"}, 0)
+    assert failed["best_val"] is None and failed["owned_params"] == 0 and failed["failure"] == "RuntimeError: boom"
+    json.dumps([below, kept, failed], allow_nan=False)

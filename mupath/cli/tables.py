@@ -7,7 +7,7 @@ from rich.table import Table
 
 
 def fmt_params(n: float) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else f"{n:.0f}"
 
 
 def status_table(system: Any, times: dict[str, float] | None = None) -> Table:
