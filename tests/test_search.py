@@ -297,7 +297,7 @@ def test_tried_entry_keeps_losers_best_validation_and_never_infinity():
     """A candidate below its bar has quality -inf and no score in the worker's result; its log entry has
     quality None but its best finite validation accuracy; a failed one has neither; all is plain JSON."""
     import json
-    from mupath.search.evolve import tried_entry
+    from mupath.search.evolve import data_moves, tried_entry
     from mupath.search.mutation import ChildPlan
     from mupath.store.records import PathRecord
     plan = ChildPlan(PathRecord("p1", "t", "p0", {}, {}, metrics={"parent_task": "a"}), [], {"cloned": ["block_0"]})
@@ -307,6 +307,10 @@ def test_tried_entry_keeps_losers_best_validation_and_never_infinity():
     assert below["generation"] == 1 and below["parent_task"] == "a" and below["mutations"] == {"cloned": ["block_0"]}
     kept = tried_entry(plan, {"improved": True, "quality": 0.8, "score": 0.75, "evals": [0.7, 0.8]}, 0)
     assert (kept["quality"], kept["score"], kept["best_val"], kept["entered"]) == (0.8, 0.75, 0.8, True)
+    assert kept["data"] == {}
+    moved = tried_entry(plan, {"improved": True, "quality": 0.8, "score": 0.75}, 0,
+                        data_moves({"ds_crop": False}, {"ds_crop": True, "ds_image_size": 32}, {"ds_image_size": 32}))
+    assert moved["data"] == {"ds_crop": [False, True]}        # the image size stayed at the default
     failed = tried_entry(plan, {"improved": False, "failure": "RuntimeError: boom"}, 0)
     assert failed["best_val"] is None and failed["owned_params"] == 0 and failed["failure"] == "RuntimeError: boom"
     json.dumps([below, kept, failed], allow_nan=False)

@@ -70,7 +70,7 @@ def history_tables(system: Any, task: str) -> list[Table]:
         for i, e in enumerate(tried or []):
             best_val = e.get("best_val", e.get("quality"))      # logs before best_val: the quality only
             table.add_row(str(i), str(e["generation"]), str(e.get("parent_task") or "-"),
-                          mutation_summary(e.get("mutations") or {}),
+                          mutation_summary({**(e.get("data") or {}), **(e.get("mutations") or {})}),
                           "-" if best_val is None else f"{best_val:.4f}",
                           fmt_params(e.get("owned_params", 0)), fmt_params(e.get("accounted_params", 0)),
                           "-" if e.get("score") is None else f"{e['score']:.4f}", tried_status(e))

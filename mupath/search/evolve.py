@@ -163,8 +163,10 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
         best = _best(population, scores)
         ds_hp = sample_ds_hparams(best.hparams if best else None, space, rng)
         plans: list[ChildPlan] = []
+        parents: list[PathRecord] = []
         for i in range(settings.candidates):
             parent = select_parent(population, scores, seeds, offspring, task, rng)
+            parents.append(parent)
             offspring[(parent.id, task)] += 1
             new_offspring[(parent.id, task)] += 1
             unmutated = settings.head_first and task not in retained and generation == 0 and i == 0
@@ -177,8 +179,8 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         results = executor.run(jobs, on_done=on_done, on_step=on_step)
-        for plan, res in zip(plans, results):
-            tried.append(tried_entry(plan, res, generation))
+        for plan, parent, res in zip(plans, parents, results):
+            tried.append(tried_entry(plan, res, generation, data_moves(parent.hparams, ds_hp, space.defaults)))
             train_images += int(res.get("images", 0))
             train_time += float(res.get("train_time", 0.0))
             if res.get("failure"):
@@ -229,17 +231,26 @@ def _evolve_task(system: "System", task: str, iteration: int, settings: EvolveSe
     return entry
 
 
-def tried_entry(plan: ChildPlan, res: dict[str, Any], generation: int) -> dict[str, Any]:
+def data_moves(parent_hp: dict[str, Any], ds_hp: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """{key: [parent's value, child's value]} of the data hyperparameters (image size, augmentation) a
+    child's generation changed from its parent's: they are drawn once per generation, not by the
+    child's own mutations, so the child's `mutations` never show them."""
+    base = {**defaults, **parent_hp}
+    return {k: [base.get(k), v] for k, v in sorted(ds_hp.items()) if base.get(k) != v}
+
+
+def tried_entry(plan: ChildPlan, res: dict[str, Any], generation: int,
+                data: dict[str, Any] | None = None) -> dict[str, Any]:
     """One candidate of a task's search, as the commit keeps it (info["tried"], shown by `mupath
     history`): why a task ended with its path is otherwise invisible, since only the retained path is
-    stored. `quality` is set only for a candidate that beat its bar and joined the population;
+    stored. `data`: its generation's data-hyperparameter moves (`data_moves`). `quality` is set only for a candidate that beat its bar and joined the population;
     `best_val` is its best validation accuracy either way (how close a losing candidate came). JSON has
     no infinity, so neither is ever -inf: a candidate with no finite validation has None."""
     quality = res.get("quality")
     finite = [float(v) for v in res.get("evals") or [] if v is not None and math.isfinite(float(v))]
     entered = bool(res.get("improved"))
     return {"path": plan.path.id, "generation": generation, "parent_task": plan.path.metrics.get("parent_task"),
-            "mutations": plan.mutations,
+            "mutations": plan.mutations, "data": data or {},
             "quality": float(quality) if entered and quality is not None and math.isfinite(float(quality)) else None,
             "best_val": max(finite) if finite else None,
             "score": float(res["score"]) if entered else None,
