@@ -22,12 +22,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
 from benchmarks.scale import footprint, settings as scale_settings, single_key  # noqa: E402
+
+if TYPE_CHECKING:
+    from mupath import System
 
 
 def fork_before(store: Path, task: str, dest: Path) -> None:
@@ -62,7 +66,7 @@ def fork_before(store: Path, task: str, dest: Path) -> None:
     dst.close()
 
 
-def stream_settings(system, task: str, workers: int) -> dict:
+def stream_settings(system: "System", task: str, workers: int) -> dict:
     """The settings `task` was evolved with in the stream (its run's resume key), with `workers` and the
     scale run's check scope, which the key leaves out."""
     run_id = system.history(task)[0]["run_id"]

@@ -15,11 +15,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import DOCS, environment, table, write_section  # noqa: E402
+
+if TYPE_CHECKING:
+    from mupath import System
 
 
 def settings(quick: bool, workers: int, seed: int = 0) -> dict:
@@ -54,7 +58,7 @@ def settings(quick: bool, workers: int, seed: int = 0) -> dict:
                 ranges={"ds_image_size": []})
 
 
-def footprint(system, name: str) -> tuple[list[str], int, list[str]]:
+def footprint(system: "System", name: str) -> tuple[list[str], int, list[str]]:
     """The slots `name`'s retained path owns, their parameters, and the other tasks (the root included)
     whose components it shares."""
     comps = system.manifest.components()
@@ -64,7 +68,7 @@ def footprint(system, name: str) -> tuple[list[str], int, list[str]]:
     return owned, added, sorted({comps[c].task for c in path.components.values() if comps[c].task != name})
 
 
-def system_params(system, tasks: list[str]) -> int:
+def system_params(system: "System", tasks: list[str]) -> int:
     """Parameters of the system as it stood after `tasks` (the root's and those tasks' components):
     a resumed run reports the earlier rows from the finished store, whose later components must not
     count. Exact for a one-pass stream (iterations=1), where no later commit replaces an earlier
@@ -170,7 +174,7 @@ def single_task(name: str, kw: dict) -> float:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def plots(rows: list[dict], system, stem: str) -> list[str]:
+def plots(rows: list[dict], system: "System", stem: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
