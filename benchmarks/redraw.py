@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
-from benchmarks.scale import footprint, settings as scale_settings, single_key  # noqa: E402
+from benchmarks.scale import adaptations, footprint, settings as scale_settings, single_key  # noqa: E402
 
 if TYPE_CHECKING:
     from mupath import System
@@ -66,12 +66,10 @@ def fork_before(store: Path, task: str, dest: Path) -> None:
     dst.close()
 
 
-def stream_settings(system: "System", task: str, workers: int) -> dict:
-    """The settings `task` was evolved with in the stream (its run's resume key), with `workers` and the
-    scale run's check scope, which the key leaves out."""
-    run_id = system.history(task)[0]["run_id"]
-    row = system.manifest.db.execute("SELECT settings FROM runs WHERE id = ?", (run_id,)).fetchone()
-    stored = json.loads(row[0])["settings"] if row else {}
+def stream_settings(system: "System", run_id: str, workers: int) -> dict:
+    """The settings of the stream's run `run_id` (its resume key), with `workers` and the scale run's
+    check scope, which the key leaves out."""
+    stored = system.manifest.run_keys().get(run_id, {}).get("settings", {})
     return {**scale_settings(False, workers), **stored, "workers": workers}
 
 
@@ -91,7 +89,7 @@ def draw(store: Path, task: str, kw: dict, seed: int) -> dict:
         comps = system.manifest.components()
         system.close()
         return dict(seed=seed, test=commit["test_accuracy"], added=added, layers=int(path.hparams["num_layers"]),
-                    owned=[s for s in owned if s not in ("head", "norm")],
+                    owned=adaptations(owned),
                     blocks=[comps[c].task for s, c in sorted(path.components.items()) if s.startswith("block_")],
                     probe_top=commit["info"].get("probe_top", [[None]])[0][0], wall=time.perf_counter() - t0)
     finally:
@@ -126,7 +124,7 @@ def main() -> None:
     stream = system.history(args.task)
     if not stream:
         sys.exit(f"error: the store has not evolved '{args.task}' yet; finish the scale run first")
-    kw = stream_settings(system, args.task, args.workers)
+    kw = stream_settings(system, stream[0]["run_id"], args.workers)
     system.close()
     t0 = time.perf_counter()
     rows = []

@@ -80,13 +80,11 @@ def system_params(system: "System", tasks: list[str]) -> int:
 
 def stream_seeds(store: Path) -> set[int]:
     """The seeds of the evolve runs recorded in `store` (a resumed stream must keep its seed)."""
-    import json
     from mupath import System
     from mupath.system import MANIFEST
     if not (store / MANIFEST).exists():
         return set()
-    rows = System.open(store).manifest.db.execute("SELECT settings FROM runs").fetchall()
-    return {int(json.loads(r[0])["settings"].get("seed", 0)) for r in rows}
+    return {int(key["settings"].get("seed", 0)) for key in System.open(store).manifest.run_keys().values()}
 
 
 def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
@@ -113,6 +111,12 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
               f"total/root {total / system.root_params:.2f} wall {rows[-1]['wall']:.0f}s reuses {len(reused)}",
               flush=True)
     return rows
+
+
+def adaptations(owned: list[str]) -> list[str]:
+    """The owned slots a task chose to train: all but the head and final norm, which every child of
+    another task's path gets new."""
+    return [s for s in owned if s not in ("head", "norm")]
 
 
 def single_key(kw: dict, seed: int) -> str:

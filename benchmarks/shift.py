@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
-from benchmarks.scale import footprint, settings as scale_settings  # noqa: E402
+from benchmarks.scale import adaptations, footprint, settings as scale_settings  # noqa: E402
 
 BASE_TASKS = ["fashion_mnist", "mnist"]
 #: variant: (clone the stem, blocks to clone, add adapters); None = the scale run's unrestricted search
@@ -82,7 +82,7 @@ def run_variant(base: Path, work: Path, task: str, kw: dict[str, Any]) -> dict[s
     owned, added, reuses = footprint(system, task)
     shutil.rmtree(work, ignore_errors=True)
     return dict(test=commit["test_accuracy"], score=commit["info"]["score"], added=added, reuses=reuses,
-                owned=[s for s in owned if s not in ("head", "norm")], wall=time.perf_counter() - t0)
+                owned=adaptations(owned), wall=time.perf_counter() - t0)
 
 
 def verdicts(results: dict[tuple[str, str], dict[str, Any]]) -> list[str]:

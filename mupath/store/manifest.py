@@ -204,6 +204,10 @@ class Manifest:
         return {r[0]: CheckRecord(*r) for r in rows}
 
     # ---- runs (resumption) ------------------------------------------------------------------
+    def run_keys(self) -> dict[str, dict[str, Any]]:
+        """{run id: its resume key (the settings and tasks it was started with)} of every recorded run."""
+        return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT id, settings FROM runs ORDER BY created_at")}
+
     def find_run(self, settings_json: str) -> str | None:
         row = self.db.execute("SELECT id FROM runs WHERE settings=? AND status='running' "
                               "ORDER BY created_at DESC", (settings_json,)).fetchone()
