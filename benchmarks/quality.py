@@ -539,7 +539,8 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         + f"\n\n**Chosen default: s = {chosen:g}.** {reason}\n\n![scale sweep](img/quality_scale_sweep.png)",
         "### Accuracy vs parameters per task\n\n![accuracy vs parameters](img/quality_accuracy_params.png)",
     ])
-    return write_section("benchmarks.md", "quality", body, title="mupath benchmarks")
+    return write_section("benchmarks.md", "quality", body, title="mupath benchmarks",
+                         quick=mode.name == "quick")
 
 
 def main() -> None:

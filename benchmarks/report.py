@@ -29,9 +29,21 @@ def environment() -> str:
             f"- command: `{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`\n")
 
 
-def write_section(doc: str, name: str, body: str, title: str | None = None) -> Path:
-    """Replace (or append) the section `name` of docs/`doc` with `body`."""
-    path = DOCS / doc
+QUICK_SUFFIX = "-quick"
+
+
+def section_doc(doc: str, quick: bool) -> str:
+    """The doc a run writes: a `--quick` smoke run writes docs/NAME-quick.md (git-ignored), so it can never
+    overwrite the evidence a full run left in docs/NAME.md."""
+    stem, dot, ext = doc.rpartition(".")
+    return f"{stem}{QUICK_SUFFIX}.{ext}" if quick and dot else doc
+
+
+def write_section(doc: str, name: str, body: str, title: str | None = None, *, quick: bool = False) -> Path:
+    """Replace (or append) the section `name` of docs/`doc` (docs/`doc`-quick with `quick`) with `body`."""
+    path = DOCS / section_doc(doc, quick)
+    if quick:
+        title = f"{title or doc} (smoke runs: small budgets, not evidence)"
     text = path.read_text() if path.exists() else f"# {title or doc}\n"
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"

@@ -117,7 +117,7 @@ def main() -> None:
         print(f"== {key}: {store}", flush=True)
         results[key] = run_root(store, create, settings, args.workers, 600 if args.quick else None)
         print({t: round(v["acc"], 4) for t, v in results[key]["rows"].items()}, flush=True)
-        path = write_section("benchmarks.md", "roots", report(results, args.quick))   # after each root
+        path = write_section("benchmarks.md", "roots", report(results, args.quick), quick=args.quick)   # after each root
         print(f"wrote {path}", flush=True)
 
 

@@ -271,7 +271,7 @@ def main() -> None:
                       f"{single[n]:.3f}", f"{ratios[n]:.3f}"] for n in sample])
             + "\n\n### Parameters added by kind of task\n\n" + kinds_table(rows)
             + "\n\n" + "\n".join(f"![{p}]({p})" for p in pictures))
-    print(write_section("benchmarks.md", name, body, title="mupath benchmarks"))
+    print(write_section("benchmarks.md", name, body, title="mupath benchmarks", quick=args.quick))
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def main() -> None:
               "s = 0.7); the search keeps the candidate with the highest score\n\n"
             + "\n".join(verdicts(results)) + "\n\n"
             + table(["task", "variant", "test acc", "params added", "score", "reuses components of", "owns besides head and norm"], rows))
-    print(write_section("benchmarks.md", "shift", body, title="mupath benchmarks"))
+    print(write_section("benchmarks.md", "shift", body, title="mupath benchmarks", quick=args.quick))
 
 
 if __name__ == "__main__":

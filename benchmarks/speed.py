@@ -407,7 +407,7 @@ def main() -> None:
         """Write one measurement re-run on its own into its section speed-<name>."""
         body = (f"### {title} (re-measured alone)\n\n" + environment()
                 + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n" + content)
-        print(write_section("benchmarks.md", f"speed-{name}", body))
+        print(write_section("benchmarks.md", f"speed-{name}", body, quick=args.quick))
 
     if args.only == "generation":
         alone("generation", "One generation by executor, persistent pool",
@@ -417,13 +417,14 @@ def main() -> None:
         alone("memory", "Memory of one candidate", memory_table())
         return
     if args.only == "bounds":
-        print(write_section("benchmarks.md", "speed-bounds", bounds_section(steps, repeats, t_start)))
+        print(write_section("benchmarks.md", "speed-bounds", bounds_section(steps, repeats, t_start),
+                            quick=args.quick))
         return
     if args.only == "cache-cnn":
         rows = bench_cache_cnn(steps, repeats)
         body = (cnn_cache_table(rows).replace("\n\n", "\n\n" + environment()
                 + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n", 1))
-        print(write_section("benchmarks.md", "speed-cache-cnn", body))
+        print(write_section("benchmarks.md", "speed-cache-cnn", body, quick=args.quick))
         return
 
     a, b = bench_overhead(steps, repeats)
@@ -473,7 +474,7 @@ def main() -> None:
                     + memory_table())
     body = ("## Speed\n\n" + environment() + f"- wall time: {time.perf_counter() - t_start:.0f} s\n\n"
             + "\n\n".join(sections))
-    print(write_section("benchmarks.md", "speed", body, title="mupath benchmarks"))
+    print(write_section("benchmarks.md", "speed", body, title="mupath benchmarks", quick=args.quick))
 
 
 if __name__ == "__main__":
