@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +23,7 @@ from mupath.model.path_model import PathModel
 from mupath.model.root import WEIGHT_MODES, RootSpec, create_root, root_num_params
 from mupath.search.space import SearchSpace, customise, default_space
 from mupath.search.settings import EvolveSettings, make_settings
-from mupath.store.atomic import atomic_write_bytes
+from mupath.store.atomic import atomic_write_bytes, write_error
 from mupath.store.blobs import BlobStore
 from mupath.store.manifest import FORMAT_VERSION, Manifest
 from mupath.store.records import ROOT_TASK, CheckRecord, ComponentRecord, PathRecord, TaskRecord
@@ -55,11 +56,19 @@ class System:
         self.path = path
         self.manifest = manifest
         self.blobs = BlobStore(path / "blobs")
-        self.root_spec = RootSpec.from_json(manifest.get_meta("root") or "{}")
-        self.root_params = int(manifest.get_meta("root_params") or 1)
-        patch = manifest.get_meta("patch_size")
-        self.patch_size = int(patch) if patch is not None else 16     # 0: the family has no patches
-        self.depth = int(manifest.get_meta("depth") or 1)
+        meta = {key: manifest.get_meta(key) for key in ("root", "root_params", "patch_size", "depth")}
+        missing = [key for key, value in meta.items() if value is None]
+        if missing:                       # never guess a root: tasks would run on the wrong model
+            raise StoreError(f"{manifest.path} lacks {', '.join(missing)} in its meta table (damaged); restore "
+                             "the manifest from a backup")
+        try:
+            self.root_spec = RootSpec.from_json(meta["root"])
+            self.root_params = int(meta["root_params"])
+            self.patch_size = int(meta["patch_size"])       # 0: the family has no patches
+            self.depth = int(meta["depth"])
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{manifest.path} has a damaged root description ({exc}); restore the manifest "
+                             "from a backup") from None
         self.family = self.root_spec.family
         self._models: dict[str, tuple[str, PathModel]] = {}
         self._modules: dict[str, torch.nn.Module] = {}   # committed components, shared by task models
@@ -78,6 +87,8 @@ class System:
             raise StoreError(f"a store already exists at {store}; open it or choose another folder")
         if store.exists() and not store.is_dir():
             raise StoreError(f"{store} is a file; choose a folder for the store")
+        if store.exists() and _is_unfinished_create(store):
+            _clear_folder(store)          # a create killed before its manifest landed: start over
         if store.exists() and any(store.iterdir()):
             raise StoreError(f"{store} is not empty; choose an empty or new folder for the store")
         if not isinstance(image_size, int) or image_size < 1:
@@ -90,7 +101,27 @@ class System:
         family = spec.family
         meta = family.meta(model)
         family.check_image_size(image_size, meta)
-        store.mkdir(parents=True, exist_ok=True)
+        created = not store.exists()
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, store / MANIFEST) from None
+        try:
+            cls._write_new_store(store, spec, model, meta, image_size)
+        except BaseException:
+            # a failed create leaves nothing behind, so the same command can simply be run again
+            if created:
+                shutil.rmtree(store, ignore_errors=True)
+            else:
+                _clear_folder(store)
+            raise
+        return cls.open(store)
+
+    @staticmethod
+    def _write_new_store(store: Path, spec: RootSpec, model: torch.nn.Module, meta: dict[str, int],
+                         image_size: int) -> None:
+        """Cut the root into blobs and write the manifest beside, renamed into place last."""
+        family = spec.family
         blobs = BlobStore(store / "blobs")
         parts = family.cut(model)
         records = []
@@ -114,7 +145,6 @@ class System:
             manifest.set_retained(con, ROOT_TASK, root_path.id, None)
         manifest.close()
         os.replace(tmp_manifest, store / MANIFEST)   # the store exists only once it is complete
-        return cls.open(store)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "System":
@@ -161,7 +191,13 @@ class System:
         space = default_space(self.depth, image_size, self.patch_size,
                               depths=self.family.depth_choices(self.root_configs(), self.depth),
                               sizes=self.family.image_sizes(image_size, meta))
-        return customise(space, settings.hparams, settings.ranges)
+        space = customise(space, settings.hparams, settings.ranges)
+        smallest = self.patch_size or 16
+        for size in [space.defaults["ds_image_size"], *space.ranges.get("ds_image_size", [])]:
+            if size < smallest:
+                raise ConfigError(f"ds_image_size={size} is smaller than this root's smallest input "
+                                  f"({smallest} px); use a size of at least {smallest}")
+        return space
 
     @property
     def root_meta(self) -> dict[str, int]:
@@ -210,7 +246,7 @@ class System:
         self.task_record(task)
         path = self.manifest.retained().get(task)
         if path is None:
-            raise ConfigError(f"task '{task}' has not been evolved yet; run `mupath evolve --tasks {task}`")
+            raise ConfigError(f"task '{task}' has not been evolved yet; run `mupath evolve {self.path} --tasks {task}`")
         return path
 
     def build_model(self, path: PathRecord, tensors_of: Any = None) -> PathModel:
@@ -490,6 +526,31 @@ class System:
                 sorted({comps[c].task for c in reused}), int(path.hparams.get("num_layers", 0)),
                 len(path.hparams.get("adapter_layers", [])), path.id))
         return out
+
+
+#: what `System.create` writes before its manifest lands (the manifest is renamed into place last)
+_CREATE_PARTS = frozenset({"blobs", f".{MANIFEST}.tmp", f".{MANIFEST}.tmp-journal"})
+
+
+def _is_unfinished_create(store: Path) -> bool:
+    """A folder holding only what a killed `System.create` leaves (blobs, no manifest)."""
+    names = {p.name for p in store.iterdir()} if store.is_dir() else set()
+    if not names or not names <= _CREATE_PARTS or (store / MANIFEST).exists():
+        return False
+    blobs = store / "blobs"         # only blob-store layout (ab/<hash>.safetensors), never a user's files
+    return not blobs.exists() or all(
+        d.is_dir() and len(d.name) == 2 and all(f.suffix == ".safetensors" for f in d.iterdir())
+        for d in blobs.iterdir())
+
+
+def _clear_folder(store: Path) -> None:
+    """Remove the parts a create wrote into a folder it did not make (it was empty before)."""
+    for name in _CREATE_PARTS:
+        target = store / name
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def prepare_images(images: Any, task: str) -> np.ndarray:

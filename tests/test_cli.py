@@ -86,6 +86,41 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path, npz_source):
     _fails(["init", tmp_path / "s2", "--weights", tmp_path / "none.safetensors"], "does not exist")
 
 
+def test_cli_bad_sizes_values_and_inputs_are_one_line_errors(tmp_path, npz_source):
+    """Values timm, torch or numpy would reject deep inside (a zero division, an assertion, a zip error)
+    are caught where the user gave them; a rejected evolve leaves no run behind."""
+    from mupath import System
+    sizes = ["--image-size", 8, "--patch-size", 4, "--depth", 1, "--embed-dim", 16, "--num-heads", 2]
+    _fails(["init", tmp_path / "a", *sizes[:2], "--patch-size", 0], "patch_size must be a positive integer")
+    _fails(["init", tmp_path / "a", *sizes[:2], "--depth", -1], "depth must be a positive integer")
+    _fails(["init", tmp_path / "a", *sizes[:2], "--embed-dim", 30, "--num-heads", 4], "not divisible")
+    _fails(["init", tmp_path / "a", "--image-size", 100000], "larger than 1024")
+    _fails(["init", tmp_path / "a", "--image-size", 8, "--patch-size", 16], "larger than the image size")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "plain").write_text("x")
+    _fails(["init", tmp_path / "plain" / "sub", *sizes], "cannot write")
+    store = tmp_path / "store"
+    _ok(["init", store, *sizes])
+    _ok(["add-task", store, npz_source])
+    for bad, needle in [("num_layers=99", "not a depth this root offers"), ("num_layers=abc", "num_layers"),
+                        ("opt_name=rmsprop", "sgd or adamw"), ("opt_lr=-1", "opt_lr=-1 is invalid"),
+                        ("adapter_dim=0", "adapter_dim"), ("_mu_=5", "_mu_"), ("ds_crop=maybe", "true or false"),
+                        ("ds_image_size=2", "smallest input"), ('opt_lr=[1,2]', "opt_lr")]:
+        _fails(["evolve", store, "--hparam", bad], needle)
+    _fails(["evolve", store, "--range", "num_layers=1,99"], "not a depth")
+    assert System.open(store).manifest.run_keys() == {}       # no run row for a rejected start
+    for name, write in [("empty.npz", lambda p: np.savez(p)), ("text.npz", lambda p: p.write_text("hello")),
+                        ("objects.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object))),
+                        ("zero.npy", lambda p: p.write_bytes(b""))]:
+        write(tmp_path / name)
+        _fails(["predict", store, "--task", "mydigits", tmp_path / name], name)
+    png = tmp_path / "cut.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    png.write_bytes(png.read_bytes()[:40])
+    _fails(["predict", store, "--task", "mydigits", png], "cut.png")
+    _fails(["predict", store, "--task", "mydigits", tmp_path], "is a folder")
+
+
 def test_history_table_lines():
     """The pieces `mupath history` prints: mutations in one line, each candidate's outcome, and a
     caption for a commit without a log or one that kept the task's previous path."""

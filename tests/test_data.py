@@ -481,3 +481,15 @@ def test_well_formed_arrays_always_give_a_task_with_every_class_in_every_split(i
     for split in task.splits.values():
         assert set(split.labels.tolist()) == set(range(task.num_classes))
     assert task == Task.from_arrays("prop", images, labels, seed=seed)
+
+
+def test_a_class_only_in_validation_or_test_is_refused():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (40, 8, 8), dtype=np.uint8)
+    y = np.arange(40) % 4
+    with pytest.raises(DataError, match=r"validation has labels never seen in training \(c7\)"):
+        Task.from_arrays("t", x, y, val=(x[:8], np.full(8, 7)), test=(x[:8], y[:8]),
+                         class_names=[f"c{i}" for i in range(8)])
+    task = Task.from_arrays("t", x, y, val=(x[:8], y[:8]), test=(x[:8], y[:8]),
+                            class_names=[f"c{i}" for i in range(8)])     # unused class names stay allowed
+    assert task.num_classes == 8

@@ -314,3 +314,26 @@ def test_tried_entry_keeps_losers_best_validation_and_never_infinity():
     failed = tried_entry(plan, {"improved": False, "failure": "RuntimeError: boom"}, 0)
     assert failed["best_val"] is None and failed["owned_params"] == 0 and failed["failure"] == "RuntimeError: boom"
     json.dumps([below, kept, failed], allow_nan=False)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("num_layers", 5), ("num_layers", "abc"), ("num_layers", True), ("opt_name", "rmsprop"), ("opt_lr", -1),
+    ("opt_lr", 0), ("opt_lr", [1, 2]), ("adapter_dim", 0), ("adapter_dim", 2.5), ("_mu_", 5),
+    ("opt_momentum", 1.0), ("opt_lr_warmup_ratio", -0.1), ("ds_crop", "maybe"), ("ds_image_size", 0),
+    ("ds_image_size", 4096), ("ds_hue_delta", 0.9), ("adapter_layers", [-1]), ("opt_lr_schedule", "step")])
+def test_bad_hyperparameter_values_are_config_errors_naming_the_key(key, value):
+    space = default_space(4, 28, 7)
+    with pytest.raises(ConfigError, match=key):
+        customise(space, {key: value})
+
+
+def test_good_values_and_ranges_pass_and_bad_range_entries_fail():
+    space = default_space(4, 28, 7)
+    new = customise(space, {"opt_lr": 0.003, "num_layers": 2, "opt_nesterov": True, "adapter_layers": [0, 1]},
+                    {"opt_momentum": [0.8, 0.9], "ds_crop": []})
+    assert new.defaults["opt_lr"] == 0.003 and 0.003 in new.ranges["opt_lr"]
+    assert new.ranges["opt_momentum"] == [0.8, 0.9] and "ds_crop" not in new.ranges
+    with pytest.raises(ConfigError, match="num_layers=9"):
+        customise(space, ranges={"num_layers": [1, 9]})
+    with pytest.raises(ConfigError, match="must be a list"):
+        customise(space, ranges={"opt_lr": 0.1})

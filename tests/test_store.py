@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,3 +55,64 @@ def test_a_failed_transaction_leaves_the_manifest_as_it_was(tiny_system, digits_
             con.execute("DELETE FROM components")
             raise RuntimeError("crash inside a commit")
     assert tiny_system.manifest.components() == before
+
+
+def test_a_failed_create_leaves_nothing_and_a_killed_one_is_redone(tmp_path, monkeypatch):
+    """A create that fails cleans up after itself; one killed before its manifest landed (blobs, a temp
+    manifest, no manifest) does not block running the same command again."""
+    from conftest import TINY_ROOT
+    store = tmp_path / "s"
+
+    def full_disk(*args, **kwargs):
+        raise StoreError("no space left")
+    monkeypatch.setattr(System, "_write_new_store", staticmethod(full_disk))
+    with pytest.raises(StoreError, match="no space"):
+        System.create(store, **TINY_ROOT)
+    assert not store.exists()
+    store.mkdir()
+    with pytest.raises(StoreError, match="no space"):
+        System.create(store, **TINY_ROOT)
+    assert store.exists() and not any(store.iterdir())      # the user's empty folder is kept, empty
+    monkeypatch.undo()
+    (store / "blobs" / "ab").mkdir(parents=True)
+    (store / "blobs" / "ab" / "0123.safetensors").write_bytes(b"half")
+    (store / ".manifest.sqlite.tmp").write_bytes(b"half")
+    system = System.create(store, **TINY_ROOT)
+    assert system.tasks == [] and not (store / ".manifest.sqlite.tmp").exists()
+    other = tmp_path / "mine"
+    (other / "blobs").mkdir(parents=True)
+    (other / "blobs" / "notes.txt").write_text("a user's file")
+    with pytest.raises(StoreError, match="not empty"):
+        System.create(other, **TINY_ROOT)                   # never cleared: not what a create leaves
+    assert (other / "blobs" / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("key, value, needle", [("format_version", "one", "damaged format version"),
+                                                ("root", None, "lacks root"),
+                                                ("depth", "x", "damaged root description")])
+def test_a_damaged_meta_table_is_a_store_error(tiny_system, key, value, needle):
+    path = tiny_system.path
+    tiny_system.manifest.close()
+    con = sqlite3.connect(path / "manifest.sqlite")
+    if value is None:
+        con.execute("DELETE FROM meta WHERE key=?", (key,))
+    else:
+        con.execute("UPDATE meta SET value=? WHERE key=?", (value, key))
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match=needle):
+        System.open(path)
+
+
+def test_atomic_output_turns_a_failed_write_into_a_store_error(tmp_path):
+    import errno
+    from mupath.store.atomic import atomic_output
+    target = tmp_path / "plot.png"
+    target.write_bytes(b"old")
+    with pytest.raises(StoreError, match="no space left"):
+        with atomic_output(target) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", tmp)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+    with atomic_output(target) as tmp:
+        Path(tmp).write_bytes(b"new")
+    assert target.read_bytes() == b"new"

@@ -96,6 +96,7 @@ class Task:
         _check_same_image_shape(self)
         _check_label_range(self)
         _check_trainable(self)
+        _check_eval_labels_trained(self)
 
     @property
     def num_classes(self) -> int:
@@ -239,6 +240,18 @@ def _check_trainable(task: Task) -> None:
     if len(present) < 2:
         raise data_error(task.name, f"only one class ({task.class_names[int(present[0])]!r}) in the "
                          "training split", "provide images of at least two classes")
+
+
+def _check_eval_labels_trained(task: Task) -> None:
+    """A class seen in validation or test but never in training cannot be learned: usually the splits'
+    labels were encoded differently."""
+    present = set(np.unique(task.train.labels).tolist())
+    for split_name, split in task.splits.items():
+        unseen = sorted(set(np.unique(split.labels).tolist()) - present)
+        if unseen:
+            raise data_error(task.name, f"{split_name} has labels never seen in training "
+                             f"({', '.join(task.class_names[i] for i in unseen[:5])})",
+                             "encode every split's labels the same way, with training images of each class")
 
 
 def _check_seed(seed: Any) -> None:

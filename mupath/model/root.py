@@ -17,6 +17,28 @@ from mupath.model.families.base import Part
 
 #: the `weights` values that are not a file
 WEIGHT_MODES = ("random", "pretrained", "package")
+#: largest input side accepted: beyond it one candidate's activations no longer fit a machine's memory
+MAX_IMAGE_SIZE = 1024
+#: size options that must be positive integers (depth may be 0 in timm, but a root needs a block)
+_SIZE_KWARGS = ("img_size", "patch_size", "depth", "embed_dim", "num_heads")
+
+
+def check_size_kwargs(kwargs: dict[str, Any]) -> None:
+    """One-line errors for size overrides timm would reject deep inside torch (a zero division, a
+    negative dimension, an assertion) or accept into a useless root."""
+    for key in _SIZE_KWARGS:
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key.replace('img_', 'image_')} must be a positive integer, got {value!r}")
+    size, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    if size is not None and size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"image size {size} is larger than {MAX_IMAGE_SIZE}; use a smaller --image-size")
+    if size is not None and patch is not None and patch > size:
+        raise ConfigError(f"patch size {patch} is larger than the image size {size}; lower --patch-size")
+    width, heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
+    if width is not None and heads is not None and width % heads:
+        raise ConfigError(f"embed_dim {width} is not divisible by num_heads {heads}; pick a width that is a "
+                          "multiple of the number of heads")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +78,18 @@ def create_root(spec: RootSpec) -> nn.Module:
     family = family_of(spec.name)
     torch.manual_seed(spec.seed)
     pretrained = spec.weights == "pretrained"
+    check_size_kwargs(spec.kwargs)
     try:
         model = timm.create_model(spec.name, pretrained=pretrained, **family.timm_kwargs(spec.kwargs))
     except TypeError as exc:
         raise ConfigError(f"root '{spec.name}' rejected an option ({exc}); check the overrides") from None
-    except Exception as exc:  # network errors of pretrained downloads
+    except Exception as exc:  # network errors of pretrained downloads; options timm cannot build
         if pretrained:
             raise ConfigError(f"could not fetch pretrained weights for '{spec.name}' ({type(exc).__name__}); "
                               "use --weights FILE with a local .safetensors/.pth/.npz, or random init") from None
-        raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"root '{spec.name}' cannot be built with these options ({first}); check the "
+                          "size overrides (image/patch size, depth, width, heads)") from None
     family.check(model, spec.name)
     if spec.weights == "package":
         from mupath.model.weights import load_package_weights

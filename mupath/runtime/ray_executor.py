@@ -115,6 +115,9 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise ConfigError(f"cannot reach the Ray cluster at '{address}' ({died(exc)}); start it "
                                   "with `ray start --head` or fix --ray-address") from None
+            except ValueError as exc:       # Ray's own check of the address form
+                raise ConfigError(f"Ray cannot use the address '{address}' ({died(exc)}); give HOST:PORT, "
+                                  "auto or ray://HOST:PORT as --ray-address") from None
             self._owns = True
         largest = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
                       or [1.0])

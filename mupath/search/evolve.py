@@ -82,6 +82,7 @@ def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
     """Run (or resume) an evolution over `tasks`; see the module docstring."""
     started = time.perf_counter()
     key = settings.resume_key(tasks)
+    system.search_space(settings)      # bad hyperparameters fail here, before a run row is written
     run_id, resumed = system.start_run(key)
     done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
     executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 from mupath.errors import ConfigError
+from mupath.model.root import MAX_IMAGE_SIZE
 
 MU_VALUES = [round(0.10 + 0.02 * i, 2) for i in range(11)]              # 0.10 .. 0.30
 LR_VALUES = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
@@ -126,14 +127,72 @@ def parse_value(text: str) -> Any:
         return text.strip()
 
 
+def _number(lo: float, hi: float, *, integer: bool = False, lo_open: bool = False,
+            hi_open: bool = False) -> tuple[str, Callable[[Any], bool]]:
+    """(what is expected, test) for a number in an interval; booleans are not numbers here."""
+    kind = "an integer" if integer else "a number"
+    text = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
+            return False
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return text, ok
+
+
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+_UNIT = _number(0, 1)
+#: what each hyperparameter's values may be: checked before a run starts, so a bad --hparam/--range is a
+#: one-line error instead of a failure inside every candidate after the training budget is spent
+VALUE_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "_mu_": _UNIT,
+    "adapter_dim": _number(1, 4096, integer=True),
+    "adapter_layers": ("a list of block indices", lambda v: isinstance(v, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)),
+    "opt_name": ("sgd or adamw", lambda v: v in ("sgd", "adamw")),
+    "opt_lr": _number(0, 10, lo_open=True),
+    "opt_lr_schedule": ("cosine or constant", lambda v: v in ("cosine", "constant")),
+    "opt_lr_warmup_ratio": _number(0, 1, hi_open=True),
+    "opt_momentum": _number(0, 1, hi_open=True),
+    "opt_nesterov": _BOOL,
+    "ds_image_size": _number(1, MAX_IMAGE_SIZE, integer=True),
+    "ds_crop": _BOOL,
+    "ds_flip_left_right": _BOOL,
+    "ds_area_range_min": _number(0, 1, lo_open=True),
+    "ds_aspect_ratio_range_min": _number(0, 1, lo_open=True),
+    "ds_brightness_delta": _UNIT,
+    "ds_contrast_delta": _UNIT,
+    "ds_saturation_delta": _UNIT,
+    "ds_hue_delta": _number(0, 0.5),
+}
+
+
+def check_value(key: str, value: Any, space: SearchSpace) -> None:
+    """Raise ConfigError naming the key, the bad value and what it may be. `num_layers` may be any
+    depth the root offers (its default range in `space`)."""
+    if key == "num_layers":
+        allowed = space.ranges.get("num_layers", [])
+        if isinstance(value, bool) or value not in allowed:
+            raise ConfigError(f"num_layers={value!r} is not a depth this root offers; use one of {allowed}")
+        return
+    rule = VALUE_RULES.get(key)
+    if rule and not rule[1](value):
+        raise ConfigError(f"{key}={value!r} is invalid; it must be {rule[0]}")
+
+
 def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
               ranges: dict[str, list[Any]] | None = None) -> SearchSpace:
-    """A copy of `space` with user overrides; unknown keys are an error naming the known ones."""
+    """A copy of `space` with user overrides; unknown keys and values outside a key's domain
+    (`VALUE_RULES`) are an error naming the known ones."""
     new = SearchSpace({k: list(v) for k, v in space.ranges.items()}, dict(space.defaults))
     known = set(space.defaults) | set(space.ranges)
     for key, values in (ranges or {}).items():
         if key not in known:
             raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"the range of '{key}' must be a list of values, got {values!r}")
+        for value in values:
+            check_value(key, value, space)
         if not values:
             new.ranges.pop(key, None)     # an empty list switches the mutation of this key off
         else:
@@ -149,6 +208,7 @@ def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
                               "_mu_|add:adapter_<i>")
         if key not in known:
             raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
+        check_value(key, value, space)
         new.defaults[key] = value
         if key in new.ranges and value not in new.ranges[key]:
             new.ranges[key] = sorted(set(new.ranges[key]) | {value}, key=lambda v: (str(type(v)), v))

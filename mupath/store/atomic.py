@@ -80,8 +80,13 @@ def atomic_write_bytes(path: Path, data: bytes, *, fault: str | None = None) -> 
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-    try:                              # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename into `folder` durable (best effort: some file systems refuse a folder fsync)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -102,12 +107,15 @@ def atomic_output(path: Path) -> Iterator[str]:
     except OSError as exc:
         raise write_error(exc, path) from None
     try:
-        yield tmp
         try:
+            yield tmp                 # the caller's writer (matplotlib, PIL, ...) fills the file
             os.chmod(tmp, file_mode())
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             raise write_error(exc, path) from None
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             with contextlib.suppress(OSError):

@@ -73,6 +73,9 @@ class Manifest:
             raise StoreError(f"manifest {self.path} is unreadable ({exc}); restore it from a backup") from None
         if version is None:
             raise StoreError(f"{self.path} is not a mupath manifest (no format version)")
+        if not version.strip().isdigit():
+            raise StoreError(f"{self.path} has a damaged format version ({version!r}); restore the manifest "
+                             "from a backup")
         if int(version) > FORMAT_VERSION:
             raise StoreError(f"store format {version} is newer than this mupath supports ({FORMAT_VERSION}); "
                              "upgrade mupath")
