@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.report import DOCS, environment, table, write_section  # noqa: E402
+from benchmarks.report import DOCS, environment, img_suffix, table, write_section  # noqa: E402
 from mupath import System  # noqa: E402
 from mupath.cli.demo import VIT_DEMO_ROOT, DEMO_TASKS  # noqa: E402
 from mupath.data import Task, load_task  # noqa: E402
@@ -415,11 +415,12 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
     entries = {"evolved": evolved, **{m: methods[m] for m in BASELINES}}
     sweep = {float(s): e for s, e in res["sweep"].items()}
     chosen, reason = choose_scale({s: summary(e) for s, e in sweep.items()})
-    plot_accuracy_params(entries, sweep, IMG / "quality_accuracy_params.png")
-    plot_over_time(evolved, methods[SEQUENTIAL], IMG / "quality_over_time.png")
-    plot_sweep(sweep, chosen, IMG / "quality_scale_sweep.png")
+    sfx = img_suffix(mode.name == "quick")
+    plot_accuracy_params(entries, sweep, IMG / f"quality_accuracy_params{sfx}.png")
+    plot_over_time(evolved, methods[SEQUENTIAL], IMG / f"quality_over_time{sfx}.png")
+    plot_sweep(sweep, chosen, IMG / f"quality_scale_sweep{sfx}.png")
     system = System.open(evolved["store"])
-    draw_system_graph(system, IMG / "quality_system_graph.png")
+    draw_system_graph(system, IMG / f"quality_system_graph{sfx}.png")
     system.close()
 
     sums = {name: summary(e) for name, e in entries.items()}
@@ -524,7 +525,7 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         f"### Evolved system (s = {MAIN_SCALE:g}): reuse\n\nComponents of each task's retained path by the task "
         "that created them.\n\n" + table(["task", "own (trained)", "root (frozen)", "from other tasks", "layers",
                                           "adapters"], reuse)
-        + "\n\n![system graph](img/quality_system_graph.png)",
+        + f"\n\n![system graph](img/quality_system_graph{sfx}.png)",
         "### Evolved system: what the second task iteration changed\n\n" + table(
             ["task", "changed", "test acc it0 → it1", "val acc it0 → it1", "children that beat it", "parent of new path",
              "mutations of the new path"], second),
@@ -533,11 +534,11 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         + "\n\nSequential:\n\n" + table(["after training"] + TASKS, seq_rows)
         + f"\n\nSequential forgetting (largest drop): **{seq['forgetting']:.4f}** ("
         + ", ".join(f"{t} {v:.4f}" for t, v in seq["forgetting_per_task"].items()) + "); evolved: "
-        f"**{evolved['forgetting']:.4f}**.\n\n![accuracy over time](img/quality_over_time.png)",
+        f"**{evolved['forgetting']:.4f}**.\n\n![accuracy over time](img/quality_over_time{sfx}.png)",
         "### Scale factor sweep\n\n" + table(["s", "avg test acc", "params / task", "params / task ÷ root",
                                               "total / root", "wall s"], sweep_rows)
-        + f"\n\n**Chosen default: s = {chosen:g}.** {reason}\n\n![scale sweep](img/quality_scale_sweep.png)",
-        "### Accuracy vs parameters per task\n\n![accuracy vs parameters](img/quality_accuracy_params.png)",
+        + f"\n\n**Chosen default: s = {chosen:g}.** {reason}\n\n![scale sweep](img/quality_scale_sweep{sfx}.png)",
+        f"### Accuracy vs parameters per task\n\n![accuracy vs parameters](img/quality_accuracy_params{sfx}.png)",
     ])
     return write_section("benchmarks.md", "quality", body, title="mupath benchmarks",
                          quick=mode.name == "quick")
@@ -556,6 +557,7 @@ def main() -> None:
     if args.report_only:
         res = json.loads((out / "results.json").read_text())
         args.workers = res.get("workers", args.workers)
+        mode = QUICK if res.get("mode") == "quick" else FULL     # the run's mode, whatever the flag says
         log(f"report: {write_report(res, mode, args)}")
         return
     if out.exists():

@@ -39,6 +39,12 @@ def section_doc(doc: str, quick: bool) -> str:
     return f"{stem}{QUICK_SUFFIX}.{ext}" if quick and dot else doc
 
 
+def img_suffix(quick: bool) -> str:
+    """Appended to a plot's file name by a --quick run (docs/img/*_quick.png, git-ignored), so a smoke
+    run never replaces a plot the full run's section links to."""
+    return "_quick" if quick else ""
+
+
 def write_section(doc: str, name: str, body: str, title: str | None = None, *, quick: bool = False) -> Path:
     """Replace (or append) the section `name` of docs/`doc` (docs/`doc`-quick with `quick`) with `body`."""
     path = DOCS / section_doc(doc, quick)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.report import DOCS, environment, table, write_section  # noqa: E402
+from benchmarks.report import DOCS, environment, img_suffix, table, write_section  # noqa: E402
 
 if TYPE_CHECKING:
     from mupath import System
@@ -240,7 +240,7 @@ def main() -> None:
     first, last = np.mean([r["added"] for r in rows[:k]]), np.mean([r["added"] for r in rows[-k:]])
     walls = np.array([r["wall"] for r in rows])
     slope = np.polyfit(np.arange(len(walls)), walls, 1)[0] if len(walls) > 1 else 0.0
-    pictures = plots(rows, system, name.replace("-", "_"))
+    pictures = plots(rows, system, name.replace("-", "_") + img_suffix(args.quick))
     verdicts = [
         f"- every sampled task at least 0.9 of its single-task accuracy (median of {args.single_seeds} seeds): "
         f"**{all(r >= 0.9 for r in ratios.values())}** (below 0.9: "

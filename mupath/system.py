@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import shutil
 import time
@@ -95,6 +96,8 @@ class System:
             raise ConfigError(f"image size must be a positive integer, got {image_size!r}")
         if weights not in (None, *WEIGHT_MODES):
             weights = str(Path(weights).expanduser().resolve())
+        kwargs = {k: int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+                  for k, v in kwargs.items()}          # numpy ints from a sweep: the spec is JSON
         spec = RootSpec(name=root, kwargs={"img_size": image_size, **kwargs},
                         weights=weights or "random", seed=seed)
         model = create_root(spec)
@@ -120,7 +123,10 @@ class System:
     @staticmethod
     def _write_new_store(store: Path, spec: RootSpec, model: torch.nn.Module, meta: dict[str, int],
                          image_size: int) -> None:
-        """Cut the root into blobs and write the manifest beside, renamed into place last."""
+        """Cut the root into blobs and write the manifest beside, renamed into place last. The marker
+        written first tells a later create that the folder holds a killed create's leftovers (and not a
+        store that lost its manifest, whose blobs must never be cleared)."""
+        atomic_write_bytes(store / _CREATING, b"")
         family = spec.family
         blobs = BlobStore(store / "blobs")
         parts = family.cut(model)
@@ -145,6 +151,7 @@ class System:
             manifest.set_retained(con, ROOT_TASK, root_path.id, None)
         manifest.close()
         os.replace(tmp_manifest, store / MANIFEST)   # the store exists only once it is complete
+        (store / _CREATING).unlink(missing_ok=True)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "System":
@@ -192,11 +199,12 @@ class System:
                               depths=self.family.depth_choices(self.root_configs(), self.depth),
                               sizes=self.family.image_sizes(image_size, meta))
         space = customise(space, settings.hparams, settings.ranges)
-        smallest = self.patch_size or 16
         for size in [space.defaults["ds_image_size"], *space.ranges.get("ds_image_size", [])]:
-            if size < smallest:
-                raise ConfigError(f"ds_image_size={size} is smaller than this root's smallest input "
-                                  f"({smallest} px); use a size of at least {smallest}")
+            try:
+                self.family.check_image_size(int(size), meta)
+            except ConfigError as exc:
+                raise ConfigError(f"ds_image_size={size} does not fit this root ({str(exc).split(';')[0]}); "
+                                  f"pick a size the root accepts, e.g. {image_size}") from None
         return space
 
     @property
@@ -528,14 +536,15 @@ class System:
         return out
 
 
-#: what `System.create` writes before its manifest lands (the manifest is renamed into place last)
-_CREATE_PARTS = frozenset({"blobs", f".{MANIFEST}.tmp", f".{MANIFEST}.tmp-journal"})
+#: what `System.create` writes before its manifest lands (the marker first, the manifest renamed last)
+_CREATING = ".mupath-creating"
+_CREATE_PARTS = frozenset({_CREATING, "blobs", f".{MANIFEST}.tmp", f".{MANIFEST}.tmp-journal"})
 
 
 def _is_unfinished_create(store: Path) -> bool:
-    """A folder holding only what a killed `System.create` leaves (blobs, no manifest)."""
+    """A folder holding only what a killed `System.create` leaves: its marker, blobs, no manifest."""
     names = {p.name for p in store.iterdir()} if store.is_dir() else set()
-    if not names or not names <= _CREATE_PARTS or (store / MANIFEST).exists():
+    if _CREATING not in names or not names <= _CREATE_PARTS or (store / MANIFEST).exists():
         return False
     blobs = store / "blobs"         # only blob-store layout (ab/<hash>.safetensors), never a user's files
     return not blobs.exists() or all(

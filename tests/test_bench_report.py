@@ -44,4 +44,8 @@ def test_a_section_is_replaced_in_place(report):
 
 def test_quick_docs_are_git_ignored():
     ignored = (ROOT / ".gitignore").read_text().splitlines()
-    assert "docs/*-quick.md" in ignored
+    assert "docs/*-quick.md" in ignored and "docs/img/*_quick.png" in ignored
+
+
+def test_quick_plots_get_their_own_names(report):
+    assert report.img_suffix(True) == "_quick" and report.img_suffix(False) == ""

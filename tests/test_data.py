@@ -493,3 +493,9 @@ def test_a_class_only_in_validation_or_test_is_refused():
     task = Task.from_arrays("t", x, y, val=(x[:8], y[:8]), test=(x[:8], y[:8]),
                             class_names=[f"c{i}" for i in range(8)])     # unused class names stay allowed
     assert task.num_classes == 8
+
+
+def test_a_train_cap_below_the_class_count_is_a_settings_error(digits_small):
+    with pytest.raises(ConfigError, match="max_train 5 is below the 10 classes"):
+        limit_train(digits_small, 5)
+    assert len(np.unique(limit_train(digits_small, 10).train.labels)) == 10

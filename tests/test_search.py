@@ -337,3 +337,12 @@ def test_good_values_and_ranges_pass_and_bad_range_entries_fail():
         customise(space, ranges={"num_layers": [1, 9]})
     with pytest.raises(ConfigError, match="must be a list"):
         customise(space, ranges={"opt_lr": 0.1})
+
+
+def test_settings_refuse_values_that_are_not_plain_json():
+    import numpy as np
+    from mupath.search.settings import make_settings
+    with pytest.raises(ConfigError, match="convert numpy scalars"):
+        make_settings(hparams={"adapter_dim": np.int64(16)})
+    with pytest.raises(ConfigError, match="must be a dict"):
+        make_settings(ranges=[("opt_lr", [0.1])])

@@ -77,10 +77,14 @@ def test_a_failed_create_leaves_nothing_and_a_killed_one_is_redone(tmp_path, mon
     (store / "blobs" / "ab").mkdir(parents=True)
     (store / "blobs" / "ab" / "0123.safetensors").write_bytes(b"half")
     (store / ".manifest.sqlite.tmp").write_bytes(b"half")
+    with pytest.raises(StoreError, match="not empty"):      # no marker: maybe a store that lost its
+        System.create(store, **TINY_ROOT)                   # manifest; its blobs are never cleared
+    (store / ".mupath-creating").write_bytes(b"")
     system = System.create(store, **TINY_ROOT)
-    assert system.tasks == [] and not (store / ".manifest.sqlite.tmp").exists()
+    assert system.tasks == [] and sorted(p.name for p in store.iterdir()) == ["blobs", "manifest.sqlite"]
     other = tmp_path / "mine"
     (other / "blobs").mkdir(parents=True)
+    (other / ".mupath-creating").write_bytes(b"")
     (other / "blobs" / "notes.txt").write_text("a user's file")
     with pytest.raises(StoreError, match="not empty"):
         System.create(other, **TINY_ROOT)                   # never cleared: not what a create leaves

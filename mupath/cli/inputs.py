@@ -26,14 +26,16 @@ def read_images(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
 def _read_array(path: Path) -> np.ndarray:
     """A numeric array from .npy, or from .npz (its `images` array, else its first), never unpickled."""
     import zipfile
+    import zlib
     try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)     # numpy reads the format from the bytes, not the name
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded as data:
             if not data.files:
                 raise DataError(f"{path.name} holds no arrays; save the images with np.savez(file, images=x)")
             return data["images" if "images" in data.files else data.files[0]]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {path.name} as a numeric array ({reason}); save it with np.save/np.savez "
                         "from a numeric array") from None

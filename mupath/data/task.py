@@ -148,6 +148,10 @@ def limit_train(task: Task, max_train: int, *, seed: int = 0) -> Task:
     _check_seed(seed)
     if max_train >= len(task.train):
         return task
+    classes = len(np.unique(task.train.labels))
+    if max_train < classes:
+        raise ConfigError(f"max_train {max_train} is below the {classes} classes of task '{task.name}', so some "
+                          f"class would have no training image; use max_train >= {classes}")
     keep = stratified_subset(task.train.labels, int(max_train), np.random.default_rng(seed))
     return dataclasses.replace(task, train=task.train.take(keep))
 

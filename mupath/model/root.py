@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ def check_size_kwargs(kwargs: dict[str, Any]) -> None:
     negative dimension, an assertion) or accept into a useless root."""
     for key in _SIZE_KWARGS:
         value = kwargs.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
             raise ConfigError(f"{key.replace('img_', 'image_')} must be a positive integer, got {value!r}")
     size, patch = kwargs.get("img_size"), kwargs.get("patch_size")
     if size is not None and size > MAX_IMAGE_SIZE:

@@ -57,6 +57,8 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "/" in address:
         return
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"port {port} in --ray-address '{address}' is not a TCP port (1-65535); fix it")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
@@ -105,19 +107,19 @@ class RayExecutor:
         self._owns = False
         if not ray.is_initialized():
             quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
-            try:
-                if address:
-                    _reachable(address)
+            if address:
+                _reachable(address)
+                try:
                     ray.init(address=address, **quiet)
-                else:
-                    threads = threads or max(1, (os.cpu_count() or 1) // workers)
-                    ray.init(num_cpus=workers * threads, **quiet)
-            except ConnectionError as exc:
-                raise ConfigError(f"cannot reach the Ray cluster at '{address}' ({died(exc)}); start it "
-                                  "with `ray start --head` or fix --ray-address") from None
-            except ValueError as exc:       # Ray's own check of the address form
-                raise ConfigError(f"Ray cannot use the address '{address}' ({died(exc)}); give HOST:PORT, "
-                                  "auto or ray://HOST:PORT as --ray-address") from None
+                except ConnectionError as exc:
+                    raise ConfigError(f"cannot reach the Ray cluster at '{address}' ({died(exc)}); start it "
+                                      "with `ray start --head` or fix --ray-address") from None
+                except ValueError as exc:       # Ray's own check of the address form
+                    raise ConfigError(f"Ray cannot use the address '{address}' ({died(exc)}); give HOST:PORT, "
+                                      "auto or ray://HOST:PORT as --ray-address") from None
+            else:
+                threads = threads or max(1, (os.cpu_count() or 1) // workers)
+                ray.init(num_cpus=workers * threads, **quiet)
             self._owns = True
         largest = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
                       or [1.0])

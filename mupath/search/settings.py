@@ -110,6 +110,15 @@ class EvolveSettings:
             raise ConfigError("threads_per_worker must be >= 0")
         if self.cache_mb < 0:
             raise ConfigError("cache_mb must be >= 0 (0 switches the activation cache off)")
+        for name in ("hparams", "ranges"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a dict {{key: value}}, got {getattr(self, name)!r}")
+            for key, value in getattr(self, name).items():
+                try:                          # the run's resume key and the log are JSON
+                    json.dumps(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{name}['{key}'] = {value!r} is not a plain value (numbers, strings, "
+                                      "booleans, lists); convert numpy scalars with int() / float()") from None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -134,8 +134,8 @@ def _number(lo: float, hi: float, *, integer: bool = False, lo_open: bool = Fals
     text = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
     def ok(v: Any) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
-            return False
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            return False                 # 32.0 is no layer width: the model code needs an int
         return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     return text, ok
 

@@ -109,6 +109,11 @@ def atomic_output(path: Path) -> Iterator[str]:
     try:
         try:
             yield tmp                 # the caller's writer (matplotlib, PIL, ...) fills the file
+        except OSError as exc:        # only the disk's failures are write errors; a missing font is not
+            if exc.errno in _NO_SPACE | _READ_ONLY | {errno.EIO, errno.EFBIG}:
+                raise write_error(exc, path) from None
+            raise
+        try:
             os.chmod(tmp, file_mode())
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
