@@ -82,6 +82,15 @@ def test_unreachable_ray_address_fails_fast():
     with pytest.raises(ConfigError, match="cannot reach the Ray cluster at '127.0.0.1:1'"):
         _reachable("127.0.0.1:1", timeout=5)
     _reachable("auto")                     # left to Ray
+    with pytest.raises(ConfigError, match="not a TCP port"):
+        _reachable("127.0.0.1:99999")
+
+
+def test_an_unreachable_cluster_leaves_no_run_behind(tiny_system, digits_small):
+    tiny_system.add_task(digits_small)
+    with pytest.raises(ConfigError, match="cannot reach the Ray cluster"):
+        tiny_system.evolve(["digits"], executor="ray", workers=2, ray_address="127.0.0.1:1", **TINY_SETTINGS)
+    assert tiny_system.manifest.run_keys() == {}
 
 
 def test_persistent_pool_serves_several_stores_without_mixing_their_roots(tmp_path):

@@ -82,11 +82,15 @@ def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
     """Run (or resume) an evolution over `tasks`; see the module docstring."""
     started = time.perf_counter()
     key = settings.resume_key(tasks)
-    system.search_space(settings)      # bad hyperparameters fail here, before a run row is written
-    run_id, resumed = system.start_run(key)
-    done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
+    system.search_space(settings)      # bad hyperparameters and an unreachable cluster fail here,
     executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,
-                             settings.ray_address, settings.ray_ship_blobs)
+                             settings.ray_address, settings.ray_ship_blobs)   # before a run row is written
+    try:
+        run_id, resumed = system.start_run(key)
+    except BaseException:
+        executor.shutdown()
+        raise
+    done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
     reports: list[TaskReport] = []
     try:
         for iteration in range(settings.iterations):
