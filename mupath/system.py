@@ -92,6 +92,8 @@ class System:
             _clear_folder(store)          # a create killed before its manifest landed: start over
         if store.exists() and any(store.iterdir()):
             raise StoreError(f"{store} is not empty; choose an empty or new folder for the store")
+        if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
+            image_size = int(image_size)
         if not isinstance(image_size, int) or image_size < 1:
             raise ConfigError(f"image size must be a positive integer, got {image_size!r}")
         if weights not in (None, *WEIGHT_MODES):
@@ -126,7 +128,7 @@ class System:
         """Cut the root into blobs and write the manifest beside, renamed into place last. The marker
         written first tells a later create that the folder holds a killed create's leftovers (and not a
         store that lost its manifest, whose blobs must never be cleared)."""
-        atomic_write_bytes(store / _CREATING, b"")
+        (store / _CREATING).touch()    # empty: nothing to tear, and no temp file that blocks a re-run
         family = spec.family
         blobs = BlobStore(store / "blobs")
         parts = family.cut(model)

@@ -45,6 +45,7 @@ def test_a_section_is_replaced_in_place(report):
 def test_quick_docs_are_git_ignored():
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert "docs/*-quick.md" in ignored and "docs/img/*_quick.png" in ignored
+    assert "docs/img/*_quick_*.png" in ignored         # scale's plots: <stem>_quick_<kind>.png
 
 
 def test_quick_plots_get_their_own_names(report):

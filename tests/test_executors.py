@@ -87,6 +87,7 @@ def test_unreachable_ray_address_fails_fast():
 
 
 def test_an_unreachable_cluster_leaves_no_run_behind(tiny_system, digits_small):
+    pytest.importorskip("ray")
     tiny_system.add_task(digits_small)
     with pytest.raises(ConfigError, match="cannot reach the Ray cluster"):
         tiny_system.evolve(["digits"], executor="ray", workers=2, ray_address="127.0.0.1:1", **TINY_SETTINGS)

@@ -25,6 +25,7 @@ def read_images(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
 
 def _read_array(path: Path) -> np.ndarray:
     """A numeric array from .npy, or from .npz (its `images` array, else its first), never unpickled."""
+    import tokenize
     import zipfile
     import zlib
     try:
@@ -35,7 +36,8 @@ def _read_array(path: Path) -> np.ndarray:
             if not data.files:
                 raise DataError(f"{path.name} holds no arrays; save the images with np.savez(file, images=x)")
             return data["images" if "images" in data.files else data.files[0]]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile,
+            zlib.error) as exc:                # a damaged header fails in numpy's header parser
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {path.name} as a numeric array ({reason}); save it with np.save/np.savez "
                         "from a numeric array") from None

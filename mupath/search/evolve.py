@@ -87,10 +87,10 @@ def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
                              settings.ray_address, settings.ray_ship_blobs)   # before a run row is written
     try:
         run_id, resumed = system.start_run(key)
+        done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
     except BaseException:
         executor.shutdown()
         raise
-    done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
     reports: list[TaskReport] = []
     try:
         for iteration in range(settings.iterations):
