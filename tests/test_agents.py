@@ -16,7 +16,7 @@ from conftest import TINY_ROOT, blobs_task
 from mupath import System
 from mupath.store.records import ROOT_TASK
 
-ITERATIONS = 15
+ITERATIONS = 10
 
 # Two agents race: B's commit drops the components of B's old path while A's best candidate still
 # borrows them; without `System.pin_blobs` / component revival in `System.commit` (and the snapshot
@@ -24,7 +24,24 @@ ITERATIONS = 15
 pytestmark = pytest.mark.skipif(not hasattr(System, "pin_blobs"),
                                 reason="needs the concurrent-agents fix of System.commit (System.pin_blobs)")
 ARGS = ["--iterations", str(ITERATIONS), "--generations", "1", "--candidates", "1",
-        "--steps-per-validation", "5", "--validations", "1", "--batch-size", "32", "--val-limit", "100"]
+        "--steps-per-validation", "40", "--validations", "1", "--batch-size", "32", "--val-limit", "100"]
+
+
+# One `mupath` CLI agent that imports everything first, says it is ready and waits for the go signal:
+# the agents' runs last a few seconds, less than the skew of two torch imports on a loaded 2-core
+# machine, so without the barrier one agent could finish before the other starts (no overlap).
+_AGENT = """
+import sys, time
+from pathlib import Path
+from mupath.cli.main import app
+import mupath.search.evolve
+ready, go, args = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+sys.argv = ["mupath", *args]
+app()
+"""
 
 
 def _consistent(system: System) -> None:
@@ -50,11 +67,15 @@ def test_two_agents_evolve_their_own_tasks_into_one_store(tmp_path):
     system.add_task(blobs_task("b", seed=2, classes=4))
     system.close()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    agents = {task: subprocess.Popen([sys.executable, "-m", "mupath.cli.main", "evolve", str(store),
-                                      "--tasks", task, "--seed", str(seed), *ARGS],
+    go = tmp_path / "go"
+    agents = {task: subprocess.Popen([sys.executable, "-c", _AGENT, str(tmp_path / f"ready-{task}"), str(go),
+                                      "evolve", str(store), "--tasks", task, "--seed", str(seed), *ARGS],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
               for seed, task in enumerate(["a", "b"])}
     deadline = time.time() + 300
+    while not all((tmp_path / f"ready-{t}").exists() for t in agents) and time.time() < deadline:
+        time.sleep(0.05)               # both have imported torch and mupath: start them together
+    go.touch()
     for task, agent in agents.items():
         _, err = agent.communicate(timeout=max(1, deadline - time.time()))
         assert agent.returncode == 0, f"agent {task} failed: {err[-2000:]}"
