@@ -415,7 +415,8 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
     entries = {"evolved": evolved, **{m: methods[m] for m in BASELINES}}
     sweep = {float(s): e for s, e in res["sweep"].items()}
     chosen, reason = choose_scale({s: summary(e) for s, e in sweep.items()})
-    sfx = img_suffix(mode.name == "quick")
+    quick = mode.name == "quick"
+    sfx = img_suffix(quick)
     plot_accuracy_params(entries, sweep, IMG / f"quality_accuracy_params{sfx}.png")
     plot_over_time(evolved, methods[SEQUENTIAL], IMG / f"quality_over_time{sfx}.png")
     plot_sweep(sweep, chosen, IMG / f"quality_scale_sweep{sfx}.png")
@@ -540,8 +541,7 @@ def write_report(res: dict[str, Any], mode: Mode, args: argparse.Namespace) -> P
         + f"\n\n**Chosen default: s = {chosen:g}.** {reason}\n\n![scale sweep](img/quality_scale_sweep{sfx}.png)",
         f"### Accuracy vs parameters per task\n\n![accuracy vs parameters](img/quality_accuracy_params{sfx}.png)",
     ])
-    return write_section("benchmarks.md", "quality", body, title="mupath benchmarks",
-                         quick=mode.name == "quick")
+    return write_section("benchmarks.md", "quality", body, title="mupath benchmarks", quick=quick)
 
 
 def main() -> None:

@@ -92,14 +92,12 @@ class System:
             _clear_folder(store)          # a create killed before its manifest landed: start over
         if store.exists() and any(store.iterdir()):
             raise StoreError(f"{store} is not empty; choose an empty or new folder for the store")
-        if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
-            image_size = int(image_size)
+        image_size = _plain_int(image_size)
         if not isinstance(image_size, int) or image_size < 1:
             raise ConfigError(f"image size must be a positive integer, got {image_size!r}")
         if weights not in (None, *WEIGHT_MODES):
             weights = str(Path(weights).expanduser().resolve())
-        kwargs = {k: int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
-                  for k, v in kwargs.items()}          # numpy ints from a sweep: the spec is JSON
+        kwargs = {k: _plain_int(v) for k, v in kwargs.items()}
         spec = RootSpec(name=root, kwargs={"img_size": image_size, **kwargs},
                         weights=weights or "random", seed=seed)
         model = create_root(spec)
@@ -536,6 +534,12 @@ class System:
                 sorted({comps[c].task for c in reused}), int(path.hparams.get("num_layers", 0)),
                 len(path.hparams.get("adapter_layers", [])), path.id))
         return out
+
+
+def _plain_int(value: Any) -> Any:
+    """A numpy integer (e.g. from a sweep over np.arange) as a Python int, so the root spec stays JSON;
+    anything else unchanged (booleans are not sizes)."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
 #: what `System.create` writes before its manifest lands (the marker first, the manifest renamed last)

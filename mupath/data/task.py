@@ -96,7 +96,6 @@ class Task:
         _check_same_image_shape(self)
         _check_label_range(self)
         _check_trainable(self)
-        _check_eval_labels_trained(self)
 
     @property
     def num_classes(self) -> int:
@@ -239,19 +238,15 @@ def _check_label_range(task: Task) -> None:
 
 
 def _check_trainable(task: Task) -> None:
-    """A classifier cannot learn from a single class; this usually means wrong labels were passed."""
+    """A classifier cannot learn from a single class, nor a class seen in validation or test but never
+    in training: usually wrong labels were passed, or the splits' labels were encoded differently."""
     present = np.unique(task.train.labels)
     if len(present) < 2:
         raise data_error(task.name, f"only one class ({task.class_names[int(present[0])]!r}) in the "
                          "training split", "provide images of at least two classes")
-
-
-def _check_eval_labels_trained(task: Task) -> None:
-    """A class seen in validation or test but never in training cannot be learned: usually the splits'
-    labels were encoded differently."""
-    present = set(np.unique(task.train.labels).tolist())
+    trained = set(present.tolist())
     for split_name, split in task.splits.items():
-        unseen = sorted(set(np.unique(split.labels).tolist()) - present)
+        unseen = sorted(set(np.unique(split.labels).tolist()) - trained)
         if unseen:
             raise data_error(task.name, f"{split_name} has labels never seen in training "
                              f"({', '.join(task.class_names[i] for i in unseen[:5])})",
