@@ -104,12 +104,28 @@ def single_reference(store: Path, task: str, kw: dict, seeds: int = 3) -> list[f
     return [runs[single_key(kw, k)][task] for k in range(seeds) if task in runs.get(single_key(kw, k), {})]
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """`--hparam KEY=VALUE` items as a dict (values parsed as the CLI parses them)."""
+    from mupath.search.space import parse_value
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            sys.exit(f"error: --hparam expects KEY=VALUE, got '{item}'")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, default=Path("runs/scale"), help="a finished scale run's store")
     parser.add_argument("--task", default="fashion_mnist_inverted")
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                        help="a variant: override one of the stream's hyperparameter defaults (repeatable), "
+                             "e.g. '_mu_|clone:block_0=0.1'; the section is then redraw-TASK-TAG")
+    parser.add_argument("--tag", default="variant", help="names a variant's section (with --hparam)")
     args = parser.parse_args()
     from mupath import System, stream_tasks
     from mupath.system import MANIFEST
@@ -126,6 +142,8 @@ def main() -> None:
         sys.exit(f"error: the store has not evolved '{args.task}' yet; finish the scale run first")
     kw = stream_settings(system, stream[0]["run_id"], args.workers)
     system.close()
+    overrides = parse_overrides(args.hparam)
+    kw = {**kw, "hparams": {**kw["hparams"], **overrides}}
     t0 = time.perf_counter()
     rows = []
     for seed in range(kw["seed"], kw["seed"] + args.draws):
@@ -137,22 +155,26 @@ def main() -> None:
     bar = 0.9 * float(np.median(single)) if single else None
     tests = np.array([r["test"] for r in rows])
     lines = [f"- task: {args.task} (#{names.index(args.task) + 1} of stream69), {args.draws} draws on a fork of "
-             f"`{args.store}` as it stood before it; settings as the scale run, seed varied",
+             f"`{args.store}` as it stood before it; settings as the scale run"
+             + (f" except {overrides}" if overrides else "") + ", seed varied",
              f"- the stream's own result: {stream[0]['test_accuracy']:.3f}; draw {kw['seed']} (the stream's seed) "
              f"gives {rows[0]['test']:.3f}: "
-             + ("reproduced" if rows[0]["test"] == stream[0]["test_accuracy"]
+             + ("a variant's draw (not expected to reproduce)" if overrides
+                else "reproduced" if rows[0]["test"] == stream[0]["test_accuracy"]
                 else "not reproduced (another machine's float order, or another code version)"),
              f"- test accuracy over the draws: median {np.median(tests):.3f}, min {tests.min():.3f}, "
              f"max {tests.max():.3f}"]
     if bar is not None:
         lines.append(f"- single-task median {np.median(single):.3f} (seeds: {', '.join(f'{a:.3f}' for a in single)}): "
                      f"the 0.9 bar is {bar:.3f}; {int((tests >= bar).sum())} of {len(rows)} draws clear it")
-    body = (f"## Redraw: {args.task} under other seeds\n\n" + environment()
+    name = f"{args.task}, variant {args.tag}" if overrides else args.task
+    body = (f"## Redraw: {name} under other seeds\n\n" + environment()
             + f"- wall time {time.perf_counter() - t0:.0f} s\n\n" + "\n".join(lines) + "\n\n"
             + table(["seed", "test acc", "params added", "layers", "blocks from", "owns", "top probed seed"],
                     [[r["seed"], f"{r['test']:.3f}", f"{r['added']:,}", r["layers"], ", ".join(r["blocks"]),
                       ", ".join(r["owned"]), r["probe_top"]] for r in rows]))
-    print(write_section("benchmarks.md", f"redraw-{args.task}", body, title="mupath benchmarks"))
+    section = f"redraw-{args.task}" + (f"-{args.tag}" if overrides else "")
+    print(write_section("benchmarks.md", section, body, title="mupath benchmarks"))
 
 
 if __name__ == "__main__":

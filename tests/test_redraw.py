@@ -49,3 +49,11 @@ def test_fork_refuses_a_task_not_yet_evolved(tmp_path, tiny_system, digits_small
     tiny_system.add_task(digits_small)
     with pytest.raises(SystemExit, match="has not evolved"):
         redraw.fork_before(tiny_system.path, "digits", tmp_path / "fork")
+
+
+def test_variant_overrides_are_parsed_like_the_cli_and_bad_ones_refused(redraw):
+    assert redraw.parse_overrides(["_mu_|clone:block_0=0.1", "opt_name=sgd", "ds_crop=true"]) == {
+        "_mu_|clone:block_0": 0.1, "opt_name": "sgd", "ds_crop": True}
+    assert redraw.parse_overrides([]) == {}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        redraw.parse_overrides(["opt_lr"])
