@@ -105,15 +105,13 @@ def single_reference(store: Path, task: str, kw: dict, seeds: int = 3) -> list[f
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`--hparam KEY=VALUE` items as a dict (values parsed as the CLI parses them)."""
-    from mupath.search.space import parse_value
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            sys.exit(f"error: --hparam expects KEY=VALUE, got '{item}'")
-        out[key.strip()] = parse_value(value)
-    return out
+    """`--hparam KEY=VALUE` items as a dict, parsed as `mupath evolve --hparam` parses them."""
+    from mupath.errors import ConfigError
+    from mupath.search.space import parse_key_values, parse_value
+    try:
+        return {k: parse_value(v) for k, v in parse_key_values(items, "--hparam").items()}
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
 
 
 def main() -> None:

@@ -76,6 +76,7 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path, npz_source):
     _fails(["evolve", store, "--tasks", "nope"], "unknown task")
     _ok(["add-task", store, npz_source])
     _fails(["evolve", store, "--hparam", "opt_lr"], "KEY=VALUE")
+    _fails(["evolve", store, "--range", "=0.1,0.2"], "KEY=VALUE")      # no key at all
     _fails(["evolve", store, "--hparam", "bogus=1"], "unknown hyperparameter")
     _fails(["evolve", store, "--workers", "2", "--executor", "inprocess"], "one candidate at a time")
     _fails(["evolve", store, "--scale-factor", "1.5"], "scale_factor")

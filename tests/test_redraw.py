@@ -57,3 +57,5 @@ def test_variant_overrides_are_parsed_like_the_cli_and_bad_ones_refused(redraw):
     assert redraw.parse_overrides([]) == {}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         redraw.parse_overrides(["opt_lr"])
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        redraw.parse_overrides(["=0.1"])

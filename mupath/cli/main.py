@@ -40,16 +40,6 @@ def _open(store: Path) -> Any:
     return System.open(store)
 
 
-def _key_values(items: list[str], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{what} '{item}' must look like KEY=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value
-    return out
-
-
 @app.command()
 @friendly
 def init(store: Path = typer.Argument(..., help="folder of the new store"),
@@ -130,11 +120,11 @@ def evolve(store: Path,
     """Evolve tasks: search paths, commit the best per task, check no other task changed."""
     from mupath.cli.progress import RichProgress
     from mupath.cli.tables import status_table
-    from mupath.search.space import parse_value
+    from mupath.search.space import parse_key_values, parse_value
     system = _open(store)
-    hp = {k: parse_value(v) for k, v in _key_values(hparam, "--hparam").items()}
+    hp = {k: parse_value(v) for k, v in parse_key_values(hparam, "--hparam").items()}
     ranges = {k: [parse_value(x) for x in v.split(",") if x.strip()]
-              for k, v in _key_values(search_range, "--range").items()}
+              for k, v in parse_key_values(search_range, "--range").items()}
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     _handle_sigterm()
     with RichProgress(console) as progress:

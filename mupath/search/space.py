@@ -116,6 +116,18 @@ def default_space(root_depth: int, image_size: int, patch_size: int = 0, depths:
     return SearchSpace(ranges, defaults)
 
 
+def parse_key_values(items: list[str], what: str) -> dict[str, str]:
+    """Repeatable `KEY=VALUE` options (`what` names the option in the error) as {key: raw value}; the
+    CLI and the benchmarks parse them the same way."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} '{item}' must look like KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
 def parse_value(text: str) -> Any:
     """CLI value parsing: JSON when it parses (numbers, true/false), else the raw string."""
     low = text.strip().lower()
