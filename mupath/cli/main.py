@@ -114,6 +114,8 @@ def evolve(store: Path,
                                                          "default: on with --ray-address"),
            threads_per_worker: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
            cache_mb: int = typer.Option(1024, help="frozen-prefix activation cache per worker, MiB (0: off)"),
+           device: str = typer.Option("auto", help="where candidates train: auto (a CUDA GPU if visible) | "
+                                      "cpu | cuda | cuda:N; commits and checks run on the CPU"),
            hparam: list[str] = typer.Option([], help="hyperparameter default KEY=VALUE (repeatable)"),
            search_range: list[str] = typer.Option([], "--range", help="search range KEY=v1,v2,... "
                                                   "(repeatable; KEY= switches its mutation off)")) -> None:
@@ -136,7 +138,8 @@ def evolve(store: Path,
                                head_first=head_first,
                                check_immutability=check, check_scope=check_scope,
                                executor=executor,
-                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, ray_address=ray_address,
+                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, device=device,
+                               ray_address=ray_address,
                                ray_ship_blobs=ray_ship_blobs, hparams=hp,
                                ranges=ranges)
     if report.resumed:

@@ -219,9 +219,11 @@ atexit.register(shutdown_workers)
 
 
 def make_executor(kind: str, workers: int, threads: int = 0, ray_address: str | None = None,
-                  ship_blobs: bool | None = None) -> Executor:
+                  ship_blobs: bool | None = None, device: str = "cpu") -> Executor:
     """`auto` is in-process for one worker, the (persistent) process pool for more, and Ray when
-    `ray_address` is given. Ray is imported only when asked for (`pip install 'mupath[ray]'`)."""
+    `ray_address` is given. Ray is imported only when asked for (`pip install 'mupath[ray]'`).
+    `device` matters here only for Ray, which must reserve GPUs for the candidates (local workers
+    read the device from each job)."""
     if kind == "auto":
         kind = "ray" if ray_address else "inprocess" if workers == 1 else "process"
     if kind == "inprocess":
@@ -230,6 +232,6 @@ def make_executor(kind: str, workers: int, threads: int = 0, ray_address: str | 
         return shared_process_pool(workers, threads)
     if kind == "ray":
         from mupath.runtime.ray_executor import RayExecutor
-        return RayExecutor(workers, threads, ray_address, ship_blobs=ship_blobs)
+        return RayExecutor(workers, threads, ray_address, ship_blobs=ship_blobs, device=device)
     raise ConfigError(f"unknown executor '{kind}'; use auto, inprocess, process or ray")
 

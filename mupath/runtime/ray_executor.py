@@ -1,5 +1,6 @@
 """The Ray executor: a generation's candidates run as Ray tasks, at most `workers` at once, each with
-`threads` CPUs (`num_cpus=threads`, torch threads = threads). Ray itself never retries a task
+`threads` CPUs (`num_cpus=threads`, torch threads = threads) and, when training on GPUs, its share of
+one (`num_gpus`, `gpus_per_candidate`). Ray itself never retries a task
 (`max_retries=0`): a task whose worker died (killed process, lost node) is retried once here, then
 dropped with the reason in its result's `failure`, like the process pool does.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mupath.errors import ConfigError
+from mupath.runtime.device import check_device_name, wants_gpu
 from mupath.runtime.executors import (WORKER_RETRIES, Job, OnDone, OnStep, Result, died, dropped,
                                       run_attempt)
 
@@ -66,6 +68,15 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
                           "with `ray start --head` or fix --ray-address") from None
 
 
+def gpus_per_candidate(device: str, cluster_gpus: float, workers: int) -> float:
+    """The GPU share each candidate task asks Ray for: none for "cpu" or a cluster without GPUs; else
+    the cluster's GPUs split over the `workers` candidates in flight, at most one each (two workers on
+    one GPU share it; eight on eight GPUs get one each)."""
+    if check_device_name(device) == "cpu" or cluster_gpus <= 0:
+        return 0.0
+    return min(1.0, cluster_gpus / workers)
+
+
 def _attempt(job: Job, threads: int, ship: bool, keys: list[tuple[str, str]], *payload: bytes
              ) -> tuple[Result, bytes | None]:
     """One attempt at a job inside a Ray worker. `keys[i]` names what `payload[i]` holds: ("blob",
@@ -98,7 +109,7 @@ class RayExecutor:
     """Candidates as Ray tasks; see the module docstring."""
 
     def __init__(self, workers: int, threads: int = 0, address: str | None = None,
-                 ship_blobs: bool | None = None) -> None:
+                 ship_blobs: bool | None = None, device: str = "cpu") -> None:
         ray = import_ray()
         self.ray = ray
         self.workers = workers
@@ -129,7 +140,15 @@ class RayExecutor:
             self.close()
             raise ConfigError(f"threads_per_worker {threads} is more than the largest Ray node has "
                               f"({int(largest)} CPUs); lower --threads-per-worker")
-        self._remote = ray.remote(num_cpus=self.threads, max_retries=0)(_attempt)
+        self.gpus = gpus_per_candidate(device, float(ray.cluster_resources().get("GPU", 0)), workers)
+        if self.gpus == 0 and wants_gpu(device):
+            self.close()
+            raise ConfigError(f"device '{device}' asked for, but the Ray cluster has no GPU; use --device "
+                              "auto or cpu, or join a cluster with GPU nodes")
+        #: Ray gives each GPU candidate its share of one GPU and sets CUDA_VISIBLE_DEVICES to it, so the
+        #: worker trains on "cuda" (its first visible device); the others see no GPU and use the CPU
+        self.device = "cuda" if self.gpus else "cpu"
+        self._remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_attempt)
         self._objects: dict[tuple[str, str], tuple[Any, int]] = {}   # (kind, key) -> (ObjectRef, bytes)
         self._inflight: dict[Any, int] = {}
         self._unshippable: dict[tuple[str, str], str] = {}      # what could not be read for shipping
@@ -184,6 +203,7 @@ class RayExecutor:
     def _submit(self, job: Job) -> Any:
         keys = self._keys(job) if self.ship_blobs else []
         refs = [self._objects[k][0] for k in keys]
+        job = {**job, "device": self.device}
         if self.ship_blobs:        # the worker must not need the store folder: make any read of it fail
             job = {**job, "store": NOT_SHARED}
         return self._remote.remote(job, self.threads, self.ship_blobs, keys, *refs)

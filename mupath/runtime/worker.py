@@ -20,6 +20,7 @@ from mupath.errors import StoreError
 from mupath.model.components import ComponentSpec, build_component, new_component_tensors
 from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, resample_pos_embed
+from mupath.runtime.device import resolve_device
 from mupath.store.blobs import BlobStore, atomic_write_bytes
 from mupath.train.cache import frozen_prefix, process_cache
 from mupath.train.loop import TrainConfig, train_path
@@ -89,7 +90,21 @@ class TensorSource:
         return {k[len(prefix):]: v for k, v in self._scratch[file].items() if k.startswith(prefix)}
 
 
-_FROZEN_CACHE: dict[tuple[str, str], nn.Module] = {}
+_FROZEN_CACHE: dict[tuple[str, str, str], nn.Module] = {}
+_DEVICE_TASKS: dict[tuple[str, str], dict[str, torch.Tensor]] = {}   # task splits copied to a GPU
+
+
+def on_device(data: dict[str, torch.Tensor], blob: str, device: str) -> dict[str, torch.Tensor]:
+    """A task's splits on `device` (the CPU tensors themselves for "cpu"). A GPU copy is kept for the
+    next candidate of the same task (the last two tasks per device), so it crosses the bus once."""
+    if device == "cpu":
+        return data
+    key = (blob, device)
+    if key not in _DEVICE_TASKS:
+        for old in [k for k in _DEVICE_TASKS if k[1] == device][:-1]:
+            del _DEVICE_TASKS[old]
+        _DEVICE_TASKS[key] = {k: v.to(device) for k, v in data.items()}
+    return _DEVICE_TASKS[key]
 
 
 def content_key(ref: dict[str, Any]) -> str:
@@ -99,24 +114,27 @@ def content_key(ref: dict[str, Any]) -> str:
     return ref["blob"] if ref.get("blob") else f"{ref['scratch']}#{ref['id']}"
 
 
-def _frozen_module(key: str, spec: ComponentSpec, root: RootSpec, tensors: Callable[[], dict]) -> nn.Module:
-    """Shared components are built once per process and reused by every candidate: they are frozen
-    (requires_grad False) and never handed to an optimiser, so sharing the object is safe. Keyed by
-    content and root architecture (the module class comes from the root's family)."""
-    cache_key = (key, root.to_json())
+def _frozen_module(key: str, spec: ComponentSpec, root: RootSpec, tensors: Callable[[], dict],
+                   device: str = "cpu") -> nn.Module:
+    """Shared components are built once per process and device and reused by every candidate: they
+    are frozen (requires_grad False) and never handed to an optimiser, so sharing the object is safe.
+    Keyed by content, root architecture (the module class comes from the root's family) and device."""
+    cache_key = (key, root.to_json(), device)
     module = _FROZEN_CACHE.get(cache_key)
     if module is None:
         module = build_component(spec, root)
         module.load_state_dict(tensors())
         module.requires_grad_(False)
+        module.to(device)
         if len(_FROZEN_CACHE) > 512:
             _FROZEN_CACHE.clear()
         _FROZEN_CACHE[cache_key] = module
     return module
 
 
-def materialise(job: dict[str, Any], source: TensorSource) -> tuple[PathModel, dict[str, nn.Module]]:
-    """Build the candidate's model; returns it and its owned modules keyed by component id."""
+def materialise(job: dict[str, Any], source: TensorSource,
+                device: str = "cpu") -> tuple[PathModel, dict[str, nn.Module]]:
+    """Build the candidate's model on `device`; returns it and its owned modules keyed by component id."""
     root = RootSpec.from_json(job["root"])
     refs: dict[str, dict[str, Any]] = job["refs"]
     modules: dict[str, nn.Module] = {}
@@ -125,7 +143,7 @@ def materialise(job: dict[str, Any], source: TensorSource) -> tuple[PathModel, d
         spec = ComponentSpec(plan["kind"], plan["config"])
         if not plan["trainable"]:
             modules[plan["slot"]] = _frozen_module(content_key(refs[plan["id"]]), spec, root,
-                                                   lambda p=plan: source.get(refs[p["id"]]))
+                                                   lambda p=plan: source.get(refs[p["id"]]), device)
             continue
         init = plan["init"]
         if "from" in init:
@@ -138,6 +156,7 @@ def materialise(job: dict[str, Any], source: TensorSource) -> tuple[PathModel, d
         module = build_component(spec, root)
         module.load_state_dict({k: v.clone() for k, v in tensors.items()})
         module.requires_grad_(True)
+        module.to(device)
         modules[plan["slot"]] = module
         owned[plan["id"]] = module
     return PathModel(modules, root.family), owned
@@ -153,9 +172,11 @@ def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = No
     started = time.perf_counter()
     store = Path(job["store"])
     try:
-        data = task_tensors(store, job["task_blob"], (blob_bytes or {}).get(job["task_blob"]))
+        device = resolve_device(job.get("device", "cpu"))
+        data = on_device(task_tensors(store, job["task_blob"], (blob_bytes or {}).get(job["task_blob"])),
+                         job["task_blob"], device)
         source = TensorSource(store, blob_bytes, scratch_bytes)
-        model, owned = materialise(job, source)
+        model, owned = materialise(job, source, device)
         hp = job["hparams"]
         size = int(hp["ds_image_size"])
         limit = int(job["val_limit"])
@@ -175,7 +196,7 @@ def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = No
                     for p in job["slots"]}
             ids = frozen_prefix(model, {id(m) for m in owned.values()}, keys)
             if ids is not None:
-                prefix = process_cache(cache_bytes).prefix(model, ids, job["task_blob"] + job["root"], size,
+                prefix = process_cache(cache_bytes).prefix(model, ids, job["task_blob"] + job["root"] + device, size,
                                                             data["train.x"], val_x, int(job.get("cache_floor", 0)))
         outcome = train_path(model, owned, hp, cfg, data["train.x"], data["train.y"], val_x, val_y,
                              lambda q: q * penalty, bar, on_step, prefix)
@@ -189,7 +210,7 @@ def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = No
         "owned_params": owned_params, "accounted_params": accounted,
         "component_params": {cid: sum(p.numel() for p in m.parameters()) for cid, m in owned.items()},
         "wall_time": time.perf_counter() - started, "pid": os.getpid(),
-        "cached_prefix": 0 if prefix is None else prefix.start,
+        "cached_prefix": 0 if prefix is None else prefix.start, "device": device,
     }
     if outcome.improved and outcome.best_state is not None:
         flat = {f"{cid}/{k}": v.contiguous() for cid, state in outcome.best_state.items() for k, v in state.items()}

@@ -293,7 +293,7 @@ def train_store_baselines(systems: Mapping[str, "System"], tasks: list[str], bud
     (batch_size, val_limit, steps_per_validation, cache_mb, executor, threads_per_worker ...)."""
     base = make_settings(workers=workers, seed=seed, **settings)
     pending, runs = prepare_store_baselines(systems, tasks, budgets, seed, validations, workers=workers, **settings)
-    executor = make_executor(base.executor, workers, base.threads_per_worker)
+    executor = make_executor(base.executor, workers, base.threads_per_worker, device=base.device)
     try:
         results = executor.run([p.job for p in pending]) if pending else []
     finally:

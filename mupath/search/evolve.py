@@ -84,7 +84,7 @@ def evolve(system: "System", tasks: list[str], settings: EvolveSettings,
     key = settings.resume_key(tasks)
     system.search_space(settings)      # bad hyperparameters and an unreachable cluster fail here,
     executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,
-                             settings.ray_address, settings.ray_ship_blobs)   # before a run row is written
+                             settings.ray_address, settings.ray_ship_blobs, settings.device)   # before a run row is written
     try:
         run_id, resumed = system.start_run(key)
         done = {(c["iteration"], c["task"]) for c in system.manifest.commits(run_id)}
@@ -260,7 +260,7 @@ def tried_entry(plan: ChildPlan, res: dict[str, Any], generation: int,
             "best_val": max(finite) if finite else None,
             "score": float(res["score"]) if entered else None,
             "owned_params": int(res.get("owned_params", 0)), "accounted_params": float(res.get("accounted_params", 0.0)),
-            "entered": entered, "failure": res.get("failure")}
+            "entered": entered, "failure": res.get("failure"), "device": res.get("device")}
 
 
 def sharing_tasks(retained: dict[str, PathRecord], components: set[str], task: str) -> set[str]:
@@ -337,7 +337,7 @@ def candidate_job(system: "System", plan: ChildPlan, task: str, data_blob: str, 
         "root_params": system.root_params, "scale_factor": settings.scale_factor, "bar": bar,
         "steps_per_validation": settings.steps_per_validation, "validations": settings.validations,
         "batch_size": settings.batch_size, "val_limit": settings.val_limit, "seed": seed,
-        "cache_mb": settings.cache_mb,
+        "cache_mb": settings.cache_mb, "device": settings.device,
         "cache_floor": cache_floor,
         "scratch_file": str(scratch / f"{plan.path.id}.safetensors"),
     }

@@ -71,6 +71,9 @@ class EvolveSettings:
     ray_ship_blobs: bool | None = None
     #: memory bound (MiB per worker) of the frozen-prefix activation cache; 0 switches it off
     cache_mb: int = 1024
+    #: where candidates train: "auto" (a visible CUDA GPU, else the CPU), "cpu", "cuda", "cuda:N".
+    #: Commits, checks and predictions always run on the CPU (`mupath.runtime.device`)
+    device: str = "auto"
     #: hyperparameter default overrides {key: value}
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: search range overrides {key: [ordered values]}; [] switches a key's mutation off
@@ -106,6 +109,10 @@ class EvolveSettings:
             from mupath.runtime.ray_executor import PIP_HINT, ray_available
             if not ray_available():
                 raise ConfigError(f"the ray executor needs Ray, which is not installed: {PIP_HINT}")
+        from mupath.runtime.device import check_device_name, resolve_device
+        check_device_name(self.device)
+        if not (uses_ray and self.ray_address):   # a cluster's workers may have the GPU this process lacks
+            resolve_device(self.device)
         if self.threads_per_worker < 0:
             raise ConfigError("threads_per_worker must be >= 0")
         if self.cache_mb < 0:
@@ -125,10 +132,10 @@ class EvolveSettings:
 
     def resume_key(self, tasks: list[str]) -> str:
         """What must match for a run to be resumed: everything that changes the search's choices.
-        (workers, executor, threads and where the workers run only change speed.)"""
+        (workers, executor, threads, the device and where the workers run only change speed.)"""
         data = dataclasses.asdict(self)
         for k in ("workers", "executor", "threads_per_worker", "cache_mb", "ray_address", "ray_ship_blobs",
-                  "check_scope"):
+                  "check_scope", "device"):
             data.pop(k)
         return json.dumps({"settings": data, "tasks": tasks}, sort_keys=True)
 

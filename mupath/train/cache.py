@@ -112,7 +112,7 @@ def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k:
         for slot in model.body[start:depth]:
             x = model.parts[slot](x)
         if out is None:
-            out = torch.empty((src.shape[0], *x.shape[1:]), dtype=x.dtype)
+            out = torch.empty((src.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
         out[i:i + x.shape[0]] = x
     return out if out is not None else torch.zeros(0)
 

@@ -98,7 +98,8 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
         score = score_of(quality)
         if score >= best_score and math.isfinite(score):
             best_score, best_quality = score, quality
-            best = {cid: {k: v.detach().clone() for k, v in m.state_dict().items()} for cid, m in owned.items()}
+            best = {cid: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
+                    for cid, m in owned.items()}    # on the CPU: commits and checks run there
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
                         step * cfg.batch_size, train_time, eval_time)
 

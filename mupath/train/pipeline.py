@@ -44,36 +44,37 @@ def _crop_grids(n: int, size: int, hp: dict[str, Any], gen: torch.Generator) -> 
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = w, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    return F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.affine_grid(theta, [n, 3, size, size], align_corners=False)   # on the CPU, like every draw
 
 
 def augment(x: torch.Tensor, hp: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
     """Random augmentation of a float batch in [-1, 1], controlled by the path's `ds_*` values."""
     n, _, size, _ = x.shape
     if bool(hp.get("ds_crop")) and float(hp.get("ds_area_range_min", 1.0)) < 1.0:
-        x = F.grid_sample(x, _crop_grids(n, size, hp, gen), mode="bilinear", padding_mode="border",
-                          align_corners=False)
+        x = F.grid_sample(x, _crop_grids(n, size, hp, gen).to(x.device), mode="bilinear",
+                          padding_mode="border", align_corners=False)
     if hp.get("ds_flip_left_right"):
-        flip = torch.rand(n, generator=gen) < 0.5
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     x = _colour_jitter(x, hp, gen)
     return x.clamp_(-1.0, 1.0)
 
 
-def _uniform(n: int, delta: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.empty(n, 1, 1, 1).uniform_(-delta, delta, generator=gen)
+def _uniform(n: int, delta: float, gen: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Drawn on the CPU from `gen` (the same stream on every device), then moved to `device`."""
+    return torch.empty(n, 1, 1, 1).uniform_(-delta, delta, generator=gen).to(device)
 
 
 def _colour_jitter(x: torch.Tensor, hp: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     if (d := float(hp.get("ds_brightness_delta", 0.0))) > 0:
-        x = x + 2 * _uniform(n, d, gen)              # delta is on a [0, 1] scale
+        x = x + 2 * _uniform(n, d, gen, x.device)              # delta is on a [0, 1] scale
     if (d := float(hp.get("ds_contrast_delta", 0.0))) > 0:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (1 + _uniform(n, d, gen)) + mean
+        x = (x - mean) * (1 + _uniform(n, d, gen, x.device)) + mean
     if (d := float(hp.get("ds_saturation_delta", 0.0))) > 0:
         grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        x = (x - grey) * (1 + _uniform(n, d, gen)) + grey
+        x = (x - grey) * (1 + _uniform(n, d, gen, x.device)) + grey
     if (d := float(hp.get("ds_hue_delta", 0.0))) > 0:
         x = _rotate_hue(x, _uniform(n, d, gen).view(n) * 2 * math.pi)
     return x
@@ -87,7 +88,7 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     rot = torch.zeros(x.shape[0], 3, 3)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-    mat = from_yiq @ rot @ to_yiq
+    mat = (from_yiq @ rot @ to_yiq).to(x.device)       # built on the CPU, with `angle`
     return torch.einsum("nij,njhw->nihw", mat, x)
 
 
