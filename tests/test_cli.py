@@ -138,11 +138,13 @@ def test_history_table_lines():
     entry = dict(generation=0, parent_task="a", mutations={}, best_val=0.5, owned_params=10,
                  accounted_params=12.0, score=None, entered=False, retained=False)
     commits = [dict(iteration=0, run_id="r1", test_accuracy=0.9, info={"score": 0.8}),
-               dict(iteration=1, run_id="r2", test_accuracy=0.9, info={"score": 0.8, "tried": [entry]})]
+               dict(iteration=1, run_id="r2", test_accuracy=0.9,
+                    info={"score": 0.8, "tried": [entry, {**entry, "device": "cuda"}]})]
     system = SimpleNamespace(history=lambda task: commits)
     old, kept = history_tables(system, "t")
     assert "predates the search log" in old.caption and old.row_count == 0
-    assert "kept that path" in kept.caption and kept.row_count == 1
+    assert "kept that path" in kept.caption and kept.row_count == 2
+    assert kept.title.endswith(", trained on cuda") and "trained on" not in old.title
     console = Console(width=200, record=True)
     console.print(kept)
     text = console.export_text()

@@ -56,6 +56,17 @@ def test_settings_check_the_device_before_a_run_but_leave_a_cluster_s_gpus_to_ra
     import mupath.runtime.ray_executor as ray_executor
     monkeypatch.setattr(ray_executor, "ray_available", lambda: True)
     assert EvolveSettings(device="cuda", executor="ray", ray_address="head:6379").device == "cuda"
+    with pytest.raises(ConfigError, match="Ray picks each candidate's GPU"):
+        EvolveSettings(device="cuda:1", executor="ray", ray_address="head:6379")
+    assert EvolveSettings().device == "cpu"                   # the bit-reproducible default
+
+
+def test_only_sticky_cuda_errors_retire_a_worker():
+    from mupath.runtime.executors import gpu_poisoned
+    assert gpu_poisoned("AcceleratorError: CUDA error: an illegal memory access was encountered")
+    assert gpu_poisoned("RuntimeError: CUDA error: device-side assert triggered")
+    assert not gpu_poisoned("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert not gpu_poisoned("RuntimeError: loss became nan at step 3") and not gpu_poisoned(None)
 
 
 def test_the_device_does_not_change_the_resume_key():
@@ -81,17 +92,16 @@ def test_cli_refuses_a_bad_device_in_one_line(tmp_path):
         _fails(["evolve", store, "--device", "cuda"], "no CUDA device is visible")
 
 
-def _grow(tmp_path, device: str) -> System:
-    system = System.create(tmp_path / device.replace(":", "_"), **TINY_ROOT)
+def _grow(tmp_path, device: str, **settings) -> System:
+    system = System.create(tmp_path / f"{device.replace(':', '_')}-{len(settings)}", **TINY_ROOT)
     system.add_task(blobs_task("b1", seed=1))
     system.add_task(blobs_task("b2", seed=2))
-    system.evolve(["b1", "b2"], device=device, **dict(TINY_SETTINGS, seed=3, head_first=True,
-                                                      hparams={"ds_flip_left_right": True}))
+    system.evolve(["b1", "b2"], device=device, **{**TINY_SETTINGS, "seed": 3, "head_first": True, **settings})
     return system
 
 
 def test_cpu_training_records_its_device_and_commits_cpu_tensors(tmp_path):
-    system = _grow(tmp_path, "cpu")
+    system = _grow(tmp_path, "cpu", hparams={"ds_flip_left_right": True})
     for commit in system.manifest.commits():
         assert {t["device"] for t in commit["info"]["tried"]} == {"cpu"}
     assert system.check_immutability() == ["b1", "b2"]     # raises on any difference
@@ -99,10 +109,14 @@ def test_cpu_training_records_its_device_and_commits_cpu_tensors(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_training_commits_tasks_the_cpu_checks_bit_for_bit(tmp_path):
-    """Trained on the GPU (augmentation, the activation cache and sharing included), committed and
-    checked on the CPU: every task re-runs bit-exactly, and its accuracy is a real one."""
-    system = _grow(tmp_path, "cuda")
-    for commit in system.manifest.commits():
-        assert {t["device"] for t in commit["info"]["tried"]} == {"cuda"}
-    assert system.check_immutability() == ["b1", "b2"]     # raises on any difference
-    assert all(system.evaluate(t) > 0.6 for t in ("b1", "b2"))
+    """Trained on the GPU, committed and checked on the CPU: every task re-runs bit-exactly, and its
+    accuracy is a real one. Once in this process with augmentation (the CPU-drawn crops and flips
+    moved to the GPU); once in two spawned workers with the root shared frozen and no augmentation,
+    so the activation cache fills and serves on the GPU."""
+    for settings in ({"hparams": {"ds_flip_left_right": True, "ds_crop": True, "ds_hue_delta": 0.1}},
+                     {"workers": 2, "clone_root": "mutation"}):
+        system = _grow(tmp_path, "cuda", **settings)
+        for commit in system.manifest.commits():
+            assert {t["device"] for t in commit["info"]["tried"]} == {"cuda"}
+        assert system.check_immutability() == ["b1", "b2"]     # raises on any difference
+        assert all(system.evaluate(t) > 0.6 for t in ("b1", "b2"))

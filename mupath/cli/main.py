@@ -114,8 +114,8 @@ def evolve(store: Path,
                                                          "default: on with --ray-address"),
            threads_per_worker: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
            cache_mb: int = typer.Option(1024, help="frozen-prefix activation cache per worker, MiB (0: off)"),
-           device: str = typer.Option("auto", help="where candidates train: auto (a CUDA GPU if visible) | "
-                                      "cpu | cuda | cuda:N; commits and checks run on the CPU"),
+           device: str = typer.Option("cpu", help="where candidates train: cpu | auto (a CUDA GPU if "
+                                      "visible) | cuda | cuda:N; commits and checks run on the CPU"),
            hparam: list[str] = typer.Option([], help="hyperparameter default KEY=VALUE (repeatable)"),
            search_range: list[str] = typer.Option([], "--range", help="search range KEY=v1,v2,... "
                                                   "(repeatable; KEY= switches its mutation off)")) -> None:

@@ -59,6 +59,9 @@ def history_tables(system: Any, task: str) -> list[Table]:
         info = c["info"]
         title = (f"{task}: iteration {c['iteration']}, run {c['run_id']}, test acc {c['test_accuracy']:.4f}, "
                  f"score {info.get('score', float('nan')):.4f}")
+        devices = sorted({str(e["device"]) for e in info.get("tried") or [] if e.get("device")})
+        if devices:                          # logs before the device setting do not say
+            title += f", trained on {', '.join(devices)}"
         table = Table(title=title)
         for col in ("#", "gen", "parent task", "mutations", "best val acc", "owned", "accounted", "score", "outcome"):
             table.add_column(col, justify="left" if col in ("parent task", "mutations", "outcome") else "right")

@@ -44,7 +44,16 @@ def run_attempt(job: Job, **sources: Any) -> Result:
         except OSError:        # a marker that cannot be created: the worker dies on every attempt
             pass
         os._exit(1)
-    return run_job(job, None, **sources)
+    res = run_job(job, None, **sources)
+    if gpu_poisoned(res.get("failure")):
+        os._exit(1)        # a fresh worker (the pool's or Ray's retry) gets a clean CUDA context
+    return res
+
+
+def gpu_poisoned(failure: str | None) -> bool:
+    """A sticky CUDA error (illegal memory access, device-side assert) leaves this process's CUDA
+    context unusable: every later candidate in it would fail too. Out of memory is not sticky."""
+    return bool(failure) and (failure.startswith("AcceleratorError") or "CUDA error:" in failure)
 
 
 def dropped(job: Job, reasons: list[str]) -> Result:

@@ -146,7 +146,9 @@ class RayExecutor:
             raise ConfigError(f"device '{device}' asked for, but the Ray cluster has no GPU; use --device "
                               "auto or cpu, or join a cluster with GPU nodes")
         #: Ray gives each GPU candidate its share of one GPU and sets CUDA_VISIBLE_DEVICES to it, so the
-        #: worker trains on "cuda" (its first visible device); the others see no GPU and use the CPU
+        #: worker trains on "cuda" (its first visible device). Every candidate asks for the same share,
+        #: so nodes without a GPU get none. Ray runs a GPU task in a fresh worker process (max_calls=1):
+        #: each candidate pays torch's import and CUDA's start, and no worker cache outlives it
         self.device = "cuda" if self.gpus else "cpu"
         self._remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus, max_retries=0)(_attempt)
         self._objects: dict[tuple[str, str], tuple[Any, int]] = {}   # (kind, key) -> (ObjectRef, bytes)

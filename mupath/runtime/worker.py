@@ -95,15 +95,16 @@ _DEVICE_TASKS: dict[tuple[str, str], dict[str, torch.Tensor]] = {}   # task spli
 
 
 def on_device(data: dict[str, torch.Tensor], blob: str, device: str) -> dict[str, torch.Tensor]:
-    """A task's splits on `device` (the CPU tensors themselves for "cpu"). A GPU copy is kept for the
-    next candidate of the same task (the last two tasks per device), so it crosses the bus once."""
+    """A task's training and validation splits on `device` (the CPU tensors themselves for "cpu"). A GPU
+    copy is kept for the next candidate of the same task (the last two tasks per device), so it crosses
+    the bus once; test images never go there (commits evaluate them on the CPU)."""
     if device == "cpu":
         return data
     key = (blob, device)
     if key not in _DEVICE_TASKS:
         for old in [k for k in _DEVICE_TASKS if k[1] == device][:-1]:
             del _DEVICE_TASKS[old]
-        _DEVICE_TASKS[key] = {k: v.to(device) for k, v in data.items()}
+        _DEVICE_TASKS[key] = {k: v.to(device) for k, v in data.items() if not k.startswith("test.")}
     return _DEVICE_TASKS[key]
 
 
@@ -173,6 +174,8 @@ def run_job(job: dict[str, Any], on_step: Callable[[int, int], None] | None = No
     store = Path(job["store"])
     try:
         device = resolve_device(job.get("device", "cpu"))
+        if device.startswith("cuda:"):
+            torch.cuda.set_device(device)      # else a context would also open on GPU 0
         data = on_device(task_tensors(store, job["task_blob"], (blob_bytes or {}).get(job["task_blob"])),
                          job["task_blob"], device)
         source = TensorSource(store, blob_bytes, scratch_bytes)

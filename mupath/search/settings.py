@@ -71,9 +71,10 @@ class EvolveSettings:
     ray_ship_blobs: bool | None = None
     #: memory bound (MiB per worker) of the frozen-prefix activation cache; 0 switches it off
     cache_mb: int = 1024
-    #: where candidates train: "auto" (a visible CUDA GPU, else the CPU), "cpu", "cuda", "cuda:N".
-    #: Commits, checks and predictions always run on the CPU (`mupath.runtime.device`)
-    device: str = "auto"
+    #: where candidates train: "cpu", "auto" (a visible CUDA GPU, else the CPU), "cuda", "cuda:N".
+    #: Commits, checks and predictions always run on the CPU (`mupath.runtime.device`). The CPU is the
+    #: default because it is bit-reproducible: GPU kernels may round differently from run to run
+    device: str = "cpu"
     #: hyperparameter default overrides {key: value}
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: search range overrides {key: [ordered values]}; [] switches a key's mutation off
@@ -111,6 +112,9 @@ class EvolveSettings:
                 raise ConfigError(f"the ray executor needs Ray, which is not installed: {PIP_HINT}")
         from mupath.runtime.device import check_device_name, resolve_device
         check_device_name(self.device)
+        if uses_ray and ":" in self.device:
+            raise ConfigError(f"with the ray executor Ray picks each candidate's GPU, so device "
+                              f"'{self.device}' cannot be honoured; use --device cuda or auto")
         if not (uses_ray and self.ray_address):   # a cluster's workers may have the GPU this process lacks
             resolve_device(self.device)
         if self.threads_per_worker < 0:
