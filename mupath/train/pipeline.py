@@ -30,9 +30,12 @@ def has_augmentation(hp: dict[str, Any]) -> bool:
     return crop or bool(hp.get("ds_flip_left_right")) or jitter
 
 
-def _crop_grids(n: int, size: int, hp: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+def _crop_grids(n: int, size: int, hp: dict[str, Any], gen: torch.Generator,
+                device: torch.device | str = "cpu") -> torch.Tensor:
     """Affine sampling grids for random crops of area in [area_min, 1] and aspect ratio in
-    [r, 1/r] (sample_distorted_bounding_box), optionally mirrored."""
+    [r, 1/r] (sample_distorted_bounding_box), optionally mirrored. The crop boxes are drawn on the
+    CPU (the same stream on every device); only their n x 2 x 3 matrices move to `device`, where
+    the grid is built."""
     area = torch.empty(n).uniform_(float(hp["ds_area_range_min"]), 1.0, generator=gen)
     r = float(hp["ds_aspect_ratio_range_min"])
     log_ratio = torch.empty(n).uniform_(math.log(r), -math.log(r), generator=gen)
@@ -44,14 +47,14 @@ def _crop_grids(n: int, size: int, hp: dict[str, Any], gen: torch.Generator) -> 
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = w, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    return F.affine_grid(theta, [n, 3, size, size], align_corners=False)   # on the CPU, like every draw
+    return F.affine_grid(theta.to(device), [n, 3, size, size], align_corners=False)
 
 
 def augment(x: torch.Tensor, hp: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
     """Random augmentation of a float batch in [-1, 1], controlled by the path's `ds_*` values."""
     n, _, size, _ = x.shape
     if bool(hp.get("ds_crop")) and float(hp.get("ds_area_range_min", 1.0)) < 1.0:
-        x = F.grid_sample(x, _crop_grids(n, size, hp, gen).to(x.device), mode="bilinear",
+        x = F.grid_sample(x, _crop_grids(n, size, hp, gen, x.device), mode="bilinear",
                           padding_mode="border", align_corners=False)
     if hp.get("ds_flip_left_right"):
         flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
