@@ -49,13 +49,16 @@ def test_a_gpu_that_is_not_there_is_refused_with_the_fix(monkeypatch):
 
 def test_settings_check_the_device_before_a_run_but_leave_a_cluster_s_gpus_to_ray(monkeypatch):
     _cuda(monkeypatch, 0)
+    settings = EvolveSettings(device="cuda")                  # built anywhere; the machine is checked apart
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
-        EvolveSettings(device="cuda")
+        settings.check_environment()
     with pytest.raises(ConfigError, match="device must be one of"):
         EvolveSettings(device="gpu")
     import mupath.runtime.ray_executor as ray_executor
     monkeypatch.setattr(ray_executor, "ray_available", lambda: True)
-    assert EvolveSettings(device="cuda", executor="ray", ray_address="head:6379").device == "cuda"
+    on_cluster = EvolveSettings(device="cuda", executor="ray", ray_address="head:6379")
+    on_cluster.check_environment()
+    assert on_cluster.device == "cuda"
     with pytest.raises(ConfigError, match="Ray picks each candidate's GPU"):
         EvolveSettings(device="cuda:1", executor="ray", ray_address="head:6379")
     assert EvolveSettings().device == "cpu"                   # the bit-reproducible default

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from mupath.cli.options import setting_option
 from mupath.errors import ConfigError, MupathError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -81,67 +82,49 @@ def add_task(store: Path, source: str = typer.Argument(..., help="built-in name 
 
 @app.command()
 @friendly
-def evolve(store: Path,
+def evolve(ctx: typer.Context, store: Path,
            tasks: Optional[str] = typer.Option(None, help="comma-separated task names (default: all)"),
-           iterations: int = typer.Option(1, help="task iterations (round-robin passes)"),
-           generations: int = typer.Option(2, help="generations per task iteration"),
-           candidates: int = typer.Option(4, help="candidates per generation"),
-           workers: int = typer.Option(1, help="candidates trained at once (processes)"),
-           scale_factor: float = typer.Option(0.99, help="s in quality * s^(params/root params)"),
-           seed: int = typer.Option(0),
-           batch_size: int = typer.Option(64),
-           steps_per_validation: int = typer.Option(100),
-           validations: int = typer.Option(2, help="validations per candidate"),
-           val_limit: int = typer.Option(1000, help="validation examples used for selection"),
-           adapters: bool = typer.Option(True, help="allow the adapter-insertion mutation"),
-           clone_root: str = typer.Option("auto", help="root components: auto (always cloned when the root "
-                                          "is random-init) | always | mutation (shared unless cloned)"),
-           seed_order: str = typer.Option("shuffle", help="parents from other tasks: shuffle (µ2Net) | probe "
-                                          "(most relevant first, by a frozen-feature probe)"),
-           probe_images: int = typer.Option(512, help="training images the seed probe uses"),
-           head_first: bool = typer.Option(False, help="a new task's first candidate is its first parent "
-                                           "unmutated (shared body, new head): the cheapest child"),
-           check: bool = typer.Option(True, help="bit-exact no-forgetting check after each commit"),
-           check_scope: str = typer.Option("all", help="tasks re-run by that check: all | shared (only "
-                                           "tasks sharing a component the commit touched)"),
-           executor: str = typer.Option("auto", help="auto | inprocess | process | ray "
-                                        "(Ray: install the ray extra)"),
-           ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster, HOST:6379 (implies "
-                                                     "--executor ray; default: start a local one)"),
-           ray_ship_blobs: Optional[bool] = typer.Option(None, "--ray-ship-blobs/--no-ray-ship-blobs",
-                                                         help="send blobs to Ray workers through the object "
-                                                         "store (nodes without the store's file system); "
-                                                         "default: on with --ray-address"),
-           threads_per_worker: int = typer.Option(0, help="torch threads per worker (0: cores / workers)"),
-           cache_mb: int = typer.Option(1024, help="frozen-prefix activation cache per worker, MiB (0: off)"),
-           device: str = typer.Option("cpu", help="where candidates train: cpu | auto (a CUDA GPU if "
-                                      "visible) | cuda | cuda:N; commits and checks run on the CPU"),
-           hparam: list[str] = typer.Option([], help="hyperparameter default KEY=VALUE (repeatable)"),
-           search_range: list[str] = typer.Option([], "--range", help="search range KEY=v1,v2,... "
-                                                  "(repeatable; KEY= switches its mutation off)")) -> None:
-    """Evolve tasks: search paths, commit the best per task, check no other task changed."""
+           iterations: int = setting_option("iterations"),
+           generations: int = setting_option("generations"),
+           candidates: int = setting_option("candidates"),
+           workers: int = setting_option("workers"),
+           scale_factor: float = setting_option("scale_factor"),
+           seed: int = setting_option("seed"),
+           batch_size: int = setting_option("batch_size"),
+           steps_per_validation: int = setting_option("steps_per_validation"),
+           validations: int = setting_option("validations"),
+           val_limit: int = setting_option("val_limit"),
+           mutate_adapters: bool = setting_option("mutate_adapters"),
+           clone_root: str = setting_option("clone_root"),
+           seed_order: str = setting_option("seed_order"),
+           probe_images: int = setting_option("probe_images"),
+           head_first: bool = setting_option("head_first"),
+           check_immutability: bool = setting_option("check_immutability"),
+           check_scope: str = setting_option("check_scope"),
+           executor: str = setting_option("executor"),
+           threads_per_worker: int = setting_option("threads_per_worker"),
+           ray_address: Optional[str] = setting_option("ray_address"),
+           ray_ship_blobs: Optional[bool] = setting_option("ray_ship_blobs"),
+           cache_mb: int = setting_option("cache_mb"),
+           device: str = setting_option("device"),
+           hparams: list[str] = setting_option("hparams"),
+           ranges: list[str] = setting_option("ranges")) -> None:
+    """Evolve tasks: search paths, commit the best per task, check no other task changed.
+
+    Every option but --tasks is an `EvolveSettings` field of the same name (docs/settings.md)."""
     from mupath.cli.progress import RichProgress
     from mupath.cli.tables import status_table
+    from mupath.search.settings import SETTING_NAMES
     from mupath.search.space import parse_key_values, parse_value
+    settings = {name: ctx.params[name] for name in SETTING_NAMES}
+    settings["hparams"] = {k: parse_value(v) for k, v in parse_key_values(hparams, "--hparam").items()}
+    settings["ranges"] = {k: [parse_value(x) for x in v.split(",") if x.strip()]
+                          for k, v in parse_key_values(ranges, "--range").items()}
     system = _open(store)
-    hp = {k: parse_value(v) for k, v in parse_key_values(hparam, "--hparam").items()}
-    ranges = {k: [parse_value(x) for x in v.split(",") if x.strip()]
-              for k, v in parse_key_values(search_range, "--range").items()}
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     _handle_sigterm()
     with RichProgress(console) as progress:
-        report = system.evolve(names, progress=progress, iterations=iterations, generations=generations,
-                               candidates=candidates, workers=workers, scale_factor=scale_factor, seed=seed,
-                               batch_size=batch_size, steps_per_validation=steps_per_validation,
-                               validations=validations, val_limit=val_limit, mutate_adapters=adapters,
-                               clone_root=clone_root, seed_order=seed_order, probe_images=probe_images,
-                               head_first=head_first,
-                               check_immutability=check, check_scope=check_scope,
-                               executor=executor,
-                               threads_per_worker=threads_per_worker, cache_mb=cache_mb, device=device,
-                               ray_address=ray_address,
-                               ray_ship_blobs=ray_ship_blobs, hparams=hp,
-                               ranges=ranges)
+        report = system.evolve(names, progress=progress, **settings)
     if report.resumed:
         console.print(f"resumed run {report.run_id}")
     console.print(status_table(system))
