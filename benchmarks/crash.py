@@ -140,9 +140,9 @@ def test_logits(store: Path) -> dict[str, tuple[str, torch.Tensor]]:
         for task, path in system.manifest.retained().items():
             if task == "__root__":
                 continue
-            model = system.build_model(path)
+            model = system.store.build_model(path)
             with fixed_threads(1):
-                logits = logits_of(model, system.task_data(task)["test.x"], int(path.hparams["ds_image_size"]))
+                logits = logits_of(model, system.store.task_data(task)["test.x"], int(path.hparams["ds_image_size"]))
             out[task] = (path.id, logits)
         return out
     finally:
@@ -225,7 +225,7 @@ def run_trial(index: int, template: Path, work: Path, rng: random.Random, evolve
         if kill_round + 1 < max_kills and rng.random() < 0.5:   # only verify, then kill the next run too
             system = System.open(store)
             try:
-                report = verify_store(system)
+                report = verify_store(system.store)
             finally:
                 system.close()
             totals.verifies += 1
@@ -244,7 +244,7 @@ def run_trial(index: int, template: Path, work: Path, rng: random.Random, evolve
             totals.not_finished += 1
     system = System.open(store)
     try:
-        report = verify_store(system)
+        report = verify_store(system.store)
         statuses = [r[0] for r in system.manifest.db.execute("SELECT status FROM runs")]
         per_task = [r[0] for r in system.manifest.db.execute("SELECT task FROM commits")]
     finally:

@@ -138,7 +138,7 @@ def evolve_system(folder: Path, tasks: dict[str, Task], mode: Mode, scale: float
     per_task = store_rows(system, report.run_id)
     worst, per = forgetting((e["task"], e["accuracies"]) for e in history.events) if track else (None, {})
     out = {"scale_factor": scale, "store": str(system.path), "run_id": report.run_id, "wall_time": wall,
-           "tasks": per_task, "total_params": total_params(system), "root_params": system.root_params,
+           "tasks": per_task, "total_params": total_params(system.store), "root_params": system.root_params,
            "immutability_checked": checked, "history": history.events, "forgetting": worst,
            "forgetting_per_task": per}
     if track:
@@ -215,7 +215,7 @@ def run_baselines(out: Path, tasks: dict[str, Task], budgets: dict[str, int], mo
     systems = {m: new_store(out / m.replace(":", "-"), tasks) for m in store_methods}
     settings = {k: v for k, v in mode.evolve.items() if k in ("steps_per_validation", "batch_size", "val_limit")}
     seed = int(mode.evolve["seed"])
-    pending, runs = prepare_store_baselines(systems, TASKS, budgets, seed, **settings)
+    pending, runs = prepare_store_baselines({m: s.store for m, s in systems.items()}, TASKS, budgets, seed, **settings)
     t0 = time.perf_counter()
     seq_job = {"store": str(systems[store_methods[0]].path), "tasks": TASKS, "budgets": budgets, "seed": seed,
                "settings": settings}
@@ -228,14 +228,15 @@ def run_baselines(out: Path, tasks: dict[str, Task], budgets: dict[str, int], mo
         for fut in cf.as_completed(futures):
             done += 1
             res = fut.result()
-            log(f"  baseline candidate {done}/{len(futures)}: quality {res.get('quality', float('nan')):.4f} "
-                f"{res.get('wall_time', 0):.0f}s {res.get('failure') or ''}")
+            quality = res.val_accuracy if res.val_accuracy is not None else float("nan")
+            log(f"  baseline candidate {done}/{len(futures)}: quality {quality:.4f} "
+                f"{res.wall_time:.0f}s {res.failure or ''}")
         results = [f.result() for f in futures]
         seq = sequential_from_dict(seq_future.result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - t0
-    committed = finish_store_baselines(pending, results, runs, systems)
+    committed = finish_store_baselines(pending, results, runs, {m: s.store for m, s in systems.items()})
     by_method: dict[str, Any] = {}
     for method, system in systems.items():
         rows = store_rows(system, runs[method])
@@ -248,7 +249,7 @@ def run_baselines(out: Path, tasks: dict[str, Task], budgets: dict[str, int], mo
                                 "trainable": r.trainable, "validations": r.validations,
                                 "steps_per_validation": r.steps_per_validation})
         drops = {t: max(0.0, rows[t]["test_accuracy"] - final[t]) for t in TASKS}
-        by_method[method] = {"store": str(system.path), "tasks": rows, "total_params": total_params(system),
+        by_method[method] = {"store": str(system.path), "tasks": rows, "total_params": total_params(system.store),
                              "root_params": system.root_params, "immutability_checked": system.check_immutability(),
                              "forgetting": max(drops.values()), "forgetting_per_task": drops}
         system.close()
@@ -575,7 +576,7 @@ def main() -> None:
         if s == MAIN_SCALE:
             main_entry = sweep[str(s)]
             main_system = System.open(main_entry["store"])
-            budgets = budgets_from_commits(main_system, main_entry["run_id"])
+            budgets = budgets_from_commits(main_system.store, main_entry["run_id"])
             main_system.close()
             log(f"budgets (training images per task): {budgets}")
             log("baselines: " + ", ".join(BASELINES))

@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
+from mupath.search.space import search_space  # noqa: E402
 from benchmarks.scale import adaptations, footprint, settings as scale_settings  # noqa: E402
 
 BASE_TASKS = ["fashion_mnist", "mnist"]
@@ -117,12 +118,12 @@ def main() -> None:
     base = base_system(args.work, kw)
     system = System.open(base)
     slots = list(system.manifest.retained()[ROOT_TASK].components)
-    model_keys = [k for k in system.search_space(make_settings(**kw)).ranges if is_model_key(k)]
+    model_keys = [k for k in search_space(system.store, make_settings(**kw)).ranges if is_model_key(k)]
     base_acc = {c["task"]: c["test_accuracy"] for c in system.manifest.commits()}
     rows, results = [], {}
     for task in args.tasks.split(","):
         for name, spec in VARIANTS.items():
-            run_kw = kw if spec is None else restricted(kw, slots, system.depth, model_keys, *spec)
+            run_kw = kw if spec is None else restricted(kw, slots, system.store.depth, model_keys, *spec)
             r = run_variant(base, args.work / "run", task, run_kw)
             print(f"{task:18s} {name:24s} test {r['test']:.3f} added {r['added']:7,d} score {r['score']:.3f} "
                   f"reuses {r['reuses']} owns {r['owned']} {r['wall']:.0f}s", flush=True)

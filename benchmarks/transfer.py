@@ -26,6 +26,7 @@ from benchmarks.report import environment, table, write_section  # noqa: E402
 from mupath import System  # noqa: E402
 from mupath.runtime.worker import run_job  # noqa: E402
 from mupath.search.baselines import baseline_job, budgets_from_commits, commit_baseline  # noqa: E402
+from mupath.search.space import search_space  # noqa: E402
 from mupath.search.evolve import id_stream  # noqa: E402
 from mupath.search.mutation import Lineage, committed_infos, make_child  # noqa: E402
 from mupath.search.settings import EvolveSettings  # noqa: E402
@@ -44,26 +45,27 @@ def probe(source: Path, work: Path, task: str, donor: str, settings: EvolveSetti
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(source, work)
     system = System.open(work)
-    budget = budgets_from_commits(system)[task]
+    store = system.store
+    budget = budgets_from_commits(store)[task]
     retained = system.manifest.retained()
     parent = retained[donor]
     top = top_block(parent.components)
     comps = committed_infos(system.manifest.components())
-    base = system.search_space(settings)
+    base = search_space(store, settings)
     # no hyperparameter moves, no adapters; clone exactly the top block (norm and head always are)
     actions = {f"_mu_|clone:{s}": float(s == top) for s in parent.components
                if not s.startswith("adapter") and s != "head"}
-    actions.update({f"_mu_|add:adapter_{i}": 0.0 for i in range(system.depth)})
+    actions.update({f"_mu_|add:adapter_{i}": 0.0 for i in range(store.depth)})
     space = customise(base, actions, {k: [] for k in base.ranges if not is_data_key(k)})
     lineage = Lineage({p.id: p for p in retained.values()}, comps, lambda cid: False, retained[ROOT_TASK],
-                      id_stream(random.Random(seed)), system.family, system.root_meta)
+                      id_stream(random.Random(seed)), store.family, store.root_meta)
     data_hp = {k: v for k, v in parent.hparams.items() if is_data_key(k)}
     plan = make_child(parent, task, system.task_record(task).num_classes, data_hp, space, lineage,
                       random.Random(seed), False)
     plan.path.metrics["baseline"] = f"shared body of {donor}"
-    run_id, _ = system.start_run(f"transfer-probe:{task}:{donor}")
-    job = baseline_job(system, plan, budget, settings, run_id, seed)
-    result = commit_baseline(system, plan, run_job(job), job, budget, run_id, check=False)
+    run_id, _ = store.start_run(f"transfer-probe:{task}:{donor}")
+    job = baseline_job(store, plan, budget, settings, run_id, seed)
+    result = commit_baseline(store, plan, run_job(job), job, budget, run_id, check=False)
     status = {s.task: s for s in system.status()}[task]
     system.close()
     original = System.open(source)

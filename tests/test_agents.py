@@ -19,10 +19,8 @@ from mupath.store.records import ROOT_TASK
 ITERATIONS = 10
 
 # Two agents race: B's commit drops the components of B's old path while A's best candidate still
-# borrows them; without `System.pin_blobs` / component revival in `System.commit` (and the snapshot
+# borrows them; without `Store.pin_blob` / component revival in `Store.commit` (and the snapshot
 # read in `check_immutability`) agent A fails in about 2 runs out of 5.
-pytestmark = pytest.mark.skipif(not hasattr(System, "pin_blobs"),
-                                reason="needs the concurrent-agents fix of System.commit (System.pin_blobs)")
 ARGS = ["--iterations", str(ITERATIONS), "--generations", "1", "--candidates", "1",
         "--steps-per-validation", "40", "--validations", "1", "--batch-size", "32", "--val-limit", "100"]
 

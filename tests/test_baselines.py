@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
+
+from mupath.runtime.jobs import SlotInit
 import torch
 
 from conftest import TINY_ROOT
@@ -29,7 +31,7 @@ EXPECTED_TRAINABLE = {   # depth-2 tiny root
 
 
 def _plan(system, method, task="digits"):
-    return plan_baseline(system, task, method, make_settings(**SETTINGS), id_stream(random.Random(0)), random.Random(0))
+    return plan_baseline(system.store, task, method, make_settings(**SETTINGS), id_stream(random.Random(0)), random.Random(0))
 
 
 def test_methods_parse_and_bad_names_fail():
@@ -61,9 +63,9 @@ def test_plans_train_exactly_their_components(tiny_system, digits_small, method)
     assert plan.path.parent_id == root.id
     for s in plan.slots:
         if s.trainable and s.slot in root.components:
-            assert s.init == {"from": root.components[s.slot]} and s.id != root.components[s.slot]
+            assert s.init == SlotInit.copy(root.components[s.slot]) and s.id != root.components[s.slot]
         elif s.trainable:
-            assert "new" in s.init                                   # fresh head / identity adapters
+            assert s.init.kind == "fresh"                                  # fresh head / identity adapters
         else:
             assert s.id == root.components[s.slot]                   # the shared frozen root component
     if method.startswith("adapters"):
@@ -78,7 +80,7 @@ def test_store_baselines_spend_the_budget_and_leave_the_root_unchanged(tmp_path,
         s.add_task(digits_small)
         s.add_task(parity_task)
     budgets = {"digits": BUDGET, "parity": 2 * BUDGET}
-    out = train_store_baselines(systems, ["digits", "parity"], budgets, workers=1, **SETTINGS)
+    out = train_store_baselines({m: s.store for m, s in systems.items()}, ["digits", "parity"], budgets, workers=1, **SETTINGS)
     fresh_root = {slot: tensors for slot, _, _, tensors in cut_root(create_root(RootSpec.from_json(
         systems["finetune-all"].manifest.get_meta("root"))))}
     for method, system in systems.items():
@@ -99,7 +101,7 @@ def test_store_baselines_spend_the_budget_and_leave_the_root_unchanged(tmp_path,
             stored = system.blobs.get_tensors(comps[cid].blob)
             assert all(torch.equal(stored[k], v) for k, v in fresh_root[slot].items())
         commits = system.manifest.commits()
-        assert budgets_from_commits(system) == budgets
+        assert budgets_from_commits(system.store) == budgets
         assert all(c["info"]["budget_images"] == c["info"]["train_images"] for c in commits)
         status = {s.task: s for s in system.status()}
         assert status["digits"].test_accuracy == pytest.approx(system.evaluate("digits"))
@@ -128,7 +130,7 @@ def test_sequential_retests_earlier_tasks_and_reports_the_largest_drop(tiny_syst
     tiny_system.add_task(digits_small)
     tiny_system.add_task(parity_task)
     budgets = {"digits": BUDGET, "parity": BUDGET}
-    res = run_sequential(tiny_system, ["digits", "parity"], budgets, **SETTINGS)
+    res = run_sequential(tiny_system.store, ["digits", "parity"], budgets, **SETTINGS)
     assert [t for t, _ in res.history] == ["digits", "parity"]
     assert set(res.history[1][1]) == {"digits", "parity"}
     assert res.images == budgets

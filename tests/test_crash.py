@@ -51,7 +51,7 @@ def test_kill_9_mid_evolution_then_resume(tmp_path, digits_small):
     survivor = System.open(store)
     committed = {c["task"]: c["path_id"] for c in survivor.manifest.commits()}
     assert committed, "the child was killed before its first commit; raise the deadline"
-    before = {t: survivor.logits(t, survivor.task_data(t)["test.x"].permute(0, 2, 3, 1).numpy())
+    before = {t: survivor.logits(t, survivor.store.task_data(t)["test.x"].permute(0, 2, 3, 1).numpy())
               for t in committed}
     # run again: the same command resumes the unfinished run and skips committed tasks
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
@@ -63,7 +63,7 @@ def test_kill_9_mid_evolution_then_resume(tmp_path, digits_small):
     assert sorted(c["task"] for c in commits) == sorted(names)   # each task committed exactly once
     for task, path_id in committed.items():
         assert final.manifest.retained()[task].id == path_id
-        now = final.logits(task, final.task_data(task)["test.x"].permute(0, 2, 3, 1).numpy())
+        now = final.logits(task, final.store.task_data(task)["test.x"].permute(0, 2, 3, 1).numpy())
         assert (now == before[task]).all()
     assert sorted(final.check_immutability()) == sorted(names)
     assert not (store / "scratch").exists() or not any((store / "scratch").iterdir())

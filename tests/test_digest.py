@@ -29,7 +29,7 @@ def _digest(system: System) -> str:
     out: dict[str, object] = {}
     for task in system.tasks:
         path = retained[task]
-        logits = system.logits(task, system.task_data(task)["test.x"].permute(0, 2, 3, 1).numpy())
+        logits = system.logits(task, system.store.task_data(task)["test.x"].permute(0, 2, 3, 1).numpy())
         tried = [[t["path"], t["mutations"], t["score"], t["best_val"], t["entered"]]
                  for c in system.history(task) for t in c["info"]["tried"]]
         out[task] = {"path": path.id, "parent": path.parent_id, "components": path.components,

@@ -49,9 +49,9 @@ class KillFirst:
         self.inner, self.tmp, self.results = inner, tmp_path, []
 
     def run(self, jobs, on_done=None, on_step=None):
-        jobs = [dict(job) for job in jobs]
-        once = self.tmp / f"died-{jobs[0]['path_id']}"
-        jobs[0][DIE_ONCE] = str(once if not self.results else self.tmp / "no-such-folder" / "marker")
+        once = self.tmp / f"died-{jobs[0].path_id}"
+        jobs = [jobs[0].replace(**{DIE_ONCE: str(once if not self.results else self.tmp / "no-such-folder" / "marker")}),
+                *jobs[1:]]
         results = self.inner.run(jobs, on_done, on_step)
         self.results.append(results)
         return results
@@ -68,10 +68,10 @@ def test_process_pool_retries_a_dead_worker_once_then_drops_only_its_candidate(t
     system.add_task(blobs_task("b1", seed=1))
     report = system.evolve(["b1"], **dict(TINY_SETTINGS, seed=3))
     first, second = executor.results
-    assert first[0]["attempts"] == 2 and not first[0].get("failure")       # died once, retried, trained
-    assert not first[1].get("failure")                                      # its neighbour completed
-    assert second[0]["failure"].startswith("worker died 2x, candidate dropped")
-    assert not second[1].get("failure") and "steps" in second[1]           # never charged, never dropped
+    assert first[0].attempts == 2 and not first[0].failure                 # died once, retried, trained
+    assert not first[1].failure                                             # its neighbour completed
+    assert second[0].failure.startswith("worker died 2x, candidate dropped")
+    assert not second[1].failure and second[1].steps > 0                   # never charged, never dropped
     [entry] = report.tasks
     assert len(entry.failures) == 1 and "worker died 2x" in entry.failures[0]
     assert [c["task"] for c in system.manifest.commits()] == ["b1"]
@@ -106,7 +106,7 @@ def test_persistent_pool_serves_several_stores_without_mixing_their_roots(tmp_pa
         system.add_task(blobs_task("t", n=90))
         system.evolve(["t"], **settings)
         path = system.manifest.retained()["t"]
-        return path.components, system.test_logits("t", path)
+        return path.components, system.store.test_logits("t", path)
 
     executors.shutdown_workers()
     grow("a", seed=0)

@@ -131,7 +131,7 @@ def test_per_action_probabilities_switch_single_mutations():
 
 def test_efficientnet_system_grows_without_changing_earlier_tasks(tmp_path):
     system = System.create(tmp_path / "s", root="tf_efficientnet_lite0", image_size=32)
-    assert system.family is EFFICIENTNET and system.depth == 16
+    assert system.store.family is EFFICIENTNET and system.store.depth == 16
     for name, seed in (("a", 0), ("b", 1)):
         t = blobs_task(name, n=90, seed=seed)
         system.add_task(t)

@@ -14,6 +14,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mupa
 from conftest import TINY_ROOT, TINY_SETTINGS, blobs_task  # noqa: E402
 from mupath import System  # noqa: E402
 from mupath.runtime.executors import DIE_ONCE  # noqa: E402
+from mupath.runtime.jobs import TensorRef  # noqa: E402
 from mupath.runtime.ray_executor import RayExecutor  # noqa: E402
 
 TASKS = ["b1", "b2"]
@@ -62,8 +63,7 @@ class Recording:
 
     def run(self, jobs, on_done=None, on_step=None):
         if self.marker is not None and len(self.results) < self.kills:
-            jobs = [dict(job) for job in jobs]
-            jobs[0][DIE_ONCE] = str(self.marker(jobs[0]))
+            jobs = [jobs[0].replace(**{DIE_ONCE: str(self.marker(jobs[0]))}), *jobs[1:]]
         results = self.inner.run(jobs, on_done, on_step)
         self.results.append(results)
         return results
@@ -86,17 +86,17 @@ def test_same_retained_paths_as_inprocess(ray_cluster, tmp_path, inprocess_summa
 
 
 def test_killed_worker_is_retried_and_the_run_completes(ray_cluster, tmp_path, monkeypatch, inprocess_summary):
-    executor = Recording(RayExecutor(2, 1), marker=lambda job: tmp_path / f"died-{job['path_id']}")
+    executor = Recording(RayExecutor(2, 1), marker=lambda job: tmp_path / f"died-{job.path_id}")
     _use(monkeypatch, executor)
     system = _system(tmp_path / "store")
     report = system.evolve(TASKS, **SETTINGS)
     assert len(executor.results) == len(TASKS) * SETTINGS["generations"]
     first = executor.results[0][0]
-    assert first["attempts"] == 2, first
-    assert "WorkerCrashedError" in first["retried"][0] or "died" in first["retried"][0].lower()
-    assert not first.get("failure")
+    assert first.attempts == 2, first
+    assert "WorkerCrashedError" in first.retried[0] or "died" in first.retried[0].lower()
+    assert not first.failure
     others = [r for results in executor.results for r in results][1:]
-    assert all("attempts" not in r and not r.get("failure") for r in others)    # undisturbed
+    assert all(r.attempts == 1 and not r.failure for r in others)    # undisturbed
     assert all(not entry.failures for entry in report.tasks)
     assert _summary(system) == inprocess_summary          # a retry trains the same candidate again
     assert sorted(system.check_immutability()) == TASKS
@@ -108,8 +108,8 @@ def test_worker_dying_twice_drops_only_its_candidate(ray_cluster, tmp_path, monk
     system = _system(tmp_path / "store")
     report = system.evolve(["b1"], **dict(SETTINGS, generations=1))
     [results] = executor.results
-    assert results[0]["failure"].startswith("worker died 2x, candidate dropped")
-    assert not results[1].get("failure") and results[1]["improved"]
+    assert results[0].failure.startswith("worker died 2x, candidate dropped")
+    assert not results[1].failure and results[1].improved
     [entry] = report.tasks
     assert entry.failures and "worker died 2x" in entry.failures[0]
     assert [c["task"] for c in system.manifest.commits()] == ["b1"]
@@ -139,8 +139,7 @@ def test_ship_blobs_through_the_object_store(ray_cluster, tmp_path, monkeypatch,
 def test_a_blob_that_cannot_be_shipped_costs_only_its_candidate(ray_cluster, tmp_path, monkeypatch):
     class MissingBlob(Recording):
         def run(self, jobs, on_done=None, on_step=None):
-            jobs = [dict(job) for job in jobs]
-            jobs[0]["refs"] = {**jobs[0]["refs"], "gone": {"blob": "0" * 64}}
+            jobs = [jobs[0].replace(refs={**jobs[0].refs, "gone": TensorRef(blob="0" * 64)}), *jobs[1:]]
             return super().run(jobs, on_done, on_step)
 
     executor = MissingBlob(RayExecutor(2, 1, ship_blobs=True))
@@ -148,5 +147,5 @@ def test_a_blob_that_cannot_be_shipped_costs_only_its_candidate(ray_cluster, tmp
     system = _system(tmp_path / "store")
     system.evolve(["b1"], **dict(SETTINGS, generations=1))
     [results] = executor.results
-    assert results[0]["failure"].startswith("cannot ship " + "0" * 64)
-    assert not results[1].get("failure") and results[1]["improved"]
+    assert results[0].failure.startswith("cannot ship " + "0" * 64)
+    assert not results[1].failure and results[1].improved

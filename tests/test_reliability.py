@@ -103,7 +103,7 @@ def _snapshot(store: Path) -> dict:
 
 # ---- verify: healthy and damaged stores -----------------------------------------------------------
 def test_verify_a_healthy_store(store):
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     assert report.healthy, [p.line() for p in report.problems]
     assert report.checked == ["digits", "b1"] and report.usable == ["digits", "b1"]
     result = _verify_cli(store)
@@ -116,7 +116,7 @@ def test_a_truncated_component_blob_touches_only_its_task(store):
     cid = _owned(system, "b1")
     path = _blob_file(system, system.manifest.components()[cid].blob)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     assert _kinds(report) == {CORRUPT: [["b1"]]}
     assert "truncated or edited" in report.problems[0].message and cid in report.problems[0].message
     assert report.checked == ["digits"] and report.touched == ["b1"]
@@ -133,7 +133,7 @@ def test_an_edited_data_blob_touches_its_task(store):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01                 # one flipped bit, same size
     path.write_bytes(bytes(data))
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     assert _kinds(report) == {CORRUPT: [["digits"]]}
     assert report.checked == ["b1"]
 
@@ -141,7 +141,7 @@ def test_an_edited_data_blob_touches_its_task(store):
 def test_a_deleted_reference_blob_touches_its_task(store):
     system = _open(store)
     _blob_file(system, system.manifest.checks()["b1"].logits_blob).unlink()
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     assert _kinds(report) == {MISSING: [["b1"]]}
     assert "reference logits of task 'b1'" in report.problems[0].message
     assert report.checked == ["digits"]
@@ -153,7 +153,7 @@ def test_a_damaged_shared_component_touches_every_user(store):
     cid = retained[ROOT_TASK].components["block_1"]          # a root block: used by the root, maybe others
     users = [t for t in (ROOT_TASK, "digits", "b1") if cid in retained[t].components.values()]
     _blob_file(system, system.manifest.components()[cid].blob).unlink()
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     assert _kinds(report) == {MISSING: [users]}
     assert report.checked == [t for t in ("digits", "b1") if t not in users]
 
@@ -163,7 +163,7 @@ def test_a_deleted_component_row_is_a_manifest_problem(store):
     cid = _owned(system, "digits")
     blob = system.manifest.components()[cid].blob
     system.manifest.db.execute("DELETE FROM components WHERE id=?", (cid,))
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     kinds = _kinds(report)
     assert kinds[MANIFEST] == [["digits"]] and cid in report.problems[0].message
     assert kinds[ORPHAN] == [[]] and blob in next(p.message for p in report.problems if p.kind == ORPHAN)
@@ -177,7 +177,7 @@ def test_other_manifest_inconsistencies(store):
     db.execute("INSERT INTO components SELECT 'cunused', kind, slot, config, blob, num_params, 'b1', created_at "
                "FROM components WHERE id='root-norm'")
     db.execute("DELETE FROM retained WHERE task=?", (ROOT_TASK,))
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     messages = [p.line() for p in report.problems]
     assert any("__root__ has no retained path" in m for m in messages), messages
     assert any("cunused" in m and "used by no retained path" in m for m in messages), messages
@@ -191,7 +191,7 @@ def test_orphans_are_reported_and_fix_removes_only_them(store):
     orphan = system.blobs.put_bytes(b"a blob nothing references")
     tmp = _blob_file(system, orphan).parent / ".tmp-abc123.safetensors"
     tmp.write_bytes(b"half a blob")
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     assert _kinds(report) == {ORPHAN: [[], []]} and report.checked == ["digits", "b1"]
     assert report.serious == []
     result = _verify_cli(store, "--fix")                 # too recent: a running command may commit it
@@ -206,7 +206,7 @@ def test_orphans_are_reported_and_fix_removes_only_them(store):
     assert not _blob_file(system, orphan).exists() and not tmp.exists()
     for sha, data in referenced.items():                 # nothing referenced was touched
         assert _blob_file(system, sha).read_bytes() == data
-    assert verify_store(_open(store)).healthy
+    assert verify_store(_open(store).store).healthy
 
 
 def test_fix_never_removes_a_referenced_blob_even_when_damaged(store):
@@ -216,7 +216,7 @@ def test_fix_never_removes_a_referenced_blob_even_when_damaged(store):
     path.write_bytes(b"garbage")
     old = time.time() - 3600
     os.utime(path, (old, old))
-    report = fix_store(_open(store), min_age_s=0)
+    report = fix_store(_open(store).store, min_age_s=0)
     assert report.removed == [] and path.exists()
     assert _verify_cli(store, "--fix").exit_code == 1
 
@@ -226,9 +226,9 @@ def test_scratch_of_a_finished_run_is_a_leftover(store):
     run_id = system.manifest.db.execute("SELECT id FROM runs").fetchone()[0]
     (store / "scratch" / run_id).mkdir(parents=True)
     (store / "scratch" / run_id / "p1.safetensors").write_bytes(b"x")
-    report = verify_store(_open(store), rerun=False)
+    report = verify_store(_open(store).store, rerun=False)
     assert _kinds(report) == {ORPHAN: [[]]} and "scratch" in report.problems[0].message
-    assert fix_store(_open(store), min_age_s=0).removed == [str(store / "scratch" / run_id)]
+    assert fix_store(_open(store).store, min_age_s=0).removed == [str(store / "scratch" / run_id)]
 
 
 def test_verify_reports_an_unreadable_store_in_one_line(tmp_path):
@@ -289,10 +289,10 @@ def test_a_full_disk_during_a_commit_leaves_the_store_as_it_was(one_task_committ
     assert _snapshot(store) == before
     system = _open(store)
     assert {t: p.id for t, p in system.manifest.retained().items()} == retained
-    report = verify_store(system)
+    report = verify_store(system.store)
     assert report.healthy, [p.line() for p in report.problems]
     system.evolve(["b2"], **TINY)                          # space is back: the same command completes
-    assert verify_store(_open(store)).healthy
+    assert verify_store(_open(store).store).healthy
 
 
 def test_a_write_failing_half_way_through_a_commit_loses_nothing(one_task_committed, monkeypatch):
@@ -316,7 +316,7 @@ def test_a_write_failing_half_way_through_a_commit_loses_nothing(one_task_commit
     monkeypatch.undo()
     assert calls["n"] == 2
     assert _snapshot(store)["tables"] == before
-    report = verify_store(_open(store))
+    report = verify_store(_open(store).store)
     assert report.serious == [] and report.checked == ["b1"]
     assert not list((store / "blobs").rglob(".tmp-*"))
 
@@ -377,7 +377,7 @@ def test_manifest_commit_crash_point_commits_nothing(tiny_system):
     result = _child(code, tiny_system.path, "manifest-commit")
     assert result.returncode == -signal.SIGKILL and "not reached" not in result.stdout
     assert _snapshot(tiny_system.path) == before           # the hot journal is rolled back on open
-    assert verify_store(_open(tiny_system.path)).healthy
+    assert verify_store(_open(tiny_system.path).store).healthy
 
 
 def test_crash_points_are_inert_without_the_environment(tmp_path, monkeypatch):

@@ -5,6 +5,8 @@ import random
 from collections import Counter
 
 import pytest
+
+from mupath.runtime.jobs import SlotInit
 from hypothesis import given, strategies as st
 
 from mupath.errors import ConfigError
@@ -138,9 +140,9 @@ def test_child_of_another_tasks_path_shares_frozen_parts_and_gets_a_new_head():
     for seed in range(300):
         plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), mutate_adapters=False)
         by_slot = {s.slot: s for s in plan.slots}
-        assert by_slot["head"].init.get("new") is not None and by_slot["head"].trainable   # never shared
-        assert by_slot["norm"].trainable and by_slot["norm"].init == {"from": "rn"}        # always cloned
-        assert by_slot["block_1"].id == "u1" or by_slot["block_1"].init == {"from": "u1"}
+        assert by_slot["head"].init.kind == "fresh" and by_slot["head"].trainable   # never shared
+        assert by_slot["norm"].trainable and by_slot["norm"].init == SlotInit.copy("rn")        # always cloned
+        assert by_slot["block_1"].id == "u1" or by_slot["block_1"].init == SlotInit.copy("u1")
         for s in plan.slots:
             if not s.trainable:
                 assert s.id == other.components[s.slot]                                # shared as-is
@@ -167,7 +169,7 @@ def test_always_cloned_root_components_are_never_shared_but_other_tasks_parts_ar
             if s.slot in ("block_1", "head"):
                 continue
             assert s.trainable and s.id not in comps
-            assert s.init == {"from": root.components[s.slot]}
+            assert s.init == SlotInit.copy(root.components[s.slot])
         shared_u1 += {s.slot: s for s in plan.slots}["block_1"].id == "u1"
     assert 80 < shared_u1 < 100       # another task's block: shared unless cloned (µ = 0.1)
 
@@ -192,7 +194,7 @@ def test_unmutated_child_shares_the_whole_body_and_keeps_the_parents_hparams():
             assert set(plan.mutations) <= {"cloned"} and not any(k.startswith("adapter_") for k in by_slot)
             assert {k: v for k, v in plan.path.hparams.items() if k != "num_classes"} == \
                 {k: v for k, v in other.hparams.items() if k != "num_classes"}
-            assert by_slot["head"].trainable and by_slot["head"].init.get("new") is not None
+            assert by_slot["head"].trainable and by_slot["head"].init.kind == "fresh"
             assert by_slot["block_1"].id == "u1" and not by_slot["block_1"].trainable
             owned = {s.slot for s in plan.slots if s.trainable}
             expected = {"head", "norm"} | {c.slot for c in comps.values() if c.id in always}
@@ -215,8 +217,8 @@ def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparam
     for seed in range(100):
         plan = make_child(parent, "t", 3, {"ds_image_size": 16}, shallower, lineage, random.Random(seed), False)
         by_slot = {s.slot: s for s in plan.slots}
-        assert by_slot["block_0"].init == {"from": "t0"} and by_slot["block_0"].id != "t0"
-        assert by_slot["head"].init == {"from": "ht"}
+        assert by_slot["block_0"].init == SlotInit.copy("t0") and by_slot["block_0"].id != "t0"
+        assert by_slot["head"].init == SlotInit.copy("ht")
         depth = plan.path.hparams["num_layers"]
         seen_depths.add(depth)
         assert ("block_2" in by_slot) == (depth == 3)
@@ -229,7 +231,7 @@ def test_image_size_change_resamples_a_trainable_position_embedding():
     lineage = _lineage(comps, {"root": root}, root, trainable_ids=set())
     plan = make_child(root, "t", 3, {"ds_image_size": 20}, SPACE, lineage, random.Random(0), False)
     pos = {s.slot: s for s in plan.slots}["pos_embed"]
-    assert pos.trainable and pos.init == {"resample": "rq", "grid": [5, 5]} and pos.config["grid"] == [5, 5]
+    assert pos.trainable and pos.init == SlotInit.resample("rq", (5, 5)) and pos.config["grid"] == [5, 5]
 
 
 def test_bad_search_overrides_are_clear_errors():
@@ -299,19 +301,20 @@ def test_tried_entry_keeps_losers_best_validation_and_never_infinity():
     import json
     from mupath.search.evolve import data_moves, tried_entry
     from mupath.search.mutation import ChildPlan
+    from mupath.runtime.jobs import CandidateResult as R
     from mupath.store.records import PathRecord
     plan = ChildPlan(PathRecord("p1", "t", "p0", {}, {}, metrics={"parent_task": "a"}), [], {"cloned": ["block_0"]})
-    below = tried_entry(plan, {"improved": False, "quality": float("-inf"), "score": 0.7,
-                               "evals": [float("-inf"), 0.61, 0.64], "owned_params": 5, "accounted_params": 9.5}, 1)
+    below = tried_entry(plan, R("p1", improved=False, val_accuracy=float("-inf"), score=0.7,
+                                evals=(float("-inf"), 0.61, 0.64), owned_params=5, accounted_params=9.5), 1)
     assert below["quality"] is None and below["score"] is None and below["best_val"] == 0.64
     assert below["generation"] == 1 and below["parent_task"] == "a" and below["mutations"] == {"cloned": ["block_0"]}
-    kept = tried_entry(plan, {"improved": True, "quality": 0.8, "score": 0.75, "evals": [0.7, 0.8]}, 0)
+    kept = tried_entry(plan, R("p1", improved=True, val_accuracy=0.8, score=0.75, evals=(0.7, 0.8)), 0)
     assert (kept["quality"], kept["score"], kept["best_val"], kept["entered"]) == (0.8, 0.75, 0.8, True)
     assert kept["data"] == {}
-    moved = tried_entry(plan, {"improved": True, "quality": 0.8, "score": 0.75}, 0,
+    moved = tried_entry(plan, R("p1", improved=True, val_accuracy=0.8, score=0.75), 0,
                         data_moves({"ds_crop": False}, {"ds_crop": True, "ds_image_size": 32}, {"ds_image_size": 32}))
     assert moved["data"] == {"ds_crop": [False, True]}        # the image size stayed at the default
-    failed = tried_entry(plan, {"improved": False, "failure": "RuntimeError: boom"}, 0)
+    failed = tried_entry(plan, R("p1", failure="RuntimeError: boom"), 0)
     assert failed["best_val"] is None and failed["owned_params"] == 0 and failed["failure"] == "RuntimeError: boom"
     json.dumps([below, kept, failed], allow_nan=False)
 

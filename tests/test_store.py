@@ -65,7 +65,7 @@ def test_a_failed_create_leaves_nothing_and_a_killed_one_is_redone(tmp_path, mon
 
     def full_disk(*args, **kwargs):
         raise StoreError("no space left")
-    monkeypatch.setattr(System, "_write_new_store", staticmethod(full_disk))
+    monkeypatch.setattr("mupath.store.store._write_new_store", full_disk)
     with pytest.raises(StoreError, match="no space"):
         System.create(store, **TINY_ROOT)
     assert not store.exists()

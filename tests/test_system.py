@@ -197,8 +197,9 @@ def test_shared_check_scope_rechecks_only_tasks_sharing_touched_components(tiny_
     assert sharing_tasks(retained, {"cc1"}, "c") == set()
 
     calls = []
-    real = System.check_immutability
-    monkeypatch.setattr(System, "check_immutability",
+    from mupath.store.store import Store
+    real = Store.check_immutability
+    monkeypatch.setattr(Store, "check_immutability",
                         lambda self, exclude=None, tasks=None: calls.append((exclude, tasks)) or real(self, exclude, tasks))
     for name, seed in (("x", 0), ("y", 1)):
         tiny_system.add_task(blobs_task(name, n=90, seed=seed))

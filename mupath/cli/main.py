@@ -60,7 +60,7 @@ def init(store: Path = typer.Argument(..., help="folder of the new store"),
     extra = {k: v for k, v in dict(patch_size=patch_size, depth=depth, embed_dim=embed_dim,
                                    num_heads=num_heads).items() if v is not None}
     system = System.create(store, root=root, image_size=image_size, weights=weights, seed=seed, **extra)
-    console.print(f"created {system.path}: root {root}, {system.depth} blocks, "
+    console.print(f"created {system.path}: root {root}, {system.store.depth} blocks, "
                   f"{system.root_params:,} parameters")
 
 
@@ -195,18 +195,42 @@ def graph(store: Path, out: Path = typer.Option(Path("system.png"), "-o", "--out
 
 @app.command()
 @friendly
+def export(store: Path,
+           task: Optional[str] = typer.Option(None, help="the task to export"),
+           tasks: Optional[str] = typer.Option(None, help="several tasks as one model, comma-separated: one "
+                                               "output per task, the shared path prefix computed once "
+                                               "(onnx, pt2)"),
+           fmt: str = typer.Option(..., "--format", help="onnx | pt2 | folder (model.safetensors + config.json)"),
+           out: Path = typer.Option(..., "-o", "--out", help="output file (onnx, pt2) or folder (folder)"),
+           force: bool = typer.Option(False, "--force", help="replace an existing output")) -> None:
+    """Export a task's model with its preprocessing: ONNX, torch.export (pt2) or a timm-style folder."""
+    from mupath.system import System
+    if (task is None) == (tasks is None):
+        raise ConfigError("name the task to export with --task T, or several with --tasks a,b (not both)")
+    names = [task] if task is not None else [t.strip() for t in (tasks or "").split(",") if t.strip()]
+    system = System.open(store, read_only=True)
+    result = system.export(names, fmt, out, force=force)
+    extra = ""
+    if fmt == "folder":
+        extra = ", loadable with timm.create_model" if result.timm_loadable else ", load with mupath.load_exported"
+    console.print(f"wrote {result.path} ({fmt}, {result.bytes / 1e6:.1f} MB): {', '.join(result.tasks)}{extra}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
 def verify(store: Path,
            fix: bool = typer.Option(False, "--fix", help="delete leftovers nothing references (orphaned "
                                     "blobs, .tmp-* files, scratch of finished runs); never a referenced file")) -> None:
     """Check every blob, the manifest and every task's predictions (bit for bit); exit 1 on a problem."""
     from mupath.store.verify import FIX_MIN_AGE_S, fix_store, verify_store
     system = _open(store)
-    report = verify_store(system)
+    report = verify_store(system.store)
     for problem in report.problems:
         console.print(problem.line(), markup=False, highlight=False, soft_wrap=True)
     remaining = report.problems
     if fix:
-        fixed = fix_store(system)
+        fixed = fix_store(system.store)
         gone = set(fixed.removed)
         remaining = [p for p in report.problems if p.path is None or p.path not in gone]
         console.print(f"--fix removed {len(fixed.removed)} leftover file(s)", markup=False, highlight=False)
@@ -234,6 +258,28 @@ def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (res
     from mupath.cli.demo import run_demo
     _handle_sigterm()
     run_demo(store, workers, console, root)
+
+
+@app.command()
+@friendly
+def serve(store: Path,
+          host: str = typer.Option("127.0.0.1", help="address to listen on (another than loopback exposes the "
+                                   "server to the network: set a token)"),
+          port: int = typer.Option(8000, help="TCP port"),
+          token: Optional[str] = typer.Option(None, help="require 'Authorization: Bearer TOKEN' on every route "
+                                              "but /healthz (default: $MUPATH_TOKEN; unset: no token)"),
+          max_wait_ms: float = typer.Option(5.0, help="how long a batch waits for more requests"),
+          max_batch: int = typer.Option(64, help="images per batch"),
+          max_body_mb: float = typer.Option(16.0, help="larger request bodies are refused (413)"),
+          max_pixels: int = typer.Option(4_000_000, help="larger images (height x width) are refused (413)"),
+          poll_s: float = typer.Option(1.0, help="seconds between checks for a new commit"),
+          batching: str = typer.Option("auto", help="auto | rows | requests: may images of different requests "
+                                       "share tensors (auto: when bit-identical on this machine)")) -> None:
+    """Serve every evolved task over HTTP (read-only; new commits are picked up while serving)."""
+    from mupath.serve.cli import config_from_options, run_server
+    config = config_from_options(host, port, token, max_wait_ms, max_batch, max_body_mb, max_pixels, poll_s,
+                                 batching)
+    run_server(store, config, lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
 def main() -> None:  # pragma: no cover

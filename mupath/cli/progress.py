@@ -1,6 +1,8 @@
 """Rich progress bars for the evolution loop (implements search.evolve.Progress)."""
 from __future__ import annotations
 
+from mupath.runtime.jobs import CandidateResult
+
 from typing import Any
 
 from rich.console import Console
@@ -35,13 +37,13 @@ class RichProgress:
             self.bars.reset(self.step_bar, total=total, description=f"  candidate {index + 1}: steps")
         self.bars.update(self.step_bar, completed=step)
 
-    def candidate_done(self, result: dict[str, Any]) -> None:
+    def candidate_done(self, result: CandidateResult) -> None:
         self.bars.advance(self.search_bar)
-        if result.get("failure"):
-            self.console.print(f"  [yellow]candidate dropped[/]: {result['failure']}")
+        if result.failure:
+            self.console.print(f"  [yellow]candidate dropped[/]: {result.failure}")
 
     def task_done(self, entry: Any) -> None:
         verb = "committed" if entry.changed else "kept (no child beat it)"
-        self.console.print(f"  [green]{entry.task}[/] {verb}: val {entry.val_quality:.3f}, "
+        self.console.print(f"  [green]{entry.task}[/] {verb}: val {entry.val_accuracy:.3f}, "
                            f"test {entry.test_accuracy:.3f}, {entry.improved}/{entry.candidates} candidates "
                            f"improved, {entry.wall_time:.0f}s")

@@ -79,6 +79,16 @@ def build_component(spec: ComponentSpec, root: RootSpec) -> nn.Module:
     return family_of(root.name).build(kind, cfg, _templates(root.to_json()))
 
 
+def load_component(spec: ComponentSpec, root: RootSpec, tensors: dict[str, torch.Tensor], *,
+                   trainable: bool = False) -> nn.Module:
+    """The one way a component becomes a module: built from its spec, loaded with `tensors`. Frozen
+    (no gradients) unless `trainable`, in which case it trains its own copy of the tensors."""
+    module = build_component(spec, root)
+    module.load_state_dict({k: v.clone() for k, v in tensors.items()} if trainable else tensors)
+    module.requires_grad_(trainable)
+    return module
+
+
 def new_component_tensors(spec: ComponentSpec, seed: int) -> dict[str, torch.Tensor]:
     """Fresh tensors for a component created by a mutation: a zero-initialised head (vit_jax init),
     or an identity adapter (random down projection, zero up projection)."""

@@ -1,7 +1,7 @@
 """Executors run a generation's candidate jobs. The interface is one method, `run(jobs, on_done,
-on_step)`, returning results in job order; jobs and results are JSON-able dicts, so a distributed
-executor (Ray, `mupath.runtime.ray_executor`) only has to ship dicts and let workers read tensors
-from the shared store (or from blob bytes it ships along).
+on_step)`, returning results in job order; jobs and results are the records of `runtime.jobs`,
+sent to other processes as JSON, so a distributed executor (Ray, `mupath.runtime.ray_executor`) only
+has to ship text and let workers read tensors from the shared store (or from blob bytes it ships).
 
 A worker process that dies (killed, out of memory, lost node) costs at most its candidate: the
 executors that run candidates out of process retry a candidate whose worker died once
@@ -19,53 +19,10 @@ from typing import Any, Callable, Protocol
 import torch
 
 from mupath.errors import ConfigError
+from mupath.runtime.attempt import (DIE_ONCE, WORKER_RETRIES, Job, OnDone, OnStep, Result, died,  # noqa: F401
+                                    gpu_poisoned, run_attempt)
+from mupath.runtime.jobs import CandidateResult, RetryBook
 from mupath.runtime.worker import run_job
-
-Job = dict[str, Any]
-Result = dict[str, Any]
-OnDone = Callable[[int, Result], None]
-OnStep = Callable[[int, int, int], None]   # (job index, step, total)
-
-WORKER_RETRIES = 1   #: a candidate whose worker died is run once more, then dropped
-#: Fault injection for tests: a job carrying this key (a marker file path) makes the out-of-process
-#: worker that runs it exit abruptly (os._exit) while the marker does not exist, creating it first, so
-#: the retry runs (a marker that cannot be created, e.g. in a missing folder, kills every attempt).
-DIE_ONCE = "_die_once"
-
-
-def run_attempt(job: Job, **sources: Any) -> Result:
-    """What an out-of-process worker runs for one attempt at a job: the `DIE_ONCE` hook, then the
-    job (`sources`: shipped `blob_bytes` / `scratch_bytes`, see `run_job`)."""
-    marker = job.get(DIE_ONCE)
-    if marker and not os.path.exists(marker):
-        try:
-            with open(marker, "w"):
-                pass
-        except OSError:        # a marker that cannot be created: the worker dies on every attempt
-            pass
-        os._exit(1)
-    res = run_job(job, None, **sources)
-    if gpu_poisoned(res.get("failure")):
-        os._exit(1)        # a fresh worker (the pool's or Ray's retry) gets a clean CUDA context
-    return res
-
-
-def gpu_poisoned(failure: str | None) -> bool:
-    """A sticky CUDA error (illegal memory access, device-side assert) leaves this process's CUDA
-    context unusable: every later candidate in it would fail too. Out of memory is not sticky."""
-    return bool(failure) and (failure.startswith("AcceleratorError") or "CUDA error:" in failure)
-
-
-def dropped(job: Job, reasons: list[str]) -> Result:
-    """The result of a candidate whose worker died on every attempt."""
-    return {"path_id": job["path_id"], "improved": False, "attempts": len(reasons),
-            "failure": f"worker died {len(reasons)}x, candidate dropped: {reasons[-1]}"}
-
-
-def died(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'no message'}"[:300]
-
 
 class Executor(Protocol):
     def run(self, jobs: list[Job], on_done: OnDone | None = None, on_step: OnStep | None = None) -> list[Result]: ...
@@ -138,13 +95,11 @@ class ProcessPoolExecutor:
         pool and with it every candidate in flight, so it is not known which one killed it: those
         candidates are retried once each, alone in a fresh pool, after the others; a candidate that
         kills its worker again then is dropped, and the innocent ones are never charged."""
-        results: list[Result | None] = [None] * len(jobs)
-        reasons: list[list[str]] = [[] for _ in jobs]
+        book = RetryBook(jobs, WORKER_RETRIES)
+        texts = [job.to_json() for job in jobs]
 
         def finish(i: int, res: Result) -> None:
-            if reasons[i] and not res.get("attempts"):
-                res = {**res, "attempts": len(reasons[i]) + 1, "retried": list(reasons[i])}
-            results[i] = res
+            res = book.finish(i, res)
             if on_done:
                 on_done(i, res)
 
@@ -157,35 +112,36 @@ class ProcessPoolExecutor:
             while (queue or inflight) and not broke:
                 while queue and len(inflight) < self.workers:
                     i = queue.pop(0)
-                    inflight[self.pool.submit(run_attempt, jobs[i])] = i
+                    inflight[self.pool.submit(run_attempt, texts[i])] = i
                 done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
                     i = inflight.pop(fut)
                     try:
-                        res = fut.result()
+                        res = CandidateResult.from_json(fut.result())
                     except Exception as exc:           # its worker (or another one in the pool) died
-                        reasons[i].append(died(exc))
+                        book.died(i, died(exc))
                         suspects.append(i)
                         broke = True
                         continue
                     finish(i, res)
             for fut, i in inflight.items():           # the pool broke: collect the others in flight
                 try:
-                    res = fut.result()
+                    res = CandidateResult.from_json(fut.result())
                 except Exception as exc:
-                    reasons[i].append(died(exc))
+                    book.died(i, died(exc))
                     suspects.append(i)
                     continue
                 finish(i, res)
         for i in sorted(suspects):                     # retries, one at a time: a death is now attributable
             self._fresh_pool()
             try:
-                res = self.pool.submit(run_attempt, jobs[i]).result()
+                finish(i, CandidateResult.from_json(self.pool.submit(run_attempt, texts[i]).result()))
             except Exception as exc:
-                reasons[i].append(died(exc))
-                res = dropped(jobs[i], reasons[i])
-            finish(i, res)
-        return [r for r in results if r is not None]
+                book.died(i, died(exc))
+                res = book.drop(i)
+                if on_done:
+                    on_done(i, res)
+        return book.in_order()
 
     def close(self) -> None:
         """A persistent pool stays up for the next evolve call in this process (no new processes, no

@@ -11,7 +11,7 @@ dashboard, quiet logging) and shuts it down when the run ends; with `address` it
 cluster (`ray start --head` on one node, `ray start --address HEAD:6379` on the others; every node
 needs mupath installed). A Ray session already initialised in this process is used as it is.
 
-Jobs are JSON dicts that name tensors by blob sha and scratch file in the store folder. On one
+Jobs are records, sent as JSON, that name tensors by blob sha and scratch file in the store folder. On one
 machine (or nodes sharing the store's file system) that is all a task needs. Without a shared file
 system (`ship_blobs`, the default when `address` is given), the executor reads the bytes of every
 distinct blob, task data and in-flight scratch file the generation's jobs reference, `ray.put`s each
@@ -30,8 +30,8 @@ from typing import Any
 
 from mupath.errors import ConfigError
 from mupath.runtime.device import check_device_name, wants_gpu
-from mupath.runtime.executors import (WORKER_RETRIES, Job, OnDone, OnStep, Result, died, dropped,
-                                      run_attempt)
+from mupath.runtime.attempt import WORKER_RETRIES, Job, OnDone, OnStep, Result, died, run_attempt
+from mupath.runtime.jobs import CandidateResult, RetryBook
 
 PIP_HINT = "pip install 'mupath[ray]'"
 #: the store folder as shipped jobs name it: with ship_blobs a worker reads nothing from the store
@@ -77,8 +77,8 @@ def gpus_per_candidate(device: str, cluster_gpus: float, workers: int) -> float:
     return min(1.0, cluster_gpus / workers)
 
 
-def _attempt(job: Job, threads: int, ship: bool, keys: list[tuple[str, str]], *payload: bytes
-             ) -> tuple[Result, bytes | None]:
+def _attempt(job_json: str, threads: int, ship: bool, keys: list[tuple[str, str]], *payload: bytes
+             ) -> tuple[str, bytes | None]:
     """One attempt at a job inside a Ray worker. `keys[i]` names what `payload[i]` holds: ("blob",
     sha) or ("scratch", file). With `ship`, the best snapshot is written to a node-local file and
     returned as bytes (the store folder may not exist on this node)."""
@@ -90,17 +90,19 @@ def _attempt(job: Job, threads: int, ship: bool, keys: list[tuple[str, str]], *p
     for (kind, key), data in zip(keys, payload):
         (blob_bytes if kind == "blob" else scratch_bytes)[key] = data
     if not ship:
-        return run_attempt(job), None
+        return run_attempt(job_json), None
+    from mupath.runtime.jobs import CandidateJob
+    job = CandidateJob.from_json(job_json)
     local_dir = Path(tempfile.mkdtemp(prefix="mupath-ray-"))
     try:
-        local = local_dir / Path(job["scratch_file"]).name
-        res = run_attempt({**job, "scratch_file": str(local)}, blob_bytes=blob_bytes,
-                          scratch_bytes=scratch_bytes)
+        local = local_dir / Path(job.scratch_file).name
+        res = CandidateResult.from_json(run_attempt(job.replace(scratch_file=str(local)).to_json(),
+                                                    blob_bytes=blob_bytes, scratch_bytes=scratch_bytes))
         out = None
-        if res.get("scratch_file"):
+        if res.scratch_file:
             out = local.read_bytes()
-            res["scratch_file"] = job["scratch_file"]
-        return res, out
+            res = res.replace(scratch_file=job.scratch_file)
+        return res.to_json(), out
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
 
@@ -161,9 +163,9 @@ class RayExecutor:
     # ---- shipping ---------------------------------------------------------------------------
     @staticmethod
     def _keys(job: Job) -> list[tuple[str, str]]:
-        keys = [("blob", job["task_blob"])]
-        for ref in job["refs"].values():
-            keys.append(("blob", ref["blob"]) if ref.get("blob") else ("scratch", ref["scratch"]))
+        keys = [("blob", job.task_blob)]
+        for ref in job.refs.values():
+            keys.append(("blob", ref.blob) if ref.blob else ("scratch", str(ref.scratch)))
         return list(dict.fromkeys(keys))
 
     def _ship(self, jobs: list[Job]) -> None:
@@ -175,11 +177,11 @@ class RayExecutor:
         started = time.perf_counter()
         needed = list(dict.fromkeys(k for job in jobs for k in self._keys(job)))
         self._unshippable = {}
-        pins = {ref["blob"]: ref["pin"] for job in jobs for ref in job["refs"].values() if ref.get("pin")}
+        pins = {ref.blob: ref.pin for job in jobs for ref in job.refs.values() if ref.pin}
         for key in [k for k in self._objects if k not in set(needed)]:
             del self._objects[key]
         put = 0
-        store = BlobStore(Path(jobs[0]["store"]) / "blobs")
+        store = BlobStore(Path(jobs[0].store) / "blobs")
         for kind, key in needed:
             if (kind, key) in self._objects:
                 continue
@@ -205,10 +207,10 @@ class RayExecutor:
     def _submit(self, job: Job) -> Any:
         keys = self._keys(job) if self.ship_blobs else []
         refs = [self._objects[k][0] for k in keys]
-        job = {**job, "device": self.device}
+        job = job.replace(device=self.device)
         if self.ship_blobs:        # the worker must not need the store folder: make any read of it fail
-            job = {**job, "store": NOT_SHARED}
-        return self._remote.remote(job, self.threads, self.ship_blobs, keys, *refs)
+            job = job.replace(store=NOT_SHARED)
+        return self._remote.remote(job.to_json(), self.threads, self.ship_blobs, keys, *refs)
 
     # ---- the executor interface -------------------------------------------------------------
     def run(self, jobs: list[Job], on_done: OnDone | None = None, on_step: OnStep | None = None) -> list[Result]:
@@ -216,17 +218,15 @@ class RayExecutor:
         started = time.perf_counter()
         if self.ship_blobs:
             self._ship(jobs)
-        results: list[Result | None] = [None] * len(jobs)
-        reasons: list[list[str]] = [[] for _ in jobs]
+        book = RetryBook(jobs, WORKER_RETRIES)
         queue = list(range(len(jobs)))
         for i in list(queue):
             missing = [k for k in self._keys(jobs[i]) if k in self._unshippable] if self.ship_blobs else []
             if missing:
                 queue.remove(i)
-                results[i] = {"path_id": jobs[i]["path_id"], "improved": False,
-                              "failure": f"cannot ship {missing[0][1]}: {self._unshippable[missing[0]]}"}
+                res = book.finish(i, CandidateResult.unshippable(jobs[i], missing[0][1], self._unshippable[missing[0]]))
                 if on_done:
-                    on_done(i, results[i])
+                    on_done(i, res)
         self._inflight = {}
         while queue or self._inflight:
             while queue and len(self._inflight) < self.workers:
@@ -236,25 +236,23 @@ class RayExecutor:
             for ref in done:
                 i = self._inflight.pop(ref)
                 try:
-                    res, snapshot = self.ray.get(ref)
+                    text, snapshot = self.ray.get(ref)
                 except Exception as exc:    # the worker died (killed, lost node) or the task failed
-                    reasons[i].append(died(exc))
-                    if len(reasons[i]) <= WORKER_RETRIES:
+                    if book.died(i, died(exc)):
                         queue.insert(0, i)
                         continue
-                    res = dropped(jobs[i], reasons[i])
+                    res = book.drop(i)
                 else:
+                    res = CandidateResult.from_json(text)
                     if snapshot is not None:
-                        atomic_write_bytes(Path(jobs[i]["scratch_file"]), snapshot)
-                        res["scratch_file"] = jobs[i]["scratch_file"]
-                    if reasons[i]:
-                        res = {**res, "attempts": len(reasons[i]) + 1, "retried": list(reasons[i])}
-                results[i] = res
+                        atomic_write_bytes(Path(jobs[i].scratch_file), snapshot)
+                        res = res.replace(scratch_file=jobs[i].scratch_file)
+                    res = book.finish(i, res)
                 if on_done:
                     on_done(i, res)
         if self.ship_blobs:
             self.traffic[-1]["wall_time"] = time.perf_counter() - started
-        return [r for r in results if r is not None]
+        return book.in_order()
 
     def shutdown(self) -> None:
         self.close()

@@ -13,7 +13,7 @@ images the evolution spent on that task, several validations and best-snapshot s
 
 The first three are built as `ChildPlan`s, trained by the worker's `run_job` and stored with
 `System.commit` in a store of their own (one System per method), so their accuracy, parameter
-accounting and test evaluation are computed exactly as the evolved system's. Hyperparameters are the
+accounting and test evaluation are computed exactly as the evolved store's. Hyperparameters are the
 search space's defaults."""
 from __future__ import annotations
 
@@ -23,26 +23,27 @@ import random
 import re
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from mupath.errors import ConfigError, MupathError
-from mupath.model.components import ComponentSpec, build_component, new_component_tensors
+from mupath.model.components import ComponentSpec, build_component, load_component, new_component_tensors
 from mupath.model.path_model import PathModel
 from mupath.runtime.executors import make_executor
-from mupath.search.evolve import candidate_job, id_stream, run_cache_floor, seed_for
+from mupath.runtime.jobs import CandidateJob, CandidateResult, SlotInit
+from mupath.search.ids import id_stream, seed_for
+from mupath.search.task_search import LookupTables, admit, candidate_job, run_cache_floor
 from mupath.search.mutation import (ChildPlan, CompInfo, Lineage, SlotPlan, committed_infos, find_component, fresh_slot,
                                     wanted_slots)
-from mupath.search.scoring import compute_locks
+from mupath.search.scoring import compute_users
 from mupath.search.settings import EvolveSettings, make_settings
+from mupath.search.space import search_space
 from mupath.store.records import ROOT_TASK, PathRecord
+from mupath.store.store import CHECK_THREADS, CommitRequest, Store
 from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import to_model_input
-
-if TYPE_CHECKING:
-    from mupath.system import System
 
 STORE_METHODS = ("finetune-all", "freeze-bottom", "adapters")   #: methods committed into a store
 SEQUENTIAL = "sequential"
@@ -129,11 +130,11 @@ class BaselineResult:
     wall_time: float
 
 
-def baseline_hparams(system: "System", task: str, kind: str, arg: int | None,
+def baseline_hparams(store: Store, task: str, kind: str, arg: int | None,
                      settings: EvolveSettings) -> dict[str, Any]:
     """The search space's defaults, with adapters on every layer for `adapters:D`."""
-    hp = dict(system.search_space(settings).defaults)
-    hp["num_classes"] = system.task_record(task).num_classes
+    hp = dict(search_space(store, settings).defaults)
+    hp["num_classes"] = store.task_record(task).num_classes
     hp["adapter_layers"] = list(range(int(hp["num_layers"]))) if kind == "adapters" else []
     if kind == "adapters":
         hp["adapter_dim"] = int(arg)
@@ -151,17 +152,17 @@ def _trains(kind: str, arg: int | None, slot: str) -> bool:
     return False
 
 
-def plan_baseline(system: "System", task: str, method: str, settings: EvolveSettings,
+def plan_baseline(store: Store, task: str, method: str, settings: EvolveSettings,
                   new_id: Callable[[str], str], rng: random.Random) -> ChildPlan:
     """The ChildPlan of `method` for `task`: its parent is the root path."""
-    kind, arg = parse_method(method, system.depth)
+    kind, arg = parse_method(method, store.depth)
     if kind not in STORE_METHODS:
         raise ConfigError(f"'{method}' is not a store baseline; use run_sequential")
-    hp = baseline_hparams(system, task, kind, arg, settings)
-    root_path = system.manifest.retained()[ROOT_TASK]
-    comps = committed_infos(system.manifest.components())
-    lineage = Lineage({root_path.id: root_path}, comps, lambda cid: False, root_path, new_id, system.family,
-                      system.root_meta)
+    hp = baseline_hparams(store, task, kind, arg, settings)
+    root_path = store.manifest.retained()[ROOT_TASK]
+    comps = committed_infos(store.manifest.components())
+    lineage = Lineage({root_path.id: root_path}, comps, lambda cid: False, root_path, new_id, store.family,
+                      store.root_meta)
     wanted = wanted_slots(hp, int(hp["num_classes"]), lineage)
     slots: list[SlotPlan] = []
     for slot, (ckind, config) in wanted.items():
@@ -169,7 +170,7 @@ def plan_baseline(system: "System", task: str, method: str, settings: EvolveSett
         if found is None:                               # head, adapters (and a resampled pos_embed)
             slots.append(fresh_slot(slot, ckind, config, lineage, rng))
         elif _trains(kind, arg, slot):
-            slots.append(SlotPlan(slot, new_id("c"), ckind, dict(config), True, {"from": found}))
+            slots.append(SlotPlan(slot, new_id("c"), ckind, dict(config), True, SlotInit.copy(found)))
         else:
             slots.append(SlotPlan(slot, found, ckind, dict(config), False))
     path = PathRecord(id=new_id("p"), task=task, parent_id=root_path.id,
@@ -178,45 +179,43 @@ def plan_baseline(system: "System", task: str, method: str, settings: EvolveSett
     return ChildPlan(path, slots, {})
 
 
-def baseline_job(system: "System", plan: ChildPlan, budget_images: int, settings: EvolveSettings,
-                 run_id: str, seed: int, validations: int | None = None) -> dict[str, Any]:
+def baseline_job(store: Store, plan: ChildPlan, budget_images: int, settings: EvolveSettings,
+                 run_id: str, seed: int, validations: int | None = None) -> CandidateJob:
     """The worker job of a baseline candidate (the evolution's job format, the whole budget in one
     candidate: `settings.steps_per_validation` is kept, the validations multiplied)."""
     spv, v = split_budget(budget_images, settings.batch_size, settings.steps_per_validation, validations)
     long = dataclasses.replace(settings, steps_per_validation=spv, validations=v)
-    locks = compute_locks(system.manifest.retained())
-    comps = committed_infos(system.manifest.components())
-    sizes = {cid: c.num_params for cid, c in comps.items()}
-    record = system.task_record(plan.path.task)
-    return candidate_job(system, plan, plan.path.task, record.data_blob, long, locks, sizes, comps, {}, {},
-                         system.scratch_dir(run_id), seed, run_cache_floor(system, long, system.search_space(long)))
+    comps = committed_infos(store.manifest.components())
+    tables = LookupTables(comps, compute_users(store.manifest.retained()),
+                          {cid: c.num_params for cid, c in comps.items()}, {}, {}, store.scratch_dir(run_id))
+    record = store.task_record(plan.path.task)
+    return candidate_job(store, plan, record.data_blob, long, tables, seed,
+                         run_cache_floor(store, long, search_space(store, long)))
 
 
-def commit_baseline(system: "System", plan: ChildPlan, result: dict[str, Any], job: dict[str, Any],
+def commit_baseline(store: Store, plan: ChildPlan, result: CandidateResult, job: CandidateJob,
                     budget_images: int, run_id: str, check: bool = True) -> BaselineResult:
-    """Store a trained baseline path with `System.commit` (test accuracy, locks, accounting)."""
+    """Store a trained baseline path with `Store.commit` (test accuracy, users, accounting)."""
     path = plan.path
-    if not result.get("improved"):
+    if not result.improved:
         raise MupathError(f"baseline {path.metrics.get('baseline')} failed on task '{path.task}': "
-                          f"{result.get('failure') or 'no finite validation score'}")
-    comps = {s.id: CompInfo(s.id, s.kind, s.slot, s.config, int(result["component_params"][s.id]),
-                            scratch=result["scratch_file"]) for s in plan.slots if s.trainable}
-    path.quality = float(result["quality"])
-    path.metrics.update({k: result.get(k) for k in ("evals", "steps", "images", "train_time", "eval_time",
-                                                    "owned_params", "accounted_params")})
+                          f"{result.failure or 'no finite validation score'}")
+    tables = LookupTables({}, {}, {}, {}, {}, store.scratch_dir(run_id))
+    admit(tables, plan, result)
     path.metrics.update({"budget_images": int(budget_images), "run_id": run_id})
+    spv, validations = job.budget.steps_per_validation, job.budget.validations
     info = {"baseline": path.metrics.get("baseline"), "budget_images": int(budget_images),
-            "train_images": int(result["images"]), "train_time": float(result["train_time"]),
-            "wall_time": float(result["wall_time"]), "steps_per_validation": job["steps_per_validation"],
-            "validations": job["validations"], "evals": result.get("evals"), "candidates": 1}
-    test_acc = system.commit(path.task, path, comps, {}, run_id, 0, True, info)
+            "train_images": int(result.images), "train_time": float(result.train_time),
+            "wall_time": float(result.wall_time), "steps_per_validation": spv,
+            "validations": validations, "evals": list(result.evals), "candidates": 1}
+    test_acc = store.commit(CommitRequest(path.task, path, tables.comps, {}, run_id, 0, True, info))
     if check:
-        system.check_immutability(exclude=path.task)
+        store.check_immutability(exclude=path.task)
     return BaselineResult(str(path.metrics.get("baseline")), path.task, path.id, test_acc, path.quality,
-                          int(budget_images), int(result["images"]), int(job["steps_per_validation"]),
-                          int(job["validations"]), [s.slot for s in plan.slots if s.trainable],
-                          [s.slot for s in plan.slots if not s.trainable], float(result["train_time"]),
-                          float(result["wall_time"]))
+                          int(budget_images), int(result.images), int(spv), int(validations),
+                          [s.slot for s in plan.slots if s.trainable],
+                          [s.slot for s in plan.slots if not s.trainable], float(result.train_time),
+                          float(result.wall_time))
 
 
 @dataclasses.dataclass
@@ -226,17 +225,17 @@ class PendingBaseline:
 
     method: str
     task: str
-    system: "System"
+    store: Store
     run_id: str
     plan: ChildPlan
-    job: dict[str, Any]
+    job: CandidateJob
     budget_images: int
 
 
-def prepare_store_baselines(systems: Mapping[str, "System"], tasks: list[str], budgets: Mapping[str, int],
+def prepare_store_baselines(stores: Mapping[str, Store], tasks: list[str], budgets: Mapping[str, int],
                             seed: int = 0, validations: int | None = None,
                             **settings: Any) -> tuple[list[PendingBaseline], dict[str, str]]:
-    """Plan the candidate of every (method, task) of `systems` ({method: its own store}) with
+    """Plan the candidate of every (method, task) of `stores` ({method: its own store}) with
     `budgets[task]` training images. Returns the pending candidates and {method: run id}. A store with
     an unfinished run of the same method, tasks, budgets and settings is resumed: tasks it already
     committed are skipped."""
@@ -246,59 +245,59 @@ def prepare_store_baselines(systems: Mapping[str, "System"], tasks: list[str], b
         raise ConfigError(f"no training-image budget for task(s) {', '.join(missing)}")
     pending: list[PendingBaseline] = []
     runs: dict[str, str] = {}
-    for method, system in systems.items():
-        parse_method(method, system.depth)
+    for method, store in stores.items():
+        parse_method(method, store.depth)
         key = json.dumps({"baseline": method, "tasks": tasks, "budgets": {t: int(budgets[t]) for t in tasks},
                           "validations": validations, "settings": json.loads(base.resume_key(tasks))},
                          sort_keys=True)
-        run_id, _ = system.start_run(key)
+        run_id, _ = store.start_run(key)
         runs[method] = run_id
-        committed = {c["task"] for c in system.manifest.commits(run_id)}
+        committed = {c["task"] for c in store.manifest.commits(run_id)}
         for task in tasks:
-            system.task_record(task)
+            store.task_record(task)
             if task in committed:
                 continue
             new_id = id_stream(random.Random(seed_for(seed, "ids", method, task, run_id)))
-            plan = plan_baseline(system, task, method, base, new_id, random.Random(seed_for(seed, "baseline", method, task)))
-            job = baseline_job(system, plan, int(budgets[task]), base, run_id, seed_for(seed, "baseline", task),
+            plan = plan_baseline(store, task, method, base, new_id, random.Random(seed_for(seed, "baseline", method, task)))
+            job = baseline_job(store, plan, int(budgets[task]), base, run_id, seed_for(seed, "baseline", task),
                                validations)
-            pending.append(PendingBaseline(method, task, system, run_id, plan, job, int(budgets[task])))
+            pending.append(PendingBaseline(method, task, store, run_id, plan, job, int(budgets[task])))
     return pending, runs
 
 
-def finish_store_baselines(pending: list[PendingBaseline], results: list[dict[str, Any]], runs: Mapping[str, str],
-                           systems: Mapping[str, "System"], check: bool = True,
+def finish_store_baselines(pending: list[PendingBaseline], results: list[CandidateResult], runs: Mapping[str, str],
+                           stores: Mapping[str, Store], check: bool = True,
                            on_done: Callable[[BaselineResult], None] | None = None) -> dict[str, list[BaselineResult]]:
     """Commit trained candidates (`results` in the order of `pending`) store by store, in task order,
     and close the runs."""
-    done: dict[str, list[BaselineResult]] = {m: [] for m in systems}
+    done: dict[str, list[BaselineResult]] = {m: [] for m in stores}
     for p, res in zip(pending, results):       # pending is already in (method, task order)
-        out = commit_baseline(p.system, p.plan, res, p.job, p.budget_images, p.run_id, check)
+        out = commit_baseline(p.store, p.plan, res, p.job, p.budget_images, p.run_id, check)
         done[p.method].append(out)
         if on_done:
             on_done(out)
-    for method, system in systems.items():
-        system.finish_run(runs[method])
-        shutil.rmtree(system.scratch_dir(runs[method]), ignore_errors=True)
+    for method, store in stores.items():
+        store.finish_run(runs[method])
+        shutil.rmtree(store.scratch_dir(runs[method]), ignore_errors=True)
     return done
 
 
-def train_store_baselines(systems: Mapping[str, "System"], tasks: list[str], budgets: Mapping[str, int],
+def train_store_baselines(stores: Mapping[str, Store], tasks: list[str], budgets: Mapping[str, int],
                           workers: int = 1, seed: int = 0, validations: int | None = None,
                           check: bool = True, on_done: Callable[[BaselineResult], None] | None = None,
                           **settings: Any) -> dict[str, list[BaselineResult]]:
-    """Train and commit every (method, task) of `systems` ({method: its own store}) with
+    """Train and commit every (method, task) of `stores` ({method: its own store}) with
     `budgets[task]` training images each. The paths are independent (parent = root), so all candidates
     go to one executor at once; they are committed in task order. `settings` are evolve settings
     (batch_size, val_limit, steps_per_validation, cache_mb, executor, threads_per_worker ...)."""
     base = make_settings(workers=workers, seed=seed, **settings)
-    pending, runs = prepare_store_baselines(systems, tasks, budgets, seed, validations, workers=workers, **settings)
+    pending, runs = prepare_store_baselines(stores, tasks, budgets, seed, validations, workers=workers, **settings)
     executor = make_executor(base.executor, workers, base.threads_per_worker, device=base.device)
     try:
         results = executor.run([p.job for p in pending]) if pending else []
     finally:
         executor.close()
-    return finish_store_baselines(pending, results, runs, systems, check, on_done)
+    return finish_store_baselines(pending, results, runs, stores, check, on_done)
 
 
 # ---- sequential fine-tuning (the forgetting baseline) -----------------------------------------
@@ -328,42 +327,40 @@ class SequentialResult:
         return self.body_params + sum(self.head_params.values())
 
 
-def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int], seed: int = 0,
+def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], seed: int = 0,
                    validations: int | None = None, on_task: Callable[[str, dict[str, float]], None] | None = None,
                    **settings: Any) -> SequentialResult:
-    """Fine-tune one model (the root of `system`, cloned) on `tasks` in order, `budgets[task]` training
+    """Fine-tune one model (the root of `store`, cloned) on `tasks` in order, `budgets[task]` training
     images each, with a new head per task; after each task, re-test it and every earlier task (with its
-    own head). `system` only provides the root and the tasks' data; nothing is written to it."""
+    own head). `store` only provides the root and the tasks' data; nothing is written to it."""
     base = make_settings(seed=seed, **settings)
-    root_path = system.manifest.retained()[ROOT_TASK]
-    comps = system.manifest.components()
+    root_path = store.manifest.retained()[ROOT_TASK]
+    comps = store.manifest.components()
     body: dict[str, torch.nn.Module] = {}
     for slot, cid in root_path.components.items():
         c = comps[cid]
-        module = build_component(ComponentSpec(c.kind, c.config), system.root_spec)
-        module.load_state_dict({k: v.clone() for k, v in system.blobs.get_tensors(c.blob).items()})
-        body[slot] = module
+        body[slot] = load_component(ComponentSpec(c.kind, c.config), store.root_spec,
+                                    store.blobs.get_tensors(c.blob), trainable=True)
     body_params = sum(p.numel() for m in body.values() for p in m.parameters())
     heads: dict[str, torch.nn.Module] = {}
     sizes: dict[str, int] = {}
     out = SequentialResult(list(tasks), {}, {}, [], 0.0, {}, {}, {}, {}, {}, {}, body_params, {})
-    from mupath.system import CHECK_THREADS
     for k, task in enumerate(tasks):
         started = time.perf_counter()
-        hp = baseline_hparams(system, task, "finetune-all", None, base)
+        hp = baseline_hparams(store, task, "finetune-all", None, base)
         size = int(hp["ds_image_size"])
-        if size != int(system.root_spec.image_size):
+        if size != int(store.root_spec.image_size):
             raise ConfigError("the sequential baseline keeps the root's image size (one shared position embedding)")
         sizes[task] = size
-        spec = ComponentSpec("head", {"dim": system.family.head_dim(system.root_configs()),
+        spec = ComponentSpec("head", {"dim": store.family.head_dim(store.root_configs()),
                                       "num_classes": int(hp["num_classes"])})
-        head = build_component(spec, system.root_spec)
+        head = build_component(spec, store.root_spec)
         head.load_state_dict(new_component_tensors(spec, seed_for(seed, "sequential", task)))
         heads[task] = head
         out.head_params[task] = sum(p.numel() for p in head.parameters())
         owned = {**body, "head": head}
-        model = PathModel(dict(owned), system.family)
-        data = system.task_data(task)
+        model = PathModel(dict(owned), store.family)
+        data = store.task_data(task)
         limit = int(base.val_limit)
         val_x = to_model_input(data["validation.x"][:limit], size)
         spv, v = split_budget(int(budgets[task]), base.batch_size, base.steps_per_validation, validations)
@@ -380,9 +377,9 @@ def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int
             module.requires_grad_(False)
         accs: dict[str, float] = {}
         for t in tasks[:k + 1]:
-            d = data if t == task else system.task_data(t)
+            d = data if t == task else store.task_data(t)
             with fixed_threads(CHECK_THREADS):
-                logits = logits_of(PathModel({**body, "head": heads[t]}, system.family), d["test.x"], sizes[t])
+                logits = logits_of(PathModel({**body, "head": heads[t]}, store.family), d["test.x"], sizes[t])
             accs[t] = accuracy_of(logits, d["test.y"])
         out.history.append((task, accs))
         out.after_own[task] = accs[task]
@@ -401,13 +398,12 @@ def run_sequential(system: "System", tasks: list[str], budgets: Mapping[str, int
 def sequential_job(job: dict[str, Any]) -> dict[str, Any]:
     """`run_sequential` as a JSON job (for a process pool, next to `run_job` candidates):
     {"store", "tasks", "budgets", "seed", "validations", "settings"} -> the result as a dict."""
-    from mupath.system import System
-    system = System.open(job["store"])
+    store = Store.open(job["store"], read_only=True)
     try:
-        result = run_sequential(system, list(job["tasks"]), job["budgets"], int(job.get("seed", 0)),
+        result = run_sequential(store, list(job["tasks"]), job["budgets"], int(job.get("seed", 0)),
                                 job.get("validations"), **job.get("settings", {}))
     finally:
-        system.close()
+        store.close()
     return dataclasses.asdict(result)
 
 
@@ -417,15 +413,15 @@ def sequential_from_dict(data: Mapping[str, Any]) -> SequentialResult:
     return SequentialResult(**fields)
 
 
-def total_params(system: "System") -> int:
+def total_params(store: Store) -> int:
     """Parameters of every live component of a store (the root's included)."""
-    return sum(c.num_params for c in system.manifest.components().values())
+    return sum(c.num_params for c in store.manifest.components().values())
 
 
-def budgets_from_commits(system: "System", run_id: str | None = None) -> dict[str, int]:
+def budgets_from_commits(store: Store, run_id: str | None = None) -> dict[str, int]:
     """Training images the evolution spent per task: Σ `train_images` over its commits."""
     out: dict[str, int] = {}
-    for c in system.manifest.commits(run_id):
+    for c in store.manifest.commits(run_id):
         if c["task"] == ROOT_TASK:
             continue
         out[c["task"]] = out.get(c["task"], 0) + int(c["info"].get("train_images", 0))

@@ -16,45 +16,20 @@ import random
 from typing import Any, Callable, Mapping
 
 from mupath.model.families import VIT, RootFamily
+from mupath.runtime.jobs import SlotInit, SlotJob
 from mupath.search.space import SearchSpace, action_mu, is_data_key, is_model_key
-from mupath.store.records import ComponentRecord, PathRecord
+from mupath.store.records import CandidateComponent, ComponentRecord, PathRecord
 
 
-@dataclasses.dataclass(frozen=True)
-class CompInfo:
-    """What the search needs to know about a component, committed (blob) or still in training
-    (scratch file of the candidate that produced it)."""
-
-    id: str
-    kind: str
-    slot: str
-    config: dict[str, Any]
-    num_params: int
-    blob: str | None = None
-    scratch: str | None = None
-
-    @classmethod
-    def committed(cls, record: ComponentRecord) -> "CompInfo":
-        """A component of the store (its tensors are a blob)."""
-        return cls(record.id, record.kind, record.slot, record.config, record.num_params, blob=record.blob)
+CompInfo = CandidateComponent     #: the name before issue 21
 
 
-def committed_infos(records: Mapping[str, ComponentRecord]) -> dict[str, CompInfo]:
-    """{id: CompInfo} of the store's components (`manifest.components()`)."""
-    return {cid: CompInfo.committed(c) for cid, c in records.items()}
+def committed_infos(records: Mapping[str, ComponentRecord]) -> dict[str, CandidateComponent]:
+    """{id: CandidateComponent} of the store's components (`manifest.components()`)."""
+    return {cid: CandidateComponent.committed(c) for cid, c in records.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class SlotPlan:
-    """One slot of a child: which component, whether the child owns (trains) it, and how to get its
-    initial tensors: {"from": comp_id} copy, {"new": seed} fresh, {"resample": comp_id, "grid": [h, w]}."""
-
-    slot: str
-    id: str
-    kind: str
-    config: dict[str, Any]
-    trainable: bool
-    init: dict[str, Any] | None = None
+SlotPlan = SlotJob     #: one slot of a child: the record its candidate job carries
 
 
 @dataclasses.dataclass
@@ -168,7 +143,7 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
                 or (found in lineage.always_clone and clone_mu > 0) or (mutate and rng.random() < clone_mu)):
             if not lineage.trainable(found):
                 cloned.append(slot)
-            slots.append(SlotPlan(slot, lineage.new_id("c"), kind, dict(comp.config), True, {"from": found}))
+            slots.append(SlotPlan(slot, lineage.new_id("c"), kind, dict(comp.config), True, SlotInit.copy(found)))
         else:
             slots.append(SlotPlan(slot, found, kind, dict(comp.config), False))
     if cloned:
@@ -205,9 +180,9 @@ def find_component(slot: str, config: dict[str, Any], chain: list[PathRecord], l
 def fresh_slot(slot: str, kind: str, config: dict[str, Any], lineage: Lineage, rng: random.Random) -> SlotPlan:
     """A component no ancestor has: identity adapter, zero head, or what the family makes (the ViT's
     resampled root position embedding, always trainable as in µ2Net)."""
-    init = lineage.family.fresh_init(slot, kind, config, lineage.root_path.components)
-    if init is not None:
-        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, init)
+    resample = lineage.family.resample_source(slot, kind, config, lineage.root_path.components)
+    if resample is not None:
+        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, SlotInit.resample(*resample))
     if kind in (lineage.family.adapter_kind, "head"):
-        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, {"new": rng.randrange(2 ** 31)})
+        return SlotPlan(slot, lineage.new_id("c"), kind, config, True, SlotInit.fresh(rng.randrange(2 ** 31)))
     raise ValueError(f"no ancestor has a component for slot {slot}")

@@ -6,10 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from mupath.errors import ConfigError
 from mupath.model.root import MAX_IMAGE_SIZE
+
+if TYPE_CHECKING:
+    from mupath.search.settings import EvolveSettings
+    from mupath.store.store import Store
 
 MU_VALUES = [round(0.10 + 0.02 * i, 2) for i in range(11)]              # 0.10 .. 0.30
 LR_VALUES = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
@@ -226,3 +230,21 @@ def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
             new.ranges[key] = sorted(set(new.ranges[key]) | {value}, key=lambda v: (str(type(v)), v))
     new.validate()
     return new
+
+
+def search_space(store: "Store", settings: "EvolveSettings") -> SearchSpace:
+    """The search space of a store's root with `settings`' hparams and ranges applied; an image size
+    the root cannot take is a one-line error here, before any run row is written."""
+    image_size = store.image_size
+    meta = store.root_meta
+    space = default_space(store.depth, image_size, store.patch_size,
+                          depths=store.family.depth_choices(store.root_configs(), store.depth),
+                          sizes=store.family.image_sizes(image_size, meta))
+    space = customise(space, settings.hparams, settings.ranges)
+    for size in [space.defaults["ds_image_size"], *space.ranges.get("ds_image_size", [])]:
+        try:
+            store.family.check_image_size(int(size), meta)
+        except ConfigError as exc:
+            raise ConfigError(f"ds_image_size={size} does not fit this root ({str(exc).split(';')[0]}); "
+                              f"pick a size the root accepts, e.g. {image_size}") from None
+    return space

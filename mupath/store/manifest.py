@@ -47,14 +47,20 @@ CREATE TABLE IF NOT EXISTS runs (
 class Manifest:
     """Typed access to the manifest database of one store."""
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         if not create and not self.path.exists():
             raise StoreError(f"no store manifest at {self.path}; create one with `mupath init`")
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=120.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=DELETE")
-            self.db.execute("PRAGMA synchronous=FULL")
+            if read_only:        # SQLite's own read-only mode: no write, no write lock, no journal;
+            # a reader (the server) may read from its worker threads: it serialises its own reads
+                self.db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=120.0,
+                                          isolation_level=None, check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(str(self.path), timeout=120.0, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=DELETE")
+                self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=OFF")
             if create:
                 self.db.executescript(_SCHEMA)
@@ -84,6 +90,8 @@ class Manifest:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic, serialised write: all of it lands or none of it does. A failing write (full
         disk, read-only store, locked database) rolls back and raises a one-line StoreError."""
+        if self.read_only:
+            raise StoreError(f"the store at {self.path.parent} is open read-only; open it writable to change it")
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -98,6 +106,19 @@ class Manifest:
         except BaseException:
             self._rollback()
             raise
+
+    @contextlib.contextmanager
+    def read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """Reads that see one committed state: SQLite holds a shared lock from the first read to the
+        end, so a concurrent commit lands entirely before or entirely after them. Never writes."""
+        try:
+            self.db.execute("BEGIN DEFERRED")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the manifest {self.path} ({exc}); run `mupath verify`") from None
+        try:
+            yield self.db
+        finally:
+            self._rollback()          # nothing was written: ending the read is all it does
 
     def _rollback(self) -> None:
         if self.db.in_transaction:          # SQLite may already have rolled back (e.g. disk full)
@@ -151,21 +172,21 @@ class Manifest:
                     (rec.id, rec.task, rec.parent_id, json.dumps(rec.components), json.dumps(rec.hparams),
                      rec.quality, json.dumps(rec.metrics), time.time()))
 
-    def _path_from_row(self, r: tuple[Any, ...]) -> PathRecord:
+    def path_from_row(self, r: tuple[Any, ...]) -> PathRecord:
         return PathRecord(r[0], r[1], r[2], json.loads(r[3]), json.loads(r[4]),
                           float("-inf") if r[5] is None else r[5], json.loads(r[6]))
 
     def get_path(self, path_id: str) -> PathRecord | None:
         row = self.db.execute("SELECT id, task, parent_id, components, hparams, quality, metrics "
                               "FROM paths WHERE id=?", (path_id,)).fetchone()
-        return None if row is None else self._path_from_row(row)
+        return None if row is None else self.path_from_row(row)
 
     def retained(self) -> dict[str, PathRecord]:
         """The best path of every task (and of the root pseudo-task)."""
         rows = self.db.execute(
             "SELECT p.id, p.task, p.parent_id, p.components, p.hparams, p.quality, p.metrics "
             "FROM retained r JOIN paths p ON p.id = r.path_id").fetchall()
-        return {r[1]: self._path_from_row(r) for r in rows}
+        return {r[1]: self.path_from_row(r) for r in rows}
 
     def set_retained(self, con: sqlite3.Connection, task: str, path_id: str, commit_id: int | None) -> None:
         con.execute("INSERT OR REPLACE INTO retained VALUES (?,?,?)", (task, path_id, commit_id))
@@ -197,6 +218,11 @@ class Manifest:
         rows = self.db.execute(query + " ORDER BY id", args).fetchall()
         keys = ("id", "task", "path_id", "run_id", "iteration", "time", "test_accuracy", "info")
         return [dict(zip(keys, r[:7] + (json.loads(r[7]),))) for r in rows]
+
+    def last_commit_id(self) -> int:
+        """The newest commit's id (0 before the first): readers poll it to notice a new commit."""
+        row = self.db.execute("SELECT MAX(id) FROM commits").fetchone()
+        return int(row[0] or 0)
 
     def set_check(self, con: sqlite3.Connection, rec: CheckRecord) -> None:
         con.execute("INSERT OR REPLACE INTO checks VALUES (?,?,?,?)",

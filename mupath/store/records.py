@@ -54,3 +54,21 @@ class CheckRecord:
     commit_id: int
     logits_blob: str
     test_accuracy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateComponent:
+    """A component a path of the search refers to: committed (`blob`) or trained by a candidate of this
+    run and still in its scratch file (`scratch`). `num_params` counts its tensors."""
+
+    id: str
+    kind: str
+    slot: str
+    config: dict[str, Any]
+    num_params: int
+    blob: str | None = None
+    scratch: str | None = None
+
+    @classmethod
+    def committed(cls, c: ComponentRecord) -> "CandidateComponent":
+        return cls(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)

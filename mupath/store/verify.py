@@ -21,15 +21,13 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from mupath.errors import MupathError
 from mupath.store.records import ROOT_TASK
-
-if TYPE_CHECKING:
-    from mupath.system import System
+from mupath.store.store import Store
 
 #: `--fix` leaves files younger than this: a command running now may be about to reference a blob it
 #: has just written (its commit transaction can wait up to 120 s for the write lock).
@@ -107,16 +105,16 @@ class FixReport:
     kept_recent: list[str]           #: leftovers too recent to delete safely (a command may be running)
 
 
-def verify_store(system: "System", *, rerun: bool = True) -> VerifyReport:
-    """Check `system`'s store (see the module docstring). `rerun=False` skips the bit-exact re-run."""
+def verify_store(store: Store, *, rerun: bool = True) -> VerifyReport:
+    """Check `store`'s store (see the module docstring). `rerun=False` skips the bit-exact re-run."""
     problems: list[Problem] = []
-    db = system.manifest.db
+    db = store.manifest.db
     try:
         state = _read_manifest(db, problems)
     except sqlite3.DatabaseError as exc:
         problems.append(Problem(MANIFEST, f"the manifest cannot be read ({_one_line(exc)}); restore "
                                           "manifest.sqlite from a backup", [ROOT_TASK]))
-        return VerifyReport(system.path, problems, [], [], 0)
+        return VerifyReport(store.folder, problems, [], [], 0)
     tasks, comps, retained, checks = state["tasks"], state["components"], state["retained"], state["checks"]
     committed = [t for t in tasks if t in retained]
 
@@ -161,13 +159,13 @@ def verify_store(system: "System", *, rerun: bool = True) -> VerifyReport:
     for sha, owners in sorted(refs.items()):
         what = " and ".join(o[0] for o in owners)
         touched = _ordered({t for o in owners for t in o[1]}, tasks)
-        bad = _check_blob(system.blobs.root, sha)
+        bad = _check_blob(store.blobs.root, sha)
         if bad is not None:
             kind, detail = bad
             problems.append(Problem(kind, f"blob {sha[:12]} of {what} {detail}", touched))
 
     # -- leftovers --------------------------------------------------------------------------------
-    problems.extend(_leftovers(system, set(refs)))
+    problems.extend(_leftovers(store, set(refs)))
 
     # -- the bit-exact no-forgetting re-run -------------------------------------------------------
     touched_now = {t for p in problems for t in p.tasks}
@@ -175,21 +173,21 @@ def verify_store(system: "System", *, rerun: bool = True) -> VerifyReport:
     if rerun:
         to_check = [t for t in committed if t in checks and t not in touched_now]
         if to_check:
-            checked, failed = _rerun(system, {t: checks[t] for t in to_check})
+            checked, failed = _rerun(store, {t: checks[t] for t in to_check})
             problems.extend(failed)
-    return VerifyReport(system.path, problems, committed, checked, len(refs))
+    return VerifyReport(store.folder, problems, committed, checked, len(refs))
 
 
-def fix_store(system: "System", *, min_age_s: float = FIX_MIN_AGE_S) -> FixReport:
+def fix_store(store: Store, *, min_age_s: float = FIX_MIN_AGE_S) -> FixReport:
     """Delete leftovers (orphaned blobs, `.tmp-*` files, scratch folders of finished runs) older than
     `min_age_s`, while holding the manifest's write lock so that no commit can start referencing one
     of them meanwhile. Never deletes anything the manifest references."""
     removed: list[str] = []
     kept: list[str] = []
     now = time.time()
-    with system.manifest.transaction():
-        referenced = system.manifest.referenced_blobs()
-        for problem in _leftovers(system, referenced):
+    with store.manifest.transaction():
+        referenced = store.manifest.referenced_blobs()
+        for problem in _leftovers(store, referenced):
             if problem.kind != ORPHAN or problem.path is None:
                 continue
             target = Path(problem.path)
@@ -275,15 +273,15 @@ def _check_blob(root: Path, sha: str) -> tuple[str, str] | None:
     return None
 
 
-def _leftovers(system: "System", referenced: set[str]) -> list[Problem]:
+def _leftovers(store: Store, referenced: set[str]) -> list[Problem]:
     """Files under blobs/ that nothing references, temporary files, scratch of finished runs."""
     out: list[Problem] = []
-    root = system.blobs.root
+    root = store.blobs.root
     if root.is_dir():
         for dirpath, _, filenames in os.walk(root):
             for name in sorted(filenames):
                 file = Path(dirpath) / name
-                rel = file.relative_to(system.path)
+                rel = file.relative_to(store.folder)
                 if name.startswith(".tmp-"):
                     out.append(Problem(ORPHAN, f"leftover temporary file {rel} of an interrupted write; "
                                                "`mupath verify --fix` deletes it", path=str(file)))
@@ -294,12 +292,12 @@ def _leftovers(system: "System", referenced: set[str]) -> list[Problem]:
                 else:
                     out.append(Problem(STRAY, f"unexpected file {rel} in the blob folder; mupath did not write "
                                               "it, move it elsewhere"))
-    scratch = system.path / "scratch"
+    scratch = store.folder / "scratch"
     if scratch.is_dir():
-        status = {r[0]: r[1] for r in system.manifest.db.execute("SELECT id, status FROM runs")}
+        status = {r[0]: r[1] for r in store.manifest.db.execute("SELECT id, status FROM runs")}
         for entry in sorted(scratch.iterdir()):
             if status.get(entry.name) != "running":
-                out.append(Problem(ORPHAN, f"leftover scratch folder {entry.relative_to(system.path)} of a "
+                out.append(Problem(ORPHAN, f"leftover scratch folder {entry.relative_to(store.folder)} of a "
                                            "finished run; `mupath verify --fix` deletes it", path=str(entry)))
     return out
 
@@ -311,11 +309,10 @@ def _size(file: Path) -> str:
         return "unreadable"
 
 
-def _rerun(system: "System", checks: dict[str, tuple[int, str]]) -> tuple[list[str], list[Problem]]:
-    """Re-run each task on its test images in a fresh System (no cached modules) and compare with its
-    reference logits bit for bit, as System.check_immutability does; one task's failure is one problem."""
-    from mupath.system import System
-    fresh = System.open(system.path)
+def _rerun(store: Store, checks: dict[str, tuple[int, str]]) -> tuple[list[str], list[Problem]]:
+    """Re-run each task on its test images in a fresh read-only Store (no cached modules) and compare with its
+    reference logits bit for bit, as Store.check_immutability does; one task's failure is one problem."""
+    fresh = Store.open(store.folder, read_only=True)
     checked: list[str] = []
     problems: list[Problem] = []
     try:

@@ -77,10 +77,11 @@ class RootFamily:
         """Width of the features a task's head classifies."""
         raise NotImplementedError
 
-    def fresh_init(self, slot: str, kind: str, config: Mapping[str, Any],
-                   root_ids: Mapping[str, str]) -> dict[str, Any] | None:
-        """How to initialise a component no ancestor has, besides a new head or adapter (those are
-        generic): e.g. a position embedding resampled from the root's. None if not possible."""
+    def resample_source(self, slot: str, kind: str, config: Mapping[str, Any],
+                        root_ids: Mapping[str, str]) -> tuple[str, tuple[int, int]] | None:
+        """A component no ancestor has that can start from a root component resampled to a grid,
+        besides a new head or adapter (those are generic): (root component id, grid), e.g. a position
+        embedding for a new image size. None if not possible."""
         return None
 
     def depth_choices(self, root: Mapping[str, Mapping[str, Any]], depth: int) -> list[int]:

@@ -154,11 +154,11 @@ class ViTFamily(RootFamily):
     def head_dim(self, root: Mapping[str, Mapping[str, Any]]) -> int:
         return int(root["cls_token"]["dim"])
 
-    def fresh_init(self, slot: str, kind: str, config: Mapping[str, Any],
-                   root_ids: Mapping[str, str]) -> dict[str, Any] | None:
+    def resample_source(self, slot: str, kind: str, config: Mapping[str, Any],
+                        root_ids: Mapping[str, str]) -> tuple[str, tuple[int, int]] | None:
         """A position embedding for a new image size: the root's, resampled (always trainable, µ2Net)."""
         if kind == "pos_embed":
-            return {"resample": root_ids["pos_embed"], "grid": list(config["grid"])}
+            return root_ids["pos_embed"], (int(config["grid"][0]), int(config["grid"][1]))
         return None
 
     def image_sizes(self, image_size: int, meta: Mapping[str, int]) -> list[int]:

@@ -1,0 +1,284 @@
+"""`TaskSearch`: the state of one task iteration's search (µ2Net `task_iter`) in one object: the
+lineage tables (paths, components, their sizes and users), the parent pool (other tasks' best
+paths and the root), this task's population and scores, offspring counts, and the search log. The
+loop in `evolve.py` asks it to plan a generation, builds jobs from it, hands it the results, and
+commits its best path; the baselines absorb their one result the same way."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections import Counter
+from typing import Any
+
+from mupath.search.ids import id_stream, seed_for
+from mupath.runtime.jobs import Budget, CacheSpec, CandidateJob, CandidateResult, ScoreRule, TensorRef
+from mupath.search.mutation import ChildPlan, Lineage, committed_infos, make_child, sample_ds_hparams
+from mupath.search.probe import probe_scores, rank_seeds
+from mupath.search.scoring import accounted_params, compute_users, score
+from mupath.search.selection import select_parent
+from mupath.search.settings import EvolveSettings
+from mupath.search.space import SearchSpace, frozen_floor, search_space
+from mupath.store.records import ROOT_TASK, CandidateComponent, PathRecord
+from mupath.store.store import CommitRequest, Store
+
+
+@dataclasses.dataclass(frozen=True)
+class Child:
+    """A planned candidate of a generation: its plan, its parent, and the generation's data moves."""
+
+    plan: ChildPlan
+    parent: PathRecord
+    generation: int
+    index: int
+    data: dict[str, Any]
+
+
+@dataclasses.dataclass
+class SearchLog:
+    """What one task iteration tried (kept in its commit's `info`, shown by `mupath history`)."""
+
+    tried: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    failures: list[str] = dataclasses.field(default_factory=list)
+    improved: int = 0
+    train_images: int = 0
+    train_time: float = 0.0
+    probe: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class TaskSearch:
+    """One task iteration's search over `store` (see the module docstring)."""
+
+    def __init__(self, store: Store, task: str, iteration: int, settings: EvolveSettings, run_id: str) -> None:
+        self.store, self.task, self.iteration, self.settings, self.run_id = store, task, iteration, settings, run_id
+        self.rng = random.Random(seed_for(settings.seed, task, iteration))
+        new_id = id_stream(random.Random(seed_for(settings.seed, task, iteration, "ids", run_id)))
+        self.record = store.task_record(task)
+        self.space: SearchSpace = search_space(store, settings)
+        self.cache_floor = run_cache_floor(store, settings, self.space)
+        self.retained = store.manifest.retained()
+        self.users = compute_users(self.retained)
+        if task in self.retained:              # start_task: this task's own components are trainable again
+            for cid in self.retained[task].components.values():
+                self.users[cid].discard(task)
+        self.comps: dict[str, CandidateComponent] = committed_infos(store.manifest.components())
+        self.sizes = {cid: c.num_params for cid, c in self.comps.items()}
+        self.paths: dict[str, PathRecord] = {p.id: p for p in self.retained.values()}
+        root_path = self.retained[ROOT_TASK]
+        self.parent_pool = [p for t, p in sorted(self.retained.items()) if t != task]   # + the root
+        self.rng.shuffle(self.parent_pool)
+        self.log = SearchLog()
+        if settings.seed_order == "probe" and self.parent_pool:
+            self._rank_parent_pool()
+        self.population = [self.retained[task]] if task in self.retained else []
+        self.scores = {p.id: self.rescore(p) for p in self.population}
+        self.offspring: Counter = Counter(store.manifest.offspring())
+        self.new_offspring: Counter = Counter()
+        self.lineage = Lineage(self.paths, self.comps, lambda cid: not self.users.get(cid), root_path, new_id,
+                               store.family, store.root_meta, always_cloned(store, settings, root_path))
+        self.scratch = store.scratch_dir(run_id)
+
+    @property
+    def candidates(self) -> int:
+        return self.settings.generations * self.settings.candidates
+
+    def rescore(self, path: PathRecord) -> float:
+        return score(path.quality, accounted_params(path.components.values(), self.task, self.users, self.sizes),
+                     self.store.root_params, self.settings.scale_factor)
+
+    def _rank_parent_pool(self) -> None:
+        """Order the parent pool by how well each path's features separate this task's classes."""
+        started = time.perf_counter()
+        data = self.store.task_data(self.task)
+        relevance = probe_scores(self.parent_pool, self.store.build_model, data["train.x"], data["train.y"],
+                                 self.record.num_classes, self.settings.probe_images,
+                                 seed_for(self.settings.seed, self.task, "probe"),
+                                 int(self.space.defaults["ds_image_size"]))
+        self.parent_pool = rank_seeds(self.parent_pool, relevance)
+        self.log.probe = {"probe_top": [[p.task, round(relevance[p.id], 4)] for p in self.parent_pool[:5]],
+                          "probe_time": time.perf_counter() - started}
+
+    # ---- a generation -----------------------------------------------------------------------
+    def plan_generation(self, generation: int) -> list[Child]:
+        """The generation's children: shared data hyperparameters drawn from the current best, then
+        per child a parent (µ2Net PPDecay) and its mutations."""
+        best = self.best()
+        ds_hp = sample_ds_hparams(best.hparams if best else None, self.space, self.rng)
+        children = []
+        for i in range(self.settings.candidates):
+            parent = select_parent(self.population, self.scores, self.parent_pool, self.offspring, self.task, self.rng)
+            self.offspring[(parent.id, self.task)] += 1
+            self.new_offspring[(parent.id, self.task)] += 1
+            unmutated = self.settings.head_first and self.task not in self.retained and generation == 0 and i == 0
+            plan = make_child(parent, self.task, self.record.num_classes, ds_hp, self.space, self.lineage, self.rng,
+                              self.settings.mutate_adapters, mutate=not unmutated)
+            children.append(Child(plan, parent, generation, i, data_moves(parent.hparams, ds_hp, self.space.defaults)))
+        return children
+
+    def job(self, child: Child) -> CandidateJob:
+        seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation, child.index)
+        return candidate_job(self.store, child.plan, self.record.data_blob, self.settings, self, seed,
+                             self.cache_floor)
+
+    def absorb(self, child: Child, res: CandidateResult) -> None:
+        """Log a candidate's result; one that beat its bar joins the population with its score."""
+        self.log.tried.append(tried_entry(child.plan, res, child.generation, child.data))
+        self.log.train_images += int(res.images)
+        self.log.train_time += float(res.train_time)
+        if res.failure:
+            self.log.failures.append(f"{child.plan.path.id}: {res.failure}")
+        if not res.improved:
+            return
+        self.log.improved += 1
+        path = self.admit(child.plan, res)
+        path.metrics.update({"generation": child.generation, "iteration": self.iteration, "run_id": self.run_id})
+        self.population.append(path)
+        self.scores[path.id] = float(res.score)     # type: ignore[arg-type]
+
+    def admit(self, plan: ChildPlan, res: CandidateResult) -> PathRecord:
+        return admit(self, plan, res)
+
+    def adopt_new_parents(self) -> None:
+        """Paths other processes committed since this task iteration started become parents from the
+        next generation on (µ3Net agents see each other's published paths). Their components join the
+        lookup tables as frozen (used by their task)."""
+        fresh = self.store.manifest.retained()
+        new = [p for t, p in sorted(fresh.items()) if t != self.task and p.id not in self.paths]
+        if not new:
+            return
+        stored = self.store.manifest.components()
+        for path in new:
+            for cid in path.components.values():
+                c = stored[cid]
+                self.comps.setdefault(cid, CandidateComponent.committed(c))
+                self.sizes.setdefault(cid, c.num_params)
+                self.users.setdefault(cid, set()).add(path.task)
+            self.paths[path.id] = path
+            self.parent_pool.append(path)
+
+    # ---- the outcome ------------------------------------------------------------------------
+    def best(self) -> PathRecord | None:
+        """Highest score; among ties the most recent (µ2Net)."""
+        best = None
+        for p in self.population:
+            if best is None or self.scores[p.id] >= self.scores[best.id]:
+                best = p
+        return best
+
+    def changed(self, best: PathRecord) -> bool:
+        return self.task not in self.retained or best.id != self.retained[self.task].id
+
+    def commit_request(self, best: PathRecord, wall_time: float) -> CommitRequest:
+        for entry in self.log.tried:
+            entry["retained"] = entry["path"] == best.id
+        info = {"score": self.scores[best.id], "candidates": self.candidates, "improved": self.log.improved,
+                "failures": self.log.failures[:20], "tried": self.log.tried, "train_images": self.log.train_images,
+                "train_time": self.log.train_time, "wall_time": wall_time, **self.log.probe}
+        return CommitRequest(self.task, best, self.comps, dict(self.new_offspring), self.run_id, self.iteration,
+                             self.changed(best), info)
+
+    def touched(self, best: PathRecord) -> set[str]:
+        """Components the commit of `best` adds or drops (whose other users the shared check re-runs)."""
+        out = set(best.components.values())
+        if self.task in self.retained:
+            out |= set(self.retained[self.task].components.values())
+        return out
+
+
+# ---- pieces shared with the baselines --------------------------------------------------------
+def admit(tables: "TaskSearch | LookupTables", plan: ChildPlan, res: CandidateResult) -> PathRecord:
+    """A trained candidate's path with its measurements, and its owned components in the lookup
+    tables (their tensors are in its scratch file): shared by the search and the baselines."""
+    path = plan.path
+    path.quality = float(res.val_accuracy)     # type: ignore[arg-type]
+    path.metrics.update({"evals": list(res.evals), "steps": res.steps, "images": res.images,
+                         "train_time": res.train_time, "eval_time": res.eval_time,
+                         "owned_params": res.owned_params, "accounted_params": res.accounted_params,
+                         "cached_prefix": res.cached_prefix, "wall_time": res.wall_time})
+    for s in plan.slots:
+        if s.trainable:
+            tables.comps[s.id] = CandidateComponent(s.id, s.kind, s.slot, s.config,
+                                                    int(res.component_params[s.id]), scratch=res.scratch_file)
+            tables.sizes[s.id] = tables.comps[s.id].num_params
+    tables.paths[path.id] = path
+    return path
+
+
+def data_moves(parent_hp: dict[str, Any], ds_hp: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """{key: [parent's value, child's value]} of the data hyperparameters (image size, augmentation) a
+    child's generation changed from its parent's: they are drawn once per generation, not by the
+    child's own mutations, so the child's `mutations` never show them."""
+    base = {**defaults, **parent_hp}
+    return {k: [base.get(k), v] for k, v in sorted(ds_hp.items()) if base.get(k) != v}
+
+
+def tried_entry(plan: ChildPlan, res: CandidateResult, generation: int,
+                data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One candidate of a task's search, as the commit keeps it (info["tried"], shown by `mupath
+    history`): why a task ended with its path is otherwise invisible, since only the retained path is
+    stored. `data`: its generation's data-hyperparameter moves (`data_moves`). `quality` is set only
+    for a candidate that beat its bar and joined the population; `best_val` is its best validation
+    accuracy either way (how close a losing candidate came). JSON has no infinity, so neither is ever
+    -inf: a candidate with no finite validation has None."""
+    quality = res.val_accuracy
+    finite = [float(v) for v in res.evals or [] if v is not None and math.isfinite(float(v))]
+    entered = bool(res.improved)
+    return {"path": plan.path.id, "generation": generation, "parent_task": plan.path.metrics.get("parent_task"),
+            "mutations": plan.mutations, "data": data or {},
+            "quality": float(quality) if entered and quality is not None and math.isfinite(float(quality)) else None,
+            "best_val": max(finite) if finite else None,
+            "score": float(res.score) if entered and res.score is not None else None,
+            "owned_params": int(res.owned_params), "accounted_params": float(res.accounted_params),
+            "entered": entered, "failure": res.failure, "device": res.device}
+
+
+def always_cloned(store: Store, settings: EvolveSettings, root_path: PathRecord) -> frozenset[str]:
+    """Root components no child shares frozen (`clone_root`): random weights are no knowledge to
+    reuse, so sharing them only costs accuracy; µ2Net's random-init roots likewise grow trained layers."""
+    mode = settings.clone_root
+    if mode == "always" or (mode == "auto" and store.root_spec.weights == "random"):
+        return frozenset(root_path.components.values())
+    return frozenset()
+
+
+def run_cache_floor(store: Store, settings: EvolveSettings, space: SearchSpace) -> int:
+    """Leading blocks no candidate of this run can own: the activation cache's checkpoint depth.
+    (`clone_root` never overrides a clone probability of 0, so the floor holds under it too.)"""
+    return frozen_floor(space, store.family.embed_slots, store.depth, settings.mutate_adapters)
+
+
+def candidate_job(store: Store, plan: ChildPlan, data_blob: str, settings: EvolveSettings,
+                  tables: "TaskSearch | LookupTables", seed: int, cache_floor: int = 0) -> CandidateJob:
+    """The job of one candidate (`cache_floor`: see `run_cache_floor`); `tables` gives the component
+    lookups, users, sizes, scores and paths the job's references and score rule come from."""
+    task = plan.path.task
+    frozen = [s.id for s in plan.slots if not s.trainable]
+    refs: dict[str, TensorRef] = {}
+    for s in plan.slots:
+        src = s.source
+        if src:
+            c = tables.comps[src]
+            refs[src] = TensorRef(blob=c.blob) if c.blob else TensorRef(scratch=c.scratch, id=src)
+    parent = tables.paths.get(plan.path.parent_id or "")
+    bar = tables.scores.get(parent.id) if parent is not None and parent.task == task else None
+    return CandidateJob(
+        store=str(store.folder), root=store.root_spec.to_json(), task_blob=data_blob, path_id=plan.path.id,
+        hparams=plan.path.hparams, refs=refs, slots=tuple(plan.slots),
+        budget=Budget(settings.steps_per_validation, settings.validations, settings.batch_size, settings.val_limit),
+        score=ScoreRule(accounted_params(frozen, task, tables.users, tables.sizes), store.root_params,
+                        settings.scale_factor, bar),
+        cache=CacheSpec(settings.cache_mb, cache_floor), seed=seed, device=settings.device,
+        scratch_file=str(tables.scratch / f"{plan.path.id}.safetensors"))
+
+
+@dataclasses.dataclass
+class LookupTables:
+    """The tables `candidate_job` reads, for a caller without a TaskSearch (the baselines)."""
+
+    comps: dict[str, CandidateComponent]
+    users: dict[str, set[str]]
+    sizes: dict[str, int]
+    paths: dict[str, PathRecord]
+    scores: dict[str, float]
+    scratch: Any
