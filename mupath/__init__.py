@@ -2,7 +2,8 @@
 from mupath.errors import ConfigError, DataError, ForgettingError, MupathError, StoreError
 from mupath.data import Task, load_task, stream_tasks
 from mupath.system import System
+from mupath.export import load_exported
 
 __version__ = "0.1.0"
 __all__ = ["System", "Task", "load_task", "stream_tasks", "MupathError", "DataError", "ConfigError", "StoreError",
-           "ForgettingError", "__version__"]
+           "ForgettingError", "load_exported", "__version__"]
