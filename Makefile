@@ -38,6 +38,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
+# ruff (lint and import order) and mypy on the package; settings in pyproject.toml.
+.PHONY: lint docs-settings
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mupath && $(VENV)/bin/mypy mupath
+
+# Regenerate the settings table of docs/settings.md from EvolveSettings (tests/test_settings.py checks it).
+docs-settings: $(STAMP)
+	$(VENV)/bin/python -c 'from mupath.search.settings import main; main(["--write", "docs/settings.md"])'
+
 # Reliability: SIGKILL `mupath evolve` at random moments and crash points, resume, verify (docs/reliability.md).
 .PHONY: bench-crash
 bench-crash: $(STAMP)

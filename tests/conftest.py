@@ -1,6 +1,12 @@
 """Shared fixtures: a tiny root and tiny tasks so end-to-end tests run in seconds on 2 cores."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import time
+
 import pytest
 import torch
 
@@ -39,3 +45,89 @@ blobs_task = quadrant_task     # separable synthetic images: class k is a bright
 def tiny_system(tmp_path):
     from mupath import System
     return System.create(tmp_path / "store", **TINY_ROOT)
+
+
+# ---- no process of the suite is left behind ------------------------------------------------------------
+# Every process the suite starts (pool workers, Ray, `mupath` subprocesses and *their* workers) inherits
+# this mark, so one that outlived a killed parent (re-parented, no longer our child) is still found.
+SESSION_MARK = "MUPATH_TEST_SESSION"
+os.environ[SESSION_MARK] = str(os.getpid())
+#: processes that exit on their own once their users have: not leaks
+_BENIGN = ("multiprocessing.resource_tracker",)
+_orphaned_by: dict[int, str] = {}        #: pid -> the test after which it was first seen orphaned
+
+
+def _proc(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def session_processes() -> dict[int, tuple[int, str]]:
+    """{pid: (parent pid, command line)} of the live processes this session started, itself excluded:
+    those carrying its mark, and its descendants (a forked child keeps its parent's original environ)."""
+    me, mark = os.getpid(), f"{SESSION_MARK}={os.getpid()}"
+    table: dict[int, tuple[int, str, bool]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            stat = _proc(int(entry.name), "stat")
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if state in ("Z", "X"):
+                continue
+            marked = mark in _proc(int(entry.name), "environ").split("\0")
+            cmd = _proc(int(entry.name), "cmdline").replace("\0", " ").strip()
+        except (OSError, IndexError, ValueError):
+            continue                                  # gone meanwhile, or not ours to read
+        table[int(entry.name)] = (int(ppid), cmd, marked)
+
+    def ours(pid: int, depth: int = 0) -> bool:
+        ppid, _, marked = table[pid]
+        return marked or ppid == me or (ppid in table and depth < 64 and ours(ppid, depth + 1))
+    return {pid: (ppid, cmd) for pid, (ppid, cmd, _) in table.items()
+            if ours(pid) and not any(b in cmd for b in _BENIGN)}
+
+
+@pytest.fixture(autouse=True)
+def _note_orphans(request):
+    """After each test, note the session's processes whose parent is gone (re-parented away from the
+    session), so that a leftover at the end names the test that left it."""
+    yield
+    if not sys.platform.startswith("linux"):
+        return
+    found = session_processes()
+    for pid, (ppid, _) in found.items():
+        if ppid != os.getpid() and ppid not in found:
+            _orphaned_by.setdefault(pid, request.node.nodeid)
+
+
+def _stop_workers() -> None:
+    """What a well-behaved process does at exit, done before the check: the shared pool, Ray."""
+    from mupath.runtime.executors import shutdown_workers
+    shutdown_workers()
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        ray.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if a process it started outlives it (a pool worker whose parent was killed once
+    stayed 13 minutes holding 731 MB): wait a grace period for stragglers (a worker notices its
+    parent's death within a second, Ray stops asynchronously), then kill the rest and say who."""
+    if not sys.platform.startswith("linux") or os.environ.get(SESSION_MARK) != str(os.getpid()):
+        return                                         # not the session that owns the mark
+    _stop_workers()
+    deadline = time.monotonic() + 20
+    left = session_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.25)
+        left = session_processes()
+    if not left:
+        return
+    lines = [f"{len(left)} process(es) of the test session outlived it (killed now):"]
+    for pid, (ppid, cmd) in sorted(left.items()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        lines.append(f"  pid {pid} (parent {ppid}), orphaned after {_orphaned_by.get(pid, 'unknown')}: {cmd[:160]}")
+    sys.stderr.write("\n".join(lines) + "\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,8 +1,8 @@
 """Reading images for `predict`: image files through PIL, numpy arrays without pickles."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -48,8 +48,8 @@ def _read_picture(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as img:
-            img = img.convert("L") if img.mode in ("L", "1", "I", "I;16") else img.convert("RGB")
-            return np.asarray(img)[None]
+            picture = img.convert("L") if img.mode in ("L", "1", "I", "I;16") else img.convert("RGB")
+            return np.asarray(picture)[None]
     except UnidentifiedImageError:
         raise DataError(f"{path.name} is not an image PIL can read; give PNG/JPEG files or .npy arrays") from None
     except OSError as exc:

@@ -1,12 +1,12 @@
 """Rich progress bars for the evolution loop (implements search.evolve.Progress)."""
 from __future__ import annotations
 
-from mupath.runtime.jobs import CandidateResult
-
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mupath.runtime.jobs import CandidateResult
 
 
 class RichProgress:
@@ -17,7 +17,7 @@ class RichProgress:
         self.search_bar: Any = None
         self.step_bar: Any = None
 
-    def __enter__(self) -> "RichProgress":
+    def __enter__(self) -> RichProgress:
         self.bars.__enter__()
         return self
 

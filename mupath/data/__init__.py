@@ -6,8 +6,7 @@ in-memory arrays; `task_to_arrays` / `task_from_arrays_dict` flatten a task for 
 from mupath.data.builtin import BUILTIN_TASKS
 from mupath.data.catalogue import CATALOGUE, stream_tasks
 from mupath.data.sources import load_task
-from mupath.data.task import (SPLIT_NAMES, Split, Task, limit_train, task_from_arrays_dict,
-                              task_to_arrays)
+from mupath.data.task import SPLIT_NAMES, Split, Task, limit_train, task_from_arrays_dict, task_to_arrays
 
 __all__ = ["BUILTIN_TASKS", "CATALOGUE", "stream_tasks", "SPLIT_NAMES", "Split", "Task", "limit_train", "load_task",
            "task_from_arrays_dict", "task_to_arrays"]

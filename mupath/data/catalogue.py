@@ -123,10 +123,12 @@ def _transform(op: str, row: dict[str, Any], images: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x.reshape(n, h * w, c)[:, perm].reshape(n, h, w, c))
     if op == "rotate":
         from scipy.ndimage import rotate
-        return np.clip(rotate(x.astype(np.float32), row["angle"], axes=(1, 2), reshape=False, order=1), 0, 255).round().astype(np.uint8)
+        turned = rotate(x.astype(np.float32), row["angle"], axes=(1, 2), reshape=False, order=1)
+        return np.clip(turned, 0, 255).round().astype(np.uint8)
     if op == "blur":
         from scipy.ndimage import gaussian_filter
-        return np.clip(gaussian_filter(x.astype(np.float32), sigma=(0, row["sigma"], row["sigma"], 0)), 0, 255).round().astype(np.uint8)
+        blurred = gaussian_filter(x.astype(np.float32), sigma=(0, row["sigma"], row["sigma"], 0))
+        return np.clip(blurred, 0, 255).round().astype(np.uint8)
     if op == "noise":
         noise = np.random.default_rng(row["seed"]).normal(0, row["std"], x.shape)
         return np.clip(x.astype(np.float32) + noise, 0, 255).round().astype(np.uint8)

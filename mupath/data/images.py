@@ -70,7 +70,7 @@ def _decode(task: str, items: Sequence[Item], open_image: ImageOpener,
 
 
 @contextmanager
-def _reading(task: str, item: object, describe: Callable[[object], str]) -> Iterator[None]:
+def _reading(task: str, item: Item, describe: Callable[[Item], str]) -> Iterator[None]:
     """Turn a decoding failure of one image into a DataError that names the image."""
     try:
         yield

@@ -6,7 +6,6 @@ once, in `Task.from_arrays`, so every source obeys the same rules.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import zipfile
 from collections.abc import Callable, Mapping

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from mupath.data.carve import carve, stratified_subset
-from mupath.data.validate import (as_class_names, as_images, as_labels, check_task_name,
-                                  data_error, default_class_names)
+from mupath.data.validate import as_class_names, as_images, as_labels, check_task_name, data_error, default_class_names
 from mupath.errors import ConfigError, DataError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
@@ -134,8 +133,9 @@ class Task:
             if given[split] is None:
                 _check_fraction(f"{_KEYWORD[split]}_fraction", fraction)
                 given[split], train = _carve_split(name, split, train, fraction, rng)
-        return cls(name=name, train=train, validation=given["validation"], test=given["test"],
-                   class_names=names, source=source)
+        val_split, test_split = given["validation"], given["test"]
+        assert val_split is not None and test_split is not None     # carved above when not given
+        return cls(name=name, train=train, validation=val_split, test=test_split, class_names=names, source=source)
 
 
 def limit_train(task: Task, max_train: int, *, seed: int = 0) -> Task:

@@ -2,7 +2,7 @@
 once and branch where their paths diverge (a trie over component ids)."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

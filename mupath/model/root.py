@@ -68,7 +68,7 @@ class RootSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "RootSpec":
+    def from_json(cls, text: str) -> RootSpec:
         return cls(**json.loads(text))
 
 
@@ -105,6 +105,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors, or a torch file read with weights_only=True (never an arbitrary
     unpickle)."""
     try:
+        state: Any                    # a torch file may nest its state dict under "state_dict" / "model"
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             state = load_file(str(path))
@@ -155,9 +156,10 @@ def load_weights(model: nn.Module, path: Path, family: RootFamily | None = None)
 
 def family_of_model(model: nn.Module) -> RootFamily:
     """The family of a built root model."""
-    from mupath.model.families import EFFICIENTNET, VIT
     from timm.models.efficientnet import EfficientNet
     from timm.models.vision_transformer import VisionTransformer
+
+    from mupath.model.families import EFFICIENTNET, VIT
 
     if isinstance(model, VisionTransformer):
         return VIT

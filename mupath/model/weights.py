@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,7 +177,7 @@ def _npz_depth(files: list[str], prefix: str, weights: np.lib.npyio.NpzFile) -> 
     return len({m.group(1) for m in map(pattern.match, files) if m})
 
 
-def _check_npz_architecture(model: nn.Module, path: Path) -> None:
+def _check_npz_architecture(model: Any, path: Path) -> None:
     """Compare the checkpoint's architecture with the model's before loading anything.
 
     Why: timm's converter copies with `Tensor.copy_`, which broadcasts, ignores surplus encoder
@@ -217,7 +218,7 @@ def _check_npz_architecture(model: nn.Module, path: Path) -> None:
         raise _npz_misfit(path, f"its attention has {query_shape[-2]} heads, the root {heads}")
 
 
-def load_vit_npz(model: nn.Module, path: Path) -> None:
+def load_vit_npz(model: Any, path: Path) -> None:
     """Load an AugReg / vit_jax `.npz` checkpoint into a timm `VisionTransformer`.
 
     The conversion is timm's own (`timm.models.vision_transformer._load_weights`), so key names,

@@ -11,8 +11,9 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mupath.errors import ConfigError
 
@@ -163,7 +164,8 @@ class EvolveSettings:
 
     def _check_ray(self) -> None:
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
-            raise ConfigError(f"ray_address must be a cluster address like HOST:6379 or 'auto', got {self.ray_address!r}")
+            raise ConfigError(f"ray_address must be a cluster address like HOST:6379 or 'auto', "
+                              f"got {self.ray_address!r}")
         if (self.ray_address or self.ray_ship_blobs is not None) and not self.uses_ray:
             raise ConfigError(f"ray_address and ray_ship_blobs apply to the ray executor only, not "
                               f"'{self.executor}'; use --executor ray")
@@ -230,7 +232,9 @@ def make_settings(**kwargs: Any) -> EvolveSettings:
 def default_of(name: str) -> Any:
     """A setting's default value (a fresh one for the dict settings)."""
     f = SETTING_FIELDS[name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    if f.default is dataclasses.MISSING:
+        return cast(Callable[[], Any], f.default_factory)()
+    return f.default
 
 
 def cli_flag(name: str) -> str:

@@ -100,6 +100,7 @@ def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k:
     """Body slots [k, depth) over `src` in chunks, written into one preallocated tensor (a list of
     chunks and their concatenation would hold the activations twice at the peak)."""
     src = images if raw else tokens
+    assert src is not None, "cached activations are needed unless the images run from the start"
     out: torch.Tensor | None = None
     for i in range(0, src.shape[0], CHUNK):
         chunk = src[i:i + CHUNK]

@@ -3,7 +3,7 @@ the same images gives the same bits: that is what the no-forgetting check compar
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

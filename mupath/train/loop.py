@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from mupath.model.path_model import PathModel
 from mupath.train.cache import Prefix
 from mupath.train.evaluate import EVAL_BATCH, accuracy_of, logits_of
 from mupath.train.optim import lr_at, make_optimizer
@@ -70,7 +71,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
         for _ in range(cfg.steps_per_validation):
             idx = next(batches)
             if prefix is not None:
-                logits = model.head_logits(model.forward_tokens(prefix.train[idx], prefix.start))
+                logits = _suffix_logits(model, prefix.train[idx], prefix.start)
             else:
                 x = to_model_input(train_x[idx], image_size)
                 if augmenting:
@@ -104,10 +105,17 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
                         step * cfg.batch_size, train_time, eval_time)
 
 
+def _suffix_logits(model: nn.Module, tokens: torch.Tensor, start: int) -> torch.Tensor:
+    """Logits from cached frozen-prefix activations: only a PathModel, whose body the cache cut, runs
+    from the middle."""
+    assert isinstance(model, PathModel), "a frozen-prefix cache needs a PathModel"
+    return model.head_logits(model.forward_tokens(tokens, start))
+
+
 @torch.inference_mode()
 def _val_logits(model: nn.Module, val_x: torch.Tensor, image_size: int, prefix: Prefix | None) -> torch.Tensor:
     if prefix is None:
         return logits_of(model, val_x, image_size, preprocessed=True)
-    out = [model.head_logits(model.forward_tokens(prefix.val[i:i + EVAL_BATCH], prefix.start))
+    out = [_suffix_logits(model, prefix.val[i:i + EVAL_BATCH], prefix.start)
            for i in range(0, prefix.val.shape[0], EVAL_BATCH)]
     return torch.cat(out)

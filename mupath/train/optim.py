@@ -4,7 +4,8 @@ linear warmup from lr/100 then cosine decay; no weight decay (the reference sear
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -3,7 +3,8 @@ the reference's augmentations (random-area crop, flip, colour jitter), batched o
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -3,7 +3,7 @@ picked from the timm model name; a store records only the name, so its family is
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from collections.abc import Iterable
 
 from mupath.errors import ConfigError
 from mupath.model.families.base import Part, RootFamily

@@ -4,13 +4,21 @@ change the input size. The search, the training loop, the cache and the store on
 through this interface, so a new family (another timm architecture) is one new module."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 #: (slot, kind, config, tensors) of one root component, in forward order.
 Part = tuple[str, str, dict[str, Any], dict[str, torch.Tensor]]
+#: A timm model, or one of its modules, read through timm's own attributes (`model.blocks`,
+#: `model.patch_embed.grid_size`). nn.Module resolves those through `__getattr__`, which type checkers
+#: see as `Tensor | Module`, so the code that reads them takes the model untyped.
+TimmModel = Any
+#: A path's modules by slot: an nn.ModuleDict (no typing Mapping) or a dict. Untyped for the reason
+#: TimmModel is: the families read their parts' own attributes (`.token`, `.pos_embed`).
+Parts = Any
 
 
 class RootFamily:
@@ -30,21 +38,21 @@ class RootFamily:
         """timm.create_model keyword arguments for the root (no classifier, no dropout)."""
         raise NotImplementedError
 
-    def check(self, model: nn.Module, name: str) -> None:
+    def check(self, model: TimmModel, name: str) -> None:
         """Raise ConfigError when `model` is of this family but a layout the forward does not cover."""
 
-    def meta(self, model: nn.Module) -> dict[str, int]:
+    def meta(self, model: TimmModel) -> dict[str, int]:
         """Numbers recorded in the manifest: `depth` (body blocks) and `patch_size` (0 if none)."""
         raise NotImplementedError
 
     def check_image_size(self, image_size: int, meta: Mapping[str, int]) -> None:
         """Raise ConfigError when the root cannot run at `image_size`."""
 
-    def cut(self, model: nn.Module) -> list[Part]:
+    def cut(self, model: TimmModel) -> list[Part]:
         """The root's components in forward order (its classifier is never cut: tasks own heads)."""
         raise NotImplementedError
 
-    def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:
+    def build(self, kind: str, config: Mapping[str, Any], template: TimmModel) -> nn.Module:
         """A component module of a template-built kind (copied from the root architecture)."""
         raise NotImplementedError
 
@@ -54,15 +62,15 @@ class RootFamily:
         give the same bits)."""
         return x
 
-    def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def embed(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, S, S) -> activations entering the first body slot."""
         raise NotImplementedError
 
-    def features(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def features(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         """Body output -> the (N, head_dim) representation the head classifies (neck, pooling)."""
         raise NotImplementedError
 
-    def head_logits(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def head_logits(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         """Body output -> logits: the head on `features`."""
         return parts["head"](self.features(parts, x))
 
@@ -92,7 +100,7 @@ class RootFamily:
         """Default `ds_image_size` range: never above the root's (bounded compute per task)."""
         return [image_size]
 
-    def prepare_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prepare_state(self, model: TimmModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Adapt a loaded checkpoint to `model` (drop the classifier, resample what depends on size)."""
         return state
 

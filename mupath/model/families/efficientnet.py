@@ -11,14 +11,15 @@ never changes another task, and an owned block trains only its weights and Batch
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mupath.errors import ConfigError
-from mupath.model.families.base import Part, RootFamily, body_slots, detached_state
+from mupath.model.families.base import Part, Parts, RootFamily, TimmModel, body_slots, detached_state
 
 
 class ConvBN(nn.Module):
@@ -34,11 +35,11 @@ class ConvBN(nn.Module):
         return self.bn(self.conv(x))
 
 
-def stem_of(model: nn.Module) -> ConvBN:
+def stem_of(model: TimmModel) -> ConvBN:
     return ConvBN(model.conv_stem, model.bn1)
 
 
-def neck_of(model: nn.Module) -> ConvBN:
+def neck_of(model: TimmModel) -> ConvBN:
     return ConvBN(model.conv_head, model.bn2)
 
 
@@ -52,18 +53,19 @@ class ConvAdapter(nn.Module):
         self.act = nn.ReLU()
         self.up = nn.Conv2d(width, channels, 1)
         nn.init.zeros_(self.up.weight)
+        assert self.up.bias is not None          # a Conv2d built with its default bias=True
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.up(self.act(self.down(x)))
 
 
-def flat_blocks(model: nn.Module) -> list[nn.Module]:
+def flat_blocks(model: TimmModel) -> list[nn.Module]:
     """timm groups blocks in stages; mupath numbers them in forward order."""
     return [block for stage in model.blocks for block in stage]
 
 
-def _channels(block: nn.Module) -> tuple[int, int]:
+def _channels(block: TimmModel) -> tuple[int, int]:
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
     return int(convs[0].in_channels), int(convs[-1].out_channels)
 
@@ -78,7 +80,7 @@ class EfficientNetFamily(RootFamily):
         out = {k: v for k, v in kwargs.items() if k != "img_size"}   # any input size works
         return {**out, "drop_rate": 0.0, "drop_path_rate": 0.0, "num_classes": 0}
 
-    def check(self, model: nn.Module, name: str) -> None:
+    def check(self, model: TimmModel, name: str) -> None:
         from timm.models.efficientnet import EfficientNet
 
         if not isinstance(model, EfficientNet) or not all(
@@ -88,7 +90,7 @@ class EfficientNetFamily(RootFamily):
         if not isinstance(model.conv_head, nn.Conv2d):
             raise ConfigError(f"root '{name}' has no head convolution; use tf_efficientnet_lite0 or a sibling")
 
-    def meta(self, model: nn.Module) -> dict[str, int]:
+    def meta(self, model: TimmModel) -> dict[str, int]:
         return {"depth": len(flat_blocks(model)), "patch_size": 0}
 
     def check_image_size(self, image_size: int, meta: Mapping[str, int]) -> None:
@@ -96,7 +98,7 @@ class EfficientNetFamily(RootFamily):
             raise ConfigError(f"image size {image_size} is too small for an EfficientNet root (stride 32); "
                               "use --image-size 32 or more")
 
-    def cut(self, model: nn.Module) -> list[Part]:
+    def cut(self, model: TimmModel) -> list[Part]:
         blocks = flat_blocks(model)
         stem_out = int(model.conv_stem.out_channels)
         parts: list[Part] = [("stem", "stem", {"channels": stem_out}, detached_state(stem_of(model)))]
@@ -108,7 +110,7 @@ class EfficientNetFamily(RootFamily):
                                        "out": int(model.conv_head.out_channels)}, detached_state(neck)))
         return parts
 
-    def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:
+    def build(self, kind: str, config: Mapping[str, Any], template: TimmModel) -> nn.Module:
         if kind == "stem":
             module: nn.Module = stem_of(template)
         elif kind == "block":
@@ -124,10 +126,10 @@ class EfficientNetFamily(RootFamily):
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last)
 
-    def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def embed(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         return parts["stem"](self.activations(x))
 
-    def features(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def features(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(parts["neck"](x), 1).flatten(1)
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
@@ -154,7 +156,7 @@ class EfficientNetFamily(RootFamily):
     def image_sizes(self, image_size: int, meta: Mapping[str, int]) -> list[int]:
         return sorted({s for s in (image_size - 16, image_size) if s >= 32})
 
-    def prepare_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prepare_state(self, model: TimmModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v for k, v in state.items() if not k.startswith("classifier.")}
 
 

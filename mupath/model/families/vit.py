@@ -3,20 +3,21 @@ embedding, one component per transformer block, final norm; adapters are residua
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from mupath.errors import ConfigError
-from mupath.model.families.base import Part, RootFamily, body_slots, detached_state
+from mupath.model.families.base import Part, Parts, RootFamily, TimmModel, body_slots, detached_state
 
 
 class PatchEmbed(nn.Module):
     """Patch embedding that accepts any image size divisible by the patch (the position embedding
     component carries the grid)."""
 
-    def __init__(self, template: nn.Module) -> None:
+    def __init__(self, template: TimmModel) -> None:
         super().__init__()
         self.proj = copy.deepcopy(template.proj)
         self.norm = copy.deepcopy(template.norm)
@@ -66,7 +67,7 @@ class ViTFamily(RootFamily):
         return {**kwargs, "drop_rate": 0.0, "attn_drop_rate": 0.0, "drop_path_rate": 0.0,
                 "proj_drop_rate": 0.0, "num_classes": 0}
 
-    def check(self, model: nn.Module, name: str) -> None:
+    def check(self, model: TimmModel, name: str) -> None:
         """The path forward assumes the classic ViT layout: class token whose position is embedded, no
         register tokens, no pre-norm, token pooling. Say so clearly instead of computing something else."""
         from timm.models.vision_transformer import VisionTransformer
@@ -90,14 +91,14 @@ class ViTFamily(RootFamily):
             raise ConfigError(f"root '{name}' is not supported ({', '.join(problems)}); "
                               "use a classic ViT such as vit_tiny_patch16_224")
 
-    def meta(self, model: nn.Module) -> dict[str, int]:
+    def meta(self, model: TimmModel) -> dict[str, int]:
         return {"depth": len(model.blocks), "patch_size": int(model.patch_embed.patch_size[0])}
 
     def check_image_size(self, image_size: int, meta: Mapping[str, int]) -> None:
         if image_size % int(meta["patch_size"]):
             raise ConfigError(f"image size {image_size} is not a multiple of the patch size {meta['patch_size']}")
 
-    def cut(self, model: nn.Module) -> list[Part]:
+    def cut(self, model: TimmModel) -> list[Part]:
         grid = list(model.patch_embed.grid_size)
         dim = int(model.embed_dim)
         parts: list[Part] = [
@@ -110,7 +111,7 @@ class ViTFamily(RootFamily):
         parts.append(("norm", "norm", {"dim": dim}, detached_state(model.norm)))
         return parts
 
-    def build(self, kind: str, config: Mapping[str, Any], template: nn.Module) -> nn.Module:
+    def build(self, kind: str, config: Mapping[str, Any], template: TimmModel) -> nn.Module:
         if kind == "cls_token":
             return Token(config["dim"])
         if kind == "pos_embed":
@@ -123,7 +124,7 @@ class ViTFamily(RootFamily):
             return copy.deepcopy(template.norm)
         raise ValueError(f"unknown ViT component kind {kind}")
 
-    def embed(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def embed(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         x = parts["patch_embed"](x)
         token = parts["cls_token"].token.expand(x.shape[0], -1, -1)
         pos = parts["pos_embed"].pos_embed
@@ -132,7 +133,7 @@ class ViTFamily(RootFamily):
                              f"{pos.shape[1] - 1}")
         return torch.cat([token, x], dim=1) + pos
 
-    def features(self, parts: Mapping[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def features(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         return parts["norm"](x[:, 0])
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
@@ -165,7 +166,7 @@ class ViTFamily(RootFamily):
         patch = int(meta["patch_size"])
         return sorted({s for s in (image_size - patch, image_size) if s >= patch})
 
-    def prepare_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prepare_state(self, model: TimmModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "head_drop"))}
         own = model.state_dict()
         if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
