@@ -1,4 +1,5 @@
-"""mupath: grow one multitask ViT system task after task by evolution (µ2Net, Gesmundo & Dean 2022)."""
+"""mupath: grow one multitask image-classification model (a timm root model cut into shareable
+components) task after task by evolution (µ2Net, Gesmundo & Dean 2022)."""
 from mupath.errors import ConfigError, DataError, ForgettingError, MupathError, StoreError
 from mupath.data import Task, load_task, stream_tasks
 from mupath.system import System
