@@ -97,6 +97,7 @@ def new_component_tensors(spec: ComponentSpec, seed: int) -> dict[str, torch.Ten
     torch.manual_seed(seed)
     module = build_component(spec, RootSpec())
     if spec.kind == "head":
+        assert isinstance(module, nn.Linear)          # build_component's head
         nn.init.zeros_(module.weight)
         nn.init.zeros_(module.bias)
     return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
