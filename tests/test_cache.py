@@ -60,8 +60,8 @@ def test_training_from_the_cache_matches_training_without_it():
         if use_cache:
             ids_ = frozen_prefix(model, {id(m) for m in owned.values()}, ids)
             prefix = ActivationCache(1 << 30).prefix(model, ids_, "t", 16, x, val)
-        out = train_path(model, owned, hp, TrainConfig(5, 2, 32, 0), x, y, val, y[:60], lambda q: q,
-                         float("-inf"), prefix=prefix)
+        out = train_path(model, owned, hp, TrainConfig(5, 2, 32, 0), (x, y), (val, y[:60]),
+                         score_of=lambda q: q, bar=float("-inf"), prefix=prefix)
         results.append(out)
     assert results[0].evals == results[1].evals
     a, b = results[0].best_state, results[1].best_state

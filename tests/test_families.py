@@ -93,8 +93,8 @@ def test_batchnorm_statistics_never_change_while_training(lite0):
     owned = {s: modules[s] for s in ("block_14", "block_15", "neck", "head")}
     hp = dict(ds_image_size=32, opt_name="adamw", opt_lr=1e-2, opt_lr_warmup_ratio=0.1, opt_momentum=0.9,
               opt_nesterov=False)
-    out = train_path(model, owned, hp, TrainConfig(3, 1, 16, 0), x, y, to_model_input(x[:16], 32), y[:16],
-                     lambda q: q, float("-inf"))
+    out = train_path(model, owned, hp, TrainConfig(3, 1, 16, 0), (x, y), (to_model_input(x[:16], 32), y[:16]),
+                     score_of=lambda q: q, bar=float("-inf"))
     assert out.steps == 3
     changed_weights = not torch.equal(modules["block_15"].conv_pwl.weight, lite0.blocks[6][0].conv_pwl.weight)
     assert changed_weights

@@ -138,7 +138,7 @@ def test_child_of_another_tasks_path_shares_frozen_parts_and_gets_a_new_head():
     space = customise(SPACE, {"_mu_": 0.1}, {"_mu_": [], "num_layers": [], "adapter_dim": [], "opt_lr": []})
     clones = Counter()
     for seed in range(300):
-        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), mutate_adapters=False)
+        plan = make_child(other, "t", 3, {}, space, lineage, rng=random.Random(seed), mutate_adapters=False)
         by_slot = {s.slot: s for s in plan.slots}
         assert by_slot["head"].init.kind == "fresh" and by_slot["head"].trainable   # never shared
         assert by_slot["norm"].trainable and by_slot["norm"].init == SlotInit.copy("rn")        # always cloned
@@ -164,7 +164,7 @@ def test_always_cloned_root_components_are_never_shared_but_other_tasks_parts_ar
     space = customise(SPACE, {"_mu_": 0.1}, {"_mu_": [], "num_layers": [], "adapter_dim": [], "opt_lr": []})
     shared_u1 = 0
     for seed in range(100):
-        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), mutate_adapters=False)
+        plan = make_child(other, "t", 3, {}, space, lineage, rng=random.Random(seed), mutate_adapters=False)
         for s in plan.slots:
             if s.slot in ("block_1", "head"):
                 continue
@@ -189,7 +189,7 @@ def test_unmutated_child_shares_the_whole_body_and_keeps_the_parents_hparams():
         lineage = Lineage({"pu": other, "root": root}, comps, lambda cid: False, root,
                           lambda p: f"{p}{next(counter)}", meta=META, always_clone=always)
         for seed in range(20):
-            plan = make_child(other, "t", 3, {}, space, lineage, random.Random(seed), True, mutate=False)
+            plan = make_child(other, "t", 3, {}, space, lineage, rng=random.Random(seed), mutate_adapters=True, mutate=False)
             by_slot = {s.slot: s for s in plan.slots}
             assert set(plan.mutations) <= {"cloned"} and not any(k.startswith("adapter_") for k in by_slot)
             assert {k: v for k, v in plan.path.hparams.items() if k != "num_classes"} == \
@@ -200,7 +200,7 @@ def test_unmutated_child_shares_the_whole_body_and_keeps_the_parents_hparams():
             expected = {"head", "norm"} | {c.slot for c in comps.values() if c.id in always}
             assert owned == expected - {"block_1"} and set(plan.mutations.get("cloned", [])) == owned - {"head"}
         # with mutations on, µ = 1 clones and adapts everything
-        plan = make_child(other, "t", 3, {}, space, lineage, random.Random(0), True)
+        plan = make_child(other, "t", 3, {}, space, lineage, rng=random.Random(0), mutate_adapters=True)
         assert all(s.trainable for s in plan.slots)
 
 
@@ -215,7 +215,7 @@ def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparam
     shallower = customise(SPACE, {"num_layers": 3, "_mu_": 0.3}, {"num_layers": [2, 3]})
     seen_depths = set()
     for seed in range(100):
-        plan = make_child(parent, "t", 3, {"ds_image_size": 16}, shallower, lineage, random.Random(seed), False)
+        plan = make_child(parent, "t", 3, {"ds_image_size": 16}, shallower, lineage, rng=random.Random(seed), mutate_adapters=False)
         by_slot = {s.slot: s for s in plan.slots}
         assert by_slot["block_0"].init == SlotInit.copy("t0") and by_slot["block_0"].id != "t0"
         assert by_slot["head"].init == SlotInit.copy("ht")
@@ -229,7 +229,7 @@ def test_owned_components_are_always_copied_and_depth_and_adapters_follow_hparam
 def test_image_size_change_resamples_a_trainable_position_embedding():
     comps, root = _root_fixture()
     lineage = _lineage(comps, {"root": root}, root, trainable_ids=set())
-    plan = make_child(root, "t", 3, {"ds_image_size": 20}, SPACE, lineage, random.Random(0), False)
+    plan = make_child(root, "t", 3, {"ds_image_size": 20}, SPACE, lineage, rng=random.Random(0), mutate_adapters=False)
     pos = {s.slot: s for s in plan.slots}["pos_embed"]
     assert pos.trainable and pos.init == SlotInit.resample("rq", (5, 5)) and pos.config["grid"] == [5, 5]
 

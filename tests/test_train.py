@@ -27,8 +27,8 @@ def test_only_owned_components_receive_gradients_and_updates():
     hp = dict(ds_image_size=8, opt_name="sgd", opt_lr=0.1, opt_momentum=0.9, opt_nesterov=True,
               opt_lr_warmup_ratio=0.1)
     owned = {s: modules[s] for s in owned_slots}
-    out = train_path(model, owned, hp, TrainConfig(5, 2, 16, 0), x, y, to_model_input(x, 8), y,
-                     lambda q: q, float("-inf"))
+    out = train_path(model, owned, hp, TrainConfig(5, 2, 16, 0), (x, y), (to_model_input(x, 8), y),
+                     score_of=lambda q: q, bar=float("-inf"))
     assert out.improved and out.steps == 10 and len(out.evals) == 2
     for slot, m in modules.items():
         same = all(torch.equal(v, before[slot][k]) for k, v in m.state_dict().items())
@@ -46,8 +46,8 @@ def test_snapshot_kept_only_when_it_reaches_the_parents_score():
     y = torch.randint(0, 3, (32,))
     hp = dict(ds_image_size=8, opt_name="adamw", opt_lr=1e-3, opt_momentum=0.9, opt_nesterov=False,
               opt_lr_warmup_ratio=0.1)
-    out = train_path(model, {"head": modules["head"]}, hp, TrainConfig(2, 2, 8, 0), x, y,
-                     to_model_input(x, 8), y, lambda q: q, bar=1.01)
+    out = train_path(model, {"head": modules["head"]}, hp, TrainConfig(2, 2, 8, 0), (x, y),
+                     (to_model_input(x, 8), y), score_of=lambda q: q, bar=1.01)
     assert not out.improved and out.best_state is None
 
 
@@ -60,8 +60,8 @@ def test_nan_loss_drops_the_candidate_with_a_reason():
     y = torch.randint(0, 3, (16,))
     hp = dict(ds_image_size=8, opt_name="sgd", opt_lr=0.1, opt_momentum=0.9, opt_nesterov=False,
               opt_lr_warmup_ratio=0.1)
-    out = train_path(model, {"head": modules["head"]}, hp, TrainConfig(3, 1, 8, 0), x, y,
-                     to_model_input(x, 8), y, lambda q: q, float("-inf"))
+    out = train_path(model, {"head": modules["head"]}, hp, TrainConfig(3, 1, 8, 0), (x, y),
+                     (to_model_input(x, 8), y), score_of=lambda q: q, bar=float("-inf"))
     assert not out.improved and "nan" in out.failure
 
 

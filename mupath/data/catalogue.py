@@ -70,8 +70,10 @@ def stream_tasks(stream: str = "stream69") -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _base(name: str) -> Task:
-    from mupath.data.sources import load_task
-    return load_task(name)
+    """A catalogue row's base: a built-in task, loaded as `load_task(name)` does (catalogue rows are
+    data over the built-in sources; the sources module dispatches to this one, never the reverse)."""
+    from mupath.data.builtin import load_builtin
+    return load_builtin(name).to_task(name, seed=0)
 
 
 def build_catalogue_task(name: str, seed: int = 0) -> Task:

@@ -2,7 +2,7 @@
 The Ray executor lives in `mupath.runtime.ray_executor` and is imported only when asked for, so
 importing mupath never imports ray."""
 from mupath.runtime.executors import Executor, InProcessExecutor, ProcessPoolExecutor, make_executor
-from mupath.runtime.worker import run_job, materialise, task_tensors
+from mupath.runtime.worker import materialise, run_job, task_tensors
 
 __all__ = ["Executor", "InProcessExecutor", "ProcessPoolExecutor", "make_executor", "run_job",
            "materialise", "task_tensors"]

@@ -4,7 +4,8 @@ how a dead worker is described."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mupath.runtime.jobs import CandidateJob, CandidateResult
 from mupath.runtime.worker import run_job
@@ -42,7 +43,7 @@ def run_attempt(job_json: str, **sources: Any) -> str:
 def gpu_poisoned(failure: str | None) -> bool:
     """A sticky CUDA error (illegal memory access, device-side assert) leaves this process's CUDA
     context unusable: every later candidate in it would fail too. Out of memory is not sticky."""
-    return bool(failure) and (failure.startswith("AcceleratorError") or "CUDA error:" in failure)
+    return failure is not None and (failure.startswith("AcceleratorError") or "CUDA error:" in failure)
 
 
 def died(exc: BaseException) -> str:

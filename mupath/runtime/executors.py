@@ -14,15 +14,25 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Protocol
 
 import torch
 
 from mupath.errors import ConfigError
-from mupath.runtime.attempt import (DIE_ONCE, WORKER_RETRIES, Job, OnDone, OnStep, Result, died,  # noqa: F401
-                                    gpu_poisoned, run_attempt)
+from mupath.runtime.attempt import (  # noqa: F401
+    DIE_ONCE,
+    WORKER_RETRIES,
+    Job,
+    OnDone,
+    OnStep,
+    Result,
+    died,
+    gpu_poisoned,
+    run_attempt,
+)
 from mupath.runtime.jobs import CandidateResult, RetryBook
 from mupath.runtime.worker import run_job
+
 
 class Executor(Protocol):
     def run(self, jobs: list[Job], on_done: OnDone | None = None, on_step: OnStep | None = None) -> list[Result]: ...

@@ -29,22 +29,22 @@ class SlotInit:
     grid: tuple[int, int] | None = None
 
     @classmethod
-    def copy(cls, source: str) -> "SlotInit":
+    def copy(cls, source: str) -> SlotInit:
         return cls("copy", source=source)
 
     @classmethod
-    def fresh(cls, seed: int) -> "SlotInit":
+    def fresh(cls, seed: int) -> SlotInit:
         return cls("fresh", seed=int(seed))
 
     @classmethod
-    def resample(cls, source: str, grid: tuple[int, int]) -> "SlotInit":
+    def resample(cls, source: str, grid: tuple[int, int]) -> SlotInit:
         return cls("resample", source=source, grid=(int(grid[0]), int(grid[1])))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SlotInit":
+    def from_json(cls, data: dict[str, Any]) -> SlotInit:
         grid = data.get("grid")
         return cls(data["kind"], data.get("source"), data.get("seed"),
                    None if grid is None else (int(grid[0]), int(grid[1])))
@@ -123,7 +123,7 @@ class CandidateJob:
     scratch_file: str
     die_once: str | None = None     #: test hook: a marker path (see runtime.executors.DIE_ONCE)
 
-    def replace(self, **changes: Any) -> "CandidateJob":
+    def replace(self, **changes: Any) -> CandidateJob:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
@@ -132,7 +132,7 @@ class CandidateJob:
         return json.dumps(data)
 
     @classmethod
-    def from_json(cls, text: str) -> "CandidateJob":
+    def from_json(cls, text: str) -> CandidateJob:
         d = json.loads(text)
         slots = tuple(SlotJob(s["slot"], s["id"], s["kind"], s["config"], s["trainable"],
                               SlotInit.from_json(s["init"]) if s["init"] else None) for s in d["slots"])
@@ -172,35 +172,35 @@ class CandidateResult:
 
     # ---- one constructor per failure kind ---------------------------------------------------
     @classmethod
-    def crashed(cls, job: CandidateJob, exc: BaseException, wall_time: float) -> "CandidateResult":
+    def crashed(cls, job: CandidateJob, exc: BaseException, wall_time: float) -> CandidateResult:
         """The candidate raised while being built or trained (a candidate never takes the search down)."""
         return cls(job.path_id, failure=f"{type(exc).__name__}: {exc}", wall_time=wall_time)
 
     @classmethod
-    def dropped(cls, job: CandidateJob, reasons: list[str]) -> "CandidateResult":
+    def dropped(cls, job: CandidateJob, reasons: list[str]) -> CandidateResult:
         """Its worker died on every attempt."""
         return cls(job.path_id, attempts=len(reasons),
                    failure=f"worker died {len(reasons)}x, candidate dropped: {reasons[-1]}")
 
     @classmethod
-    def unshippable(cls, job: CandidateJob, what: str, reason: str) -> "CandidateResult":
+    def unshippable(cls, job: CandidateJob, what: str, reason: str) -> CandidateResult:
         """A blob or scratch file it needs could not be read to ship it to a remote worker."""
         return cls(job.path_id, failure=f"cannot ship {what}: {reason}")
 
-    def after_retries(self, reasons: list[str]) -> "CandidateResult":
+    def after_retries(self, reasons: list[str]) -> CandidateResult:
         """This result, noting the dead workers it took to get it (none: unchanged)."""
         if not reasons or self.attempts > 1:
             return self
         return dataclasses.replace(self, attempts=len(reasons) + 1, retried=tuple(reasons))
 
-    def replace(self, **changes: Any) -> "CandidateResult":
+    def replace(self, **changes: Any) -> CandidateResult:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "CandidateResult":
+    def from_json(cls, text: str) -> CandidateResult:
         d = json.loads(text)
         d["evals"], d["retried"] = tuple(d["evals"]), tuple(d["retried"])
         return cls(**d)

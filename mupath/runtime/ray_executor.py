@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from mupath.errors import ConfigError
-from mupath.runtime.device import check_device_name, wants_gpu
 from mupath.runtime.attempt import WORKER_RETRIES, Job, OnDone, OnStep, Result, died, run_attempt
+from mupath.runtime.device import check_device_name, wants_gpu
 from mupath.runtime.jobs import CandidateResult, RetryBook
 
 PIP_HINT = "pip install 'mupath[ray]'"
@@ -178,8 +178,8 @@ class RayExecutor:
         needed = list(dict.fromkeys(k for job in jobs for k in self._keys(job)))
         self._unshippable = {}
         pins = {ref.blob: ref.pin for job in jobs for ref in job.refs.values() if ref.pin}
-        for key in [k for k in self._objects if k not in set(needed)]:
-            del self._objects[key]
+        for stale in [k for k in self._objects if k not in set(needed)]:
+            del self._objects[stale]
         put = 0
         store = BlobStore(Path(jobs[0].store) / "blobs")
         for kind, key in needed:

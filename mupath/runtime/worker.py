@@ -4,10 +4,12 @@ records of `mupath.runtime.jobs`, which any executor (in-process, process pool, 
 tensors travel through files (blobs and scratch), never through pickles."""
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import save as save_tensors
@@ -23,7 +25,6 @@ from mupath.store.tensors import TensorSource, task_tensors, verified_bytes  # n
 from mupath.train.cache import frozen_prefix, process_cache
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import has_augmentation, to_model_input
-
 
 _FROZEN_CACHE: dict[tuple[str, str, str], nn.Module] = {}
 _DEVICE_TASKS: dict[tuple[str, str], dict[str, torch.Tensor]] = {}   # task splits copied to a GPU
@@ -80,7 +81,8 @@ def materialise(job: CandidateJob, source: TensorSource,
         spec = ComponentSpec(slot.kind, slot.config)
         if not slot.trainable:
             ref = job.refs[slot.id]
-            modules[slot.slot] = _frozen_module(ref.content_key(), spec, root, lambda r=ref: source.get(r), device)
+            modules[slot.slot] = _frozen_module(ref.content_key(), spec, root, functools.partial(source.get, ref),
+                                                device)
             continue
         module = load_component(spec, root, _initial_tensors(slot, job, source), trainable=True).to(device)
         modules[slot.slot] = module
@@ -108,8 +110,8 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)
     prefix = _cache_prefix(job, model, owned, data, val_x, device)
-    outcome = train_path(model, owned, hp, cfg, data["train.x"], data["train.y"], val_x, val_y,
-                         lambda q: q * penalty, bar, on_step, prefix)
+    outcome = train_path(model, owned, hp, cfg, (data["train.x"], data["train.y"]), (val_x, val_y),
+                         score_of=lambda q: q * penalty, bar=bar, on_step=on_step, prefix=prefix)
     return outcome, owned, owned_params, accounted, prefix
 
 
@@ -125,7 +127,7 @@ def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Modul
         return None
     return process_cache(cache_bytes).prefix(model, ids, job.task_blob + job.root + device,
                                              int(job.hparams["ds_image_size"]), data["train.x"], val_x,
-                                             job.cache.floor)
+                                             floor=job.cache.floor)
 
 
 def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None,

@@ -23,7 +23,8 @@ import random
 import re
 import shutil
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -33,12 +34,19 @@ from mupath.model.path_model import PathModel
 from mupath.runtime.executors import make_executor
 from mupath.runtime.jobs import CandidateJob, CandidateResult, SlotInit
 from mupath.search.ids import id_stream, seed_for
-from mupath.search.task_search import LookupTables, admit, candidate_job, run_cache_floor
-from mupath.search.mutation import (ChildPlan, CompInfo, Lineage, SlotPlan, committed_infos, find_component, fresh_slot,
-                                    wanted_slots)
+from mupath.search.mutation import (
+    ChildPlan,
+    Lineage,
+    SlotPlan,
+    committed_infos,
+    find_component,
+    fresh_slot,
+    wanted_slots,
+)
 from mupath.search.scoring import compute_users
 from mupath.search.settings import EvolveSettings, make_settings
 from mupath.search.space import search_space
+from mupath.search.task_search import LookupTables, admit, candidate_job, run_cache_floor
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import CHECK_THREADS, CommitRequest, Store
 from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
@@ -137,7 +145,7 @@ def baseline_hparams(store: Store, task: str, kind: str, arg: int | None,
     hp["num_classes"] = store.task_record(task).num_classes
     hp["adapter_layers"] = list(range(int(hp["num_layers"]))) if kind == "adapters" else []
     if kind == "adapters":
-        hp["adapter_dim"] = int(arg)
+        hp["adapter_dim"] = int(arg or 0)
     return hp
 
 
@@ -148,7 +156,7 @@ def _trains(kind: str, arg: int | None, slot: str) -> bool:
     if slot in ("norm", "neck"):
         return True      # the reference trains encoder_norm in every baseline (the CNN's neck here)
     if kind == "freeze-bottom" and slot.startswith("block_"):
-        return int(slot.split("_")[1]) >= int(arg)
+        return int(slot.split("_")[1]) >= int(arg or 0)
     return False
 
 
@@ -180,7 +188,7 @@ def plan_baseline(store: Store, task: str, method: str, settings: EvolveSettings
 
 
 def baseline_job(store: Store, plan: ChildPlan, budget_images: int, settings: EvolveSettings,
-                 run_id: str, seed: int, validations: int | None = None) -> CandidateJob:
+                 run_id: str, seed: int, *, validations: int | None = None) -> CandidateJob:
     """The worker job of a baseline candidate (the evolution's job format, the whole budget in one
     candidate: `settings.steps_per_validation` is kept, the validations multiplied)."""
     spv, v = split_budget(budget_images, settings.batch_size, settings.steps_per_validation, validations)
@@ -190,11 +198,11 @@ def baseline_job(store: Store, plan: ChildPlan, budget_images: int, settings: Ev
                           {cid: c.num_params for cid, c in comps.items()}, {}, {}, store.scratch_dir(run_id))
     record = store.task_record(plan.path.task)
     return candidate_job(store, plan, record.data_blob, long, tables, seed,
-                         run_cache_floor(store, long, search_space(store, long)))
+                         cache_floor=run_cache_floor(store, long, search_space(store, long)))
 
 
 def commit_baseline(store: Store, plan: ChildPlan, result: CandidateResult, job: CandidateJob,
-                    budget_images: int, run_id: str, check: bool = True) -> BaselineResult:
+                    budget_images: int, run_id: str, *, check: bool = True) -> BaselineResult:
     """Store a trained baseline path with `Store.commit` (test accuracy, users, accounting)."""
     path = plan.path
     if not result.improved:
@@ -258,9 +266,10 @@ def prepare_store_baselines(stores: Mapping[str, Store], tasks: list[str], budge
             if task in committed:
                 continue
             new_id = id_stream(random.Random(seed_for(seed, "ids", method, task, run_id)))
-            plan = plan_baseline(store, task, method, base, new_id, random.Random(seed_for(seed, "baseline", method, task)))
+            rng = random.Random(seed_for(seed, "baseline", method, task))
+            plan = plan_baseline(store, task, method, base, new_id, rng)
             job = baseline_job(store, plan, int(budgets[task]), base, run_id, seed_for(seed, "baseline", task),
-                               validations)
+                               validations=validations)
             pending.append(PendingBaseline(method, task, store, run_id, plan, job, int(budgets[task])))
     return pending, runs
 
@@ -272,7 +281,7 @@ def finish_store_baselines(pending: list[PendingBaseline], results: list[Candida
     and close the runs."""
     done: dict[str, list[BaselineResult]] = {m: [] for m in stores}
     for p, res in zip(pending, results):       # pending is already in (method, task order)
-        out = commit_baseline(p.store, p.plan, res, p.job, p.budget_images, p.run_id, check)
+        out = commit_baseline(p.store, p.plan, res, p.job, p.budget_images, p.run_id, check=check)
         done[p.method].append(out)
         if on_done:
             on_done(out)
@@ -282,7 +291,7 @@ def finish_store_baselines(pending: list[PendingBaseline], results: list[Candida
     return done
 
 
-def train_store_baselines(stores: Mapping[str, Store], tasks: list[str], budgets: Mapping[str, int],
+def train_store_baselines(stores: Mapping[str, Store], tasks: list[str], budgets: Mapping[str, int], *,
                           workers: int = 1, seed: int = 0, validations: int | None = None,
                           check: bool = True, on_done: Callable[[BaselineResult], None] | None = None,
                           **settings: Any) -> dict[str, list[BaselineResult]]:
@@ -367,8 +376,8 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
         run_seed = seed_for(seed, "baseline", task)
         torch.manual_seed(run_seed)
         outcome = train_path(model, owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
-                             data["train.x"], data["train.y"], val_x, data["validation.y"][:limit],
-                             lambda q: q, float("-inf"))
+                             (data["train.x"], data["train.y"]), (val_x, data["validation.y"][:limit]),
+                             score_of=lambda q: q, bar=float("-inf"))
         if not outcome.improved or outcome.best_state is None:
             raise MupathError(f"sequential baseline failed on task '{task}': "
                               f"{outcome.failure or 'no finite validation score'}")

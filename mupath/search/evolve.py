@@ -15,8 +15,7 @@ from mupath.runtime.jobs import CandidateJob, CandidateResult
 from mupath.search.ids import id_stream, seed_for  # noqa: F401  (re-exported)
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
-from mupath.search.task_search import (always_cloned, candidate_job, data_moves, run_cache_floor,  # noqa: F401
-                                       tried_entry, TaskSearch)
+from mupath.search.task_search import TaskSearch, always_cloned, candidate_job, data_moves, run_cache_floor, tried_entry  # noqa: F401
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import Store
 
@@ -27,7 +26,7 @@ class Progress(Protocol):
     def task_started(self, task: str, iteration: int, candidates: int) -> None: ...
     def candidate_step(self, index: int, step: int, total: int) -> None: ...
     def candidate_done(self, result: CandidateResult) -> None: ...
-    def task_done(self, entry: "TaskReport") -> None: ...
+    def task_done(self, entry: TaskReport) -> None: ...
 
 
 @dataclasses.dataclass
@@ -62,8 +61,8 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
     started = time.perf_counter()
     key = settings.resume_key(tasks)
     search_space(store, settings)      # bad hyperparameters and an unreachable cluster fail here,
-    executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,
-                             settings.ray_address, settings.ray_ship_blobs, settings.device)   # before a run row is written
+    executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,   # before a run
+                             settings.ray_address, settings.ray_ship_blobs, settings.device)   # row is written
     try:
         run_id, resumed = store.start_run(key)
         done = {(c["iteration"], c["task"]) for c in store.manifest.commits(run_id)}
@@ -76,7 +75,7 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
             for task in tasks:
                 if (iteration, task) in done:
                     continue
-                reports.append(_evolve_task(store, task, iteration, settings, executor, run_id, progress))
+                reports.append(_evolve_task(store, task, iteration, settings, executor, run_id, progress=progress))
         store.finish_run(run_id)
     except BaseException:
         executor.shutdown()            # candidates may still be in flight: stop the workers
@@ -89,7 +88,7 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
 
 
 def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettings, executor: Executor,
-                 run_id: str, progress: Progress | None) -> TaskReport:
+                 run_id: str, *, progress: Progress | None) -> TaskReport:
     """One task iteration: generations of candidates, then the best path committed and checked."""
     started = time.perf_counter()
     search = TaskSearch(store, task, iteration, settings, run_id)

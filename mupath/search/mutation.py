@@ -2,7 +2,8 @@
 step in their ordered lists, maybe insert identity adapters, change the depth, then pick every
 component by walking up the ancestry: owned components are always copied, frozen ones are shared
 unless the clone mutation fires (always for the family's `force_clone` slots, e.g. the ViT's final
-norm, and for a random-init root's components: `clone_root`), the head is this task's or a new one. Slot layout, adapters and fresh components come from the
+norm, and for a random-init root's components: `clone_root`), the head is this task's or a new one.
+Slot layout, adapters and fresh components come from the
 root's family (mupath/model/families).
 
 Per-action probabilities (µ2Net+ `_mu_|<action>`): a default hyperparameter `_mu_|clone:<slot>` or
@@ -13,13 +14,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mupath.model.families import VIT, RootFamily
 from mupath.runtime.jobs import SlotInit, SlotJob
 from mupath.search.space import SearchSpace, action_mu, is_data_key, is_model_key
 from mupath.store.records import CandidateComponent, ComponentRecord, PathRecord
-
 
 CompInfo = CandidateComponent     #: the name before issue 21
 
@@ -64,7 +65,8 @@ def sample_ds_hparams(best: Mapping[str, Any] | None, space: SearchSpace, rng: r
     return hp
 
 
-def mutate_hparams(parent: Mapping[str, Any], space: SearchSpace, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
+def mutate_hparams(parent: Mapping[str, Any], space: SearchSpace,
+                   rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
     """Copy the parent's hparams and move each model key one step with probability µ (the parent's)."""
     hp = copy.deepcopy(dict(parent))
     mu = float(parent["_mu_"])
@@ -97,7 +99,9 @@ class Lineage:
 
     def chain(self, start: PathRecord) -> list[PathRecord]:
         """start, its parent, grandparent ... ending with the root path (orphans fall back to it)."""
-        out, seen, cur = [], set(), start
+        out: list[PathRecord] = []
+        seen: set[str] = set()
+        cur: PathRecord | None = start
         while cur is not None and cur.id not in seen:
             out.append(cur)
             seen.add(cur.id)
@@ -108,7 +112,7 @@ class Lineage:
 
 
 def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[str, Any],
-               space: SearchSpace, lineage: Lineage, rng: random.Random, mutate_adapters: bool,
+               space: SearchSpace, lineage: Lineage, *, rng: random.Random, mutate_adapters: bool,
                mutate: bool = True) -> ChildPlan:
     """A mutated child of `parent` for `task` (see module docstring). `mutate=False` gives the
     unmutated child (`head_first`): the parent's model hyperparameters and body, sharing every frozen
@@ -159,7 +163,7 @@ def wanted_slots(hp: Mapping[str, Any], num_classes: int, lineage: Lineage) -> d
     numbers, e.g. its patch size, come from `lineage.meta`)."""
     return lineage.family.wanted_slots(int(hp["num_layers"]), list(hp.get("adapter_layers", [])),
                                        int(hp["adapter_dim"]), num_classes, int(hp["ds_image_size"]),
-                                       lineage.root_configs(), dict(lineage.meta))
+                                       root=lineage.root_configs(), meta=dict(lineage.meta))
 
 
 def find_component(slot: str, config: dict[str, Any], chain: list[PathRecord], lineage: Lineage) -> str | None:

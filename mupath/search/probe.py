@@ -11,7 +11,8 @@ no training, deterministic. Validation images stay untouched for selection."""
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -43,8 +44,8 @@ def ncm_accuracy(fit: torch.Tensor, fit_y: torch.Tensor, test: torch.Tensor, tes
     return float((sims.argmax(dim=1) == test_y).double().mean())
 
 
-def probe_scores(seeds: list[PathRecord], model_of: Callable[[PathRecord], "PathModel"], images: torch.Tensor,
-                 labels: torch.Tensor, num_classes: int, n: int, seed: int, default_size: int) -> dict[str, float]:
+def probe_scores(seeds: list[PathRecord], model_of: Callable[[PathRecord], PathModel], images: torch.Tensor,
+                 labels: torch.Tensor, num_classes: int, n: int, *, seed: int, default_size: int) -> dict[str, float]:
     """{seed path id: nearest-class-mean accuracy of its features} on a sample of the task's
     training images (`images` (N, C, H, W) uint8, `labels` (N,)), each at its path's image size
     (`default_size` for the root path, which has none of its own)."""

@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from mupath.search.ids import id_stream, seed_for
 from mupath.runtime.jobs import Budget, CacheSpec, CandidateJob, CandidateResult, ScoreRule, TensorRef
+from mupath.search.ids import id_stream, seed_for
 from mupath.search.mutation import ChildPlan, Lineage, committed_infos, make_child, sample_ds_hparams
 from mupath.search.probe import probe_scores, rank_seeds
 from mupath.search.scoring import accounted_params, compute_users, score
@@ -93,8 +93,8 @@ class TaskSearch:
         data = self.store.task_data(self.task)
         relevance = probe_scores(self.parent_pool, self.store.build_model, data["train.x"], data["train.y"],
                                  self.record.num_classes, self.settings.probe_images,
-                                 seed_for(self.settings.seed, self.task, "probe"),
-                                 int(self.space.defaults["ds_image_size"]))
+                                 seed=seed_for(self.settings.seed, self.task, "probe"),
+                                 default_size=int(self.space.defaults["ds_image_size"]))
         self.parent_pool = rank_seeds(self.parent_pool, relevance)
         self.log.probe = {"probe_top": [[p.task, round(relevance[p.id], 4)] for p in self.parent_pool[:5]],
                           "probe_time": time.perf_counter() - started}
@@ -111,15 +111,15 @@ class TaskSearch:
             self.offspring[(parent.id, self.task)] += 1
             self.new_offspring[(parent.id, self.task)] += 1
             unmutated = self.settings.head_first and self.task not in self.retained and generation == 0 and i == 0
-            plan = make_child(parent, self.task, self.record.num_classes, ds_hp, self.space, self.lineage, self.rng,
-                              self.settings.mutate_adapters, mutate=not unmutated)
+            plan = make_child(parent, self.task, self.record.num_classes, ds_hp, self.space, self.lineage,
+                              rng=self.rng, mutate_adapters=self.settings.mutate_adapters, mutate=not unmutated)
             children.append(Child(plan, parent, generation, i, data_moves(parent.hparams, ds_hp, self.space.defaults)))
         return children
 
     def job(self, child: Child) -> CandidateJob:
         seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation, child.index)
         return candidate_job(self.store, child.plan, self.record.data_blob, self.settings, self, seed,
-                             self.cache_floor)
+                             cache_floor=self.cache_floor)
 
     def absorb(self, child: Child, res: CandidateResult) -> None:
         """Log a candidate's result; one that beat its bar joins the population with its score."""
@@ -187,7 +187,7 @@ class TaskSearch:
 
 
 # ---- pieces shared with the baselines --------------------------------------------------------
-def admit(tables: "TaskSearch | LookupTables", plan: ChildPlan, res: CandidateResult) -> PathRecord:
+def admit(tables: TaskSearch | LookupTables, plan: ChildPlan, res: CandidateResult) -> PathRecord:
     """A trained candidate's path with its measurements, and its owned components in the lookup
     tables (their tensors are in its scratch file): shared by the search and the baselines."""
     path = plan.path
@@ -249,7 +249,7 @@ def run_cache_floor(store: Store, settings: EvolveSettings, space: SearchSpace) 
 
 
 def candidate_job(store: Store, plan: ChildPlan, data_blob: str, settings: EvolveSettings,
-                  tables: "TaskSearch | LookupTables", seed: int, cache_floor: int = 0) -> CandidateJob:
+                  tables: TaskSearch | LookupTables, seed: int, *, cache_floor: int = 0) -> CandidateJob:
     """The job of one candidate (`cache_floor`: see `run_cache_floor`); `tables` gives the component
     lookups, users, sizes, scores and paths the job's references and score rule come from."""
     task = plan.path.task

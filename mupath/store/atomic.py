@@ -8,8 +8,8 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mupath.errors import StoreError
 from mupath.store.faults import crash_point

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load as np_load, save as np_save
-from safetensors.torch import load as torch_load, save as torch_save
+from safetensors.numpy import load as np_load
+from safetensors.numpy import save as np_save
+from safetensors.torch import load as torch_load
+from safetensors.torch import save as torch_save
 
 from mupath.errors import StoreError
 from mupath.store.atomic import atomic_write_bytes, write_error

@@ -7,8 +7,9 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mupath.errors import StoreError
 from mupath.store.faults import crash_point
@@ -201,12 +202,12 @@ class Manifest:
                         "DO UPDATE SET count = count + excluded.count", (path_id, task, n))
 
     # ---- commits and immutability references -----------------------------------------------
-    def add_commit(self, con: sqlite3.Connection, task: str, path_id: str, run_id: str | None,
+    def add_commit(self, con: sqlite3.Connection, task: str, path_id: str, *, run_id: str | None,
                    iteration: int | None, test_accuracy: float | None, info: dict[str, Any]) -> int:
         cur = con.execute("INSERT INTO commits(task, path_id, run_id, iteration, time, test_accuracy, info) "
                           "VALUES (?,?,?,?,?,?,?)",
                           (task, path_id, run_id, iteration, time.time(), test_accuracy, json.dumps(info)))
-        return int(cur.lastrowid)
+        return int(cur.lastrowid or 0)
 
     def commits(self, run_id: str | None = None, task: str | None = None) -> list[dict[str, Any]]:
         """Commits in order, optionally of one run and/or one task (filtered in SQL: `info` can be large)."""

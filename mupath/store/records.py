@@ -70,5 +70,5 @@ class CandidateComponent:
     scratch: str | None = None
 
     @classmethod
-    def committed(cls, c: ComponentRecord) -> "CandidateComponent":
+    def committed(cls, c: ComponentRecord) -> CandidateComponent:
         return cls(c.id, c.kind, c.slot, c.config, c.num_params, blob=c.blob)

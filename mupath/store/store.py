@@ -16,8 +16,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_tensors
@@ -99,7 +100,7 @@ class Store:
 
     # ---- opening and creating ---------------------------------------------------------------
     @classmethod
-    def open(cls, folder: str | os.PathLike, *, read_only: bool = False) -> "Store":
+    def open(cls, folder: str | os.PathLike, *, read_only: bool = False) -> Store:
         path = Path(folder).expanduser().resolve()
         if not (path / MANIFEST).exists():
             raise StoreError(f"no mupath store at {path}; create one with `mupath init {folder}`")
@@ -107,7 +108,7 @@ class Store:
 
     @classmethod
     def create(cls, folder: Path, spec: RootSpec, model: nn.Module, meta: dict[str, int],
-               image_size: int) -> "Store":
+               image_size: int) -> Store:
         """A new store of root `model` in `folder` (new or empty). A failed create leaves nothing
         behind, so the same command can simply be run again."""
         cls.check_new_folder(folder)
@@ -249,8 +250,9 @@ class Store:
         sizes = {"train": len(task.train), "validation": len(task.validation), "test": len(task.test)}
         with self.manifest.transaction() as con:
             position = con.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+            h, w, c = task.image_shape
             self.manifest.add_task(con, TaskRecord(task.name, position, blob, tuple(task.class_names),
-                                                   tuple(task.image_shape), task.source, sizes))
+                                                   (int(h), int(w), int(c)), task.source, sizes))
 
     def start_run(self, key: str) -> tuple[str, bool]:
         """The running run with this resume key, or a new one: (run id, resumed)."""
@@ -348,7 +350,8 @@ class Store:
             if req.changed:
                 best.metrics["test_accuracy"] = test_acc
                 self.manifest.add_path(con, best)
-            commit_id = self.manifest.add_commit(con, task, best.id, req.run_id, req.iteration, test_acc, info)
+            commit_id = self.manifest.add_commit(con, task, best.id, run_id=req.run_id, iteration=req.iteration,
+                                                 test_accuracy=test_acc, info=info)
             if req.changed:
                 assert logits_blob is not None
                 if not self.blobs.exists(logits_blob):     # a concurrent GC removed an identical blob
@@ -429,8 +432,8 @@ class Store:
         for attempt in range(3):
             check, path = self._checked_pair(task)
 
-            def replaced() -> bool:
-                return self._checked_pair(task)[0].commit_id != check.commit_id
+            def replaced(commit_id: int = check.commit_id) -> bool:
+                return self._checked_pair(task)[0].commit_id != commit_id
 
             try:
                 now = self.test_logits(task, path)

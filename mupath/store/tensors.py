@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 from safetensors.numpy import load as np_load
-from safetensors.torch import load as torch_load, load_file
+from safetensors.torch import load as torch_load
+from safetensors.torch import load_file
 
 from mupath.errors import StoreError
 from mupath.store.blobs import BlobStore
@@ -72,7 +73,8 @@ class TensorRef:
 
 class TensorSource:
     """Where a component's tensors are read from: its committed blob (or the run's hard-link `pin` of
-    it, once a concurrent commit deleted the blob) or a candidate's scratch file. `blob_bytes` ({sha: bytes}) and `scratch_bytes` ({scratch file: bytes}) serve those that were
+    it, once a concurrent commit deleted the blob) or a candidate's scratch file.
+    `blob_bytes` ({sha: bytes}) and `scratch_bytes` ({scratch file: bytes}) serve those that were
     shipped to this process instead of read from the store folder."""
 
     def __init__(self, store: Path, blob_bytes: dict[str, bytes] | None = None,

@@ -61,7 +61,7 @@ class ActivationCache:
         self.entries[key] = value
 
     def prefix(self, model: PathModel, ids: tuple[str, ...], data_key: str, image_size: int,
-               train_x: torch.Tensor, val_x: torch.Tensor, floor: int = 0) -> Prefix | None:
+               train_x: torch.Tensor, val_x: torch.Tensor, *, floor: int = 0) -> Prefix | None:
         """Activations after the frozen prefix `ids` for the training images and the (preprocessed)
         validation images, computing only what no cached entry already covers. `floor`: body slots
         that no candidate of the run can own (the run's always-frozen bottom); a fill that passes it
@@ -96,7 +96,7 @@ class ActivationCache:
 
 
 def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k: int, depth: int,
-         image_size: int, raw: bool, preprocessed: bool = False) -> torch.Tensor:
+         image_size: int, *, raw: bool, preprocessed: bool = False) -> torch.Tensor:
     """Body slots [k, depth) over `src` in chunks, written into one preallocated tensor (a list of
     chunks and their concatenation would hold the activations twice at the peak)."""
     src = images if raw else tokens

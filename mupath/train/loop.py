@@ -42,7 +42,7 @@ class TrainOutcome:
 
 
 def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: TrainConfig,
-               train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+               train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
                score_of: Callable[[float], float], bar: float,
                on_step: Callable[[int, int], None] | None = None, prefix: Prefix | None = None) -> TrainOutcome:
     """Train `owned` components of `model` and keep the best snapshot whose score reaches `bar`.
@@ -50,6 +50,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
     `val_x` is already preprocessed (float, the path's image size). `score_of(quality)` applies the
     parameter penalty; `bar` is the parent's score for a same-task parent, else -inf. With `prefix`
     (frozen-prefix activations, no augmentation) only the suffix of the path runs."""
+    (train_x, train_y), (val_x, val_y) = train, val
     image_size = int(hp["ds_image_size"])
     params = [p for m in owned.values() for p in m.parameters()]
     for p in params:

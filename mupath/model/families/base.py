@@ -75,7 +75,7 @@ class RootFamily:
         return parts["head"](self.features(parts, x))
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
-                     image_size: int, root: Mapping[str, Mapping[str, Any]],
+                     image_size: int, *, root: Mapping[str, Mapping[str, Any]],
                      meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
         """{slot: (kind, config)} of a path with these hyperparameters, in forward order. `root` maps
         the root path's slots to their component configs."""

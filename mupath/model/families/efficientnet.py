@@ -133,7 +133,7 @@ class EfficientNetFamily(RootFamily):
         return F.adaptive_avg_pool2d(parts["neck"](x), 1).flatten(1)
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
-                     image_size: int, root: Mapping[str, Mapping[str, Any]],
+                     image_size: int, *, root: Mapping[str, Mapping[str, Any]],
                      meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
         wanted: dict[str, tuple[str, dict[str, Any]]] = {"stem": ("stem", dict(root["stem"]))}
         wanted.update(body_slots(

@@ -137,7 +137,7 @@ class ViTFamily(RootFamily):
         return parts["norm"](x[:, 0])
 
     def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
-                     image_size: int, root: Mapping[str, Mapping[str, Any]],
+                     image_size: int, *, root: Mapping[str, Mapping[str, Any]],
                      meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
         dim = int(root["cls_token"]["dim"])
         patch = int(meta["patch_size"])

@@ -1,0 +1,68 @@
+"""The package's shape, checked: the layers of docs/design.md ("Architecture") import only downwards,
+and no module imports itself back through others (no import cycle)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mupath"
+
+#: lower layers never import higher ones (docs/design.md, "Layers")
+LAYERS = {"errors": 0, "data": 1, "model": 2, "train": 3, "store": 4, "runtime": 5, "search": 6,
+          "export": 7, "system": 7, "viz": 8, "serve": 8, "cli": 9, "__init__": 9}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """mupath modules `path` imports (at any depth, lazy imports included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mupath"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                out.add(full if full in modules else node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("mupath"))
+    return out
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1] if len(parts) > 1 else "__init__"]
+
+
+def test_layers_import_only_downwards():
+    modules = _modules()
+    upward = [f"{m} -> {t}" for m, p in modules.items() if m != "mupath" for t in _imports(p, modules)
+              if t in modules and t != "mupath" and _layer(t) > _layer(m)]
+    assert not upward, upward
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    graph = {m: {t for t in _imports(p, modules) if t in modules and t != "mupath"} for m, p in modules.items()}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t, stack)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, [" -> ".join(c) for c in cycles]
