@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import SESSION_MARK, session_processes
 
 ORPHAN = ("import subprocess, sys\n"

@@ -16,8 +16,16 @@ from typer.testing import CliRunner
 from mupath.cli.main import app
 from mupath.errors import ConfigError
 from mupath.search import settings as settings_module
-from mupath.search.settings import (DOC_BEGIN, DOC_END, SETTING_FIELDS, EvolveSettings, cli_flag, default_of,
-                                    make_settings, settings_markdown)
+from mupath.search.settings import (
+    DOC_BEGIN,
+    DOC_END,
+    SETTING_FIELDS,
+    EvolveSettings,
+    cli_flag,
+    default_of,
+    make_settings,
+    settings_markdown,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 CONTRACT = ("--tasks", "--iterations", "--candidates", "--generations", "--workers")   # docs/design.md
@@ -59,8 +67,7 @@ def test_docs_table_is_generated_from_the_fields():
     text = DOC.read_text()
     assert DOC_BEGIN in text and DOC_END in text
     block = DOC_BEGIN + text.split(DOC_BEGIN, 1)[1].split(DOC_END, 1)[0] + DOC_END
-    assert block == settings_markdown(), ("docs/settings.md is stale: run "
-                                          "`make docs-settings` (python -m mupath.search.settings --write docs/settings.md)")
+    assert block == settings_markdown(), "docs/settings.md is stale: run `make docs-settings`"
     for name in SETTING_FIELDS:
         assert f"| `{name}` |" in block
 
