@@ -27,7 +27,7 @@ from mupath import System  # noqa: E402
 from mupath.runtime.worker import run_job  # noqa: E402
 from mupath.search.baselines import baseline_job, budgets_from_commits, commit_baseline  # noqa: E402
 from mupath.search.space import search_space  # noqa: E402
-from mupath.search.evolve import id_stream  # noqa: E402
+from mupath.search.ids import id_stream  # noqa: E402
 from mupath.search.mutation import Lineage, committed_infos, make_child  # noqa: E402
 from mupath.search.settings import EvolveSettings  # noqa: E402
 from mupath.search.space import customise, is_data_key  # noqa: E402

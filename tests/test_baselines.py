@@ -16,7 +16,7 @@ from mupath.errors import ConfigError
 from mupath.model.root import RootSpec, create_root, cut_root
 from mupath.search.baselines import (budgets_from_commits, forgetting, parse_method, plan_baseline,
                                      run_sequential, split_budget, train_store_baselines)
-from mupath.search.evolve import id_stream
+from mupath.search.ids import id_stream
 from mupath.search.settings import make_settings
 from mupath.store.records import ROOT_TASK
 

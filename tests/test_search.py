@@ -299,7 +299,7 @@ def test_tried_entry_keeps_losers_best_validation_and_never_infinity():
     """A candidate below its bar has quality -inf and no score in the worker's result; its log entry has
     quality None but its best finite validation accuracy; a failed one has neither; all is plain JSON."""
     import json
-    from mupath.search.evolve import data_moves, tried_entry
+    from mupath.search.task_search import data_moves, tried_entry
     from mupath.search.mutation import ChildPlan
     from mupath.runtime.jobs import CandidateResult as R
     from mupath.store.records import PathRecord

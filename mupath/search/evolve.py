@@ -7,15 +7,15 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from mupath.errors import MupathError
 from mupath.runtime.executors import Executor, make_executor
 from mupath.runtime.jobs import CandidateJob, CandidateResult
-from mupath.search.ids import id_stream, seed_for  # noqa: F401  (re-exported)
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
-from mupath.search.task_search import TaskSearch, always_cloned, candidate_job, data_moves, run_cache_floor, tried_entry  # noqa: F401
+from mupath.search.task_search import TaskSearch
+from mupath.search.tracking import CandidateEvent, CommitEvent, NullTracker, Tracker
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import Store
 
@@ -45,6 +45,8 @@ class TaskReport:
     train_time: float
     wall_time: float
     parent_task: str | None
+    accounted_params: float = 0.0          #: of the retained path, when it trained in this run
+    mutations: dict[str, Any] = dataclasses.field(default_factory=dict)   #: the retained path's, from its parent
 
 
 @dataclasses.dataclass
@@ -56,8 +58,10 @@ class EvolveReport:
 
 
 def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
-           progress: Progress | None = None) -> EvolveReport:
-    """Run (or resume) an evolution over `tasks`; see the module docstring."""
+           progress: Progress | None = None, tracker: Tracker | None = None) -> EvolveReport:
+    """Run (or resume) an evolution over `tasks`; see the module docstring. `tracker` hears of every
+    candidate and commit (default: none)."""
+    tracker = tracker or NullTracker()
     started = time.perf_counter()
     key = settings.resume_key(tasks)
     search_space(store, settings)      # bad hyperparameters and an unreachable cluster fail here,
@@ -75,7 +79,9 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
             for task in tasks:
                 if (iteration, task) in done:
                     continue
-                reports.append(_evolve_task(store, task, iteration, settings, executor, run_id, progress=progress))
+                reports.append(_evolve_task(store, task, iteration, settings, executor, run_id,
+                                            progress=progress, tracker=tracker))
+                tracker.committed(commit_event(store, reports[-1], len(reports)))
         store.finish_run(run_id)
     except BaseException:
         executor.shutdown()            # candidates may still be in flight: stop the workers
@@ -83,12 +89,13 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
     else:
         executor.close()               # a persistent pool stays up for the next call
     finally:
+        tracker.close()
         shutil.rmtree(store.scratch_dir(run_id), ignore_errors=True)
     return EvolveReport(run_id, resumed, reports, time.perf_counter() - started)
 
 
 def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettings, executor: Executor,
-                 run_id: str, *, progress: Progress | None) -> TaskReport:
+                 run_id: str, *, progress: Progress | None, tracker: Tracker) -> TaskReport:
     """One task iteration: generations of candidates, then the best path committed and checked."""
     started = time.perf_counter()
     search = TaskSearch(store, task, iteration, settings, run_id)
@@ -103,6 +110,8 @@ def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettin
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         for child, res in zip(children, executor.run(jobs, on_done=on_done, on_step=on_step)):
             search.absorb(child, res)
+            tracker.candidate(CandidateEvent(task, iteration, generation, child.index, child.plan.path.id,
+                                             child.parent.task, child.plan.mutations, res))
     best = search.best()
     if best is None:
         failures = search.log.failures
@@ -119,10 +128,20 @@ def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettin
     log = search.log
     entry = TaskReport(task, iteration, best.id, search.changed(best), best.quality, test_acc, search.scores[best.id],
                        search.candidates, log.improved, log.failures, log.train_images, log.train_time,
-                       time.perf_counter() - started, parent_task)
+                       time.perf_counter() - started, parent_task,
+                       float(best.metrics.get("accounted_params") or 0.0), dict(best.metrics.get("mutations") or {}))
     if progress:
         progress.task_done(entry)
     return entry
+
+
+def commit_event(store: Store, entry: TaskReport, step: int) -> CommitEvent:
+    """What a tracker hears of a commit: the report and the system's size after it."""
+    snap = store.snapshot()
+    return CommitEvent(entry.task, entry.iteration, step, entry.path_id, entry.changed, entry.score,
+                       entry.val_accuracy, entry.test_accuracy, entry.accounted_params, entry.mutations,
+                       entry.candidates, entry.improved, sum(c.num_params for c in snap.components.values()),
+                       len(snap.retained) - 1, entry.wall_time)
 
 
 def sharing_tasks(retained: dict[str, PathRecord], components: set[str], task: str) -> set[str]:
