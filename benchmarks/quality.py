@@ -19,6 +19,7 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import sys
@@ -220,7 +221,7 @@ def run_baselines(out: Path, tasks: dict[str, Task], budgets: dict[str, int], mo
     seq_job = {"store": str(systems[store_methods[0]].path), "tasks": TASKS, "budgets": budgets, "seed": seed,
                "settings": settings}
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                  initializer=_init_worker, initargs=(1,))
+                                  initializer=_init_worker, initargs=(1, os.getpid()))
     try:
         seq_future = pool.submit(sequential_job, seq_job)   # the longest job first
         futures = [pool.submit(run_job, p.job) for p in pending]

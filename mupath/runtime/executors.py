@@ -64,10 +64,12 @@ class InProcessExecutor:
         pass
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    """Set a worker's threads and watch `parent`, the pool's creator, read in the creator itself: a
+    worker still starting when its creator dies would read its adopter from os.getppid() and live on."""
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def _exit_with_parent(parent: int, every: float = 1.0) -> None:
@@ -93,7 +95,7 @@ class ProcessPoolExecutor:
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                      initializer=_init_worker, initargs=(self.threads,))
+                                      initializer=_init_worker, initargs=(self.threads, os.getpid()))
 
     def _fresh_pool(self) -> None:
         if getattr(self.pool, "_broken", False):      # a worker died: start fresh processes

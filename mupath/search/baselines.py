@@ -361,11 +361,7 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
         if size != int(store.root_spec.image_size):
             raise ConfigError("the sequential baseline keeps the root's image size (one shared position embedding)")
         sizes[task] = size
-        spec = ComponentSpec("head", {"dim": store.family.head_dim(store.root_configs()),
-                                      "num_classes": int(hp["num_classes"])})
-        head = build_component(spec, store.root_spec)
-        head.load_state_dict(new_component_tensors(spec, seed_for(seed, "sequential", task)))
-        heads[task] = head
+        heads[task] = head = _new_head(store, int(hp["num_classes"]), seed_for(seed, "sequential", task))
         out.head_params[task] = sum(p.numel() for p in head.parameters())
         owned = {**body, "head": head}
         model = PathModel(dict(owned), store.family)
@@ -384,12 +380,7 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
         for slot, module in owned.items():            # keep the best snapshot (as every candidate does)
             module.load_state_dict(outcome.best_state[slot])
             module.requires_grad_(False)
-        accs: dict[str, float] = {}
-        for t in tasks[:k + 1]:
-            d = data if t == task else store.task_data(t)
-            with fixed_threads(CHECK_THREADS):
-                logits = logits_of(PathModel({**body, "head": heads[t]}, store.family), d["test.x"], sizes[t])
-            accs[t] = accuracy_of(logits, d["test.y"])
+        accs = {t: _test_accuracy(store, {**body, "head": heads[t]}, t, sizes[t]) for t in tasks[:k + 1]}
         out.history.append((task, accs))
         out.after_own[task] = accs[task]
         out.val_quality[task] = outcome.quality
@@ -402,6 +393,22 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
     out.final = dict(out.history[-1][1]) if out.history else {}
     out.forgetting, out.forgetting_per_task = forgetting(out.history)
     return out
+
+
+def _new_head(store: Store, num_classes: int, seed: int) -> torch.nn.Module:
+    """A zero-initialised head on the root's features (µ2Net's new-head mutation)."""
+    spec = ComponentSpec("head", {"dim": store.family.head_dim(store.root_configs()), "num_classes": num_classes})
+    head = build_component(spec, store.root_spec)
+    head.load_state_dict(new_component_tensors(spec, seed))
+    return head
+
+
+def _test_accuracy(store: Store, modules: dict[str, torch.nn.Module], task: str, size: int) -> float:
+    """Test accuracy of a model of `modules` on `task`, computed as every committed task's is."""
+    data = store.task_data(task)
+    with fixed_threads(CHECK_THREADS):
+        logits = logits_of(PathModel(modules, store.family), data["test.x"], size)
+    return accuracy_of(logits, data["test.y"])
 
 
 def sequential_job(job: dict[str, Any]) -> dict[str, Any]:

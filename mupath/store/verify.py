@@ -123,7 +123,30 @@ def verify_store(store: Store, *, rerun: bool = True) -> VerifyReport:
         for cid in path_comps.values():
             users.setdefault(cid, set()).add(task)
 
-    # -- manifest consistency -------------------------------------------------------------------
+    problems.extend(_consistency(tasks, comps, retained, checks, users))
+    refs = _references(tasks, comps, checks, users)
+    problems.extend(_blob_problems(store, refs, tasks))
+
+    # -- leftovers --------------------------------------------------------------------------------
+    problems.extend(_leftovers(store, set(refs)))
+
+    # -- the bit-exact no-forgetting re-run -------------------------------------------------------
+    touched_now = {t for p in problems for t in p.tasks}
+    checked: list[str] = []
+    if rerun:
+        to_check = [t for t in committed if t in checks and t not in touched_now]
+        if to_check:
+            checked, failed = _rerun(store, {t: checks[t] for t in to_check})
+            problems.extend(failed)
+    return VerifyReport(store.folder, problems, committed, checked, len(refs))
+
+
+def _consistency(tasks: dict[str, str], comps: dict[str, Any], retained: dict[str, Any],
+                 checks: dict[str, Any], users: dict[str, set[str]]) -> list[Problem]:
+    """The manifest's own consistency: the root is retained, every retained path and its components
+    exist, every component is used, every committed task has a no-forgetting reference."""
+    problems: list[Problem] = []
+    committed = [t for t in tasks if t in retained]
     if ROOT_TASK not in retained:
         problems.append(Problem(MANIFEST, f"the root pseudo-task {ROOT_TASK} has no retained path; new "
                                           "tasks cannot start from the root", [ROOT_TASK]))
@@ -147,8 +170,12 @@ def verify_store(store: Store, *, rerun: bool = True) -> VerifyReport:
         if task not in checks:
             problems.append(Problem(MANIFEST, f"task '{task}' has no no-forgetting reference (checks row); "
                                               "it cannot be verified", [task]))
+    return problems
 
-    # -- referenced blobs -----------------------------------------------------------------------
+
+def _references(tasks: dict[str, str], comps: dict[str, Any], checks: dict[str, Any],
+                users: dict[str, set[str]]) -> dict[str, list[tuple[str, list[str]]]]:
+    """{blob: [(what references it, the tasks that touches)]} of every referenced blob."""
     refs: dict[str, list[tuple[str, list[str]]]] = {}
     for cid, (slot, blob, _) in comps.items():
         refs.setdefault(blob, []).append((f"component {cid} ({slot})", _ordered(users.get(cid, ()), tasks)))
@@ -156,6 +183,13 @@ def verify_store(store: Store, *, rerun: bool = True) -> VerifyReport:
         refs.setdefault(blob, []).append((f"the data of task '{task}'", [task]))
     for task, (_, blob) in checks.items():
         refs.setdefault(blob, []).append((f"the reference logits of task '{task}'", [task]))
+    return refs
+
+
+def _blob_problems(store: Store, refs: dict[str, list[tuple[str, list[str]]]],
+                   tasks: dict[str, str]) -> list[Problem]:
+    """Every referenced blob exists and hashes to its name."""
+    problems: list[Problem] = []
     for sha, owners in sorted(refs.items()):
         what = " and ".join(o[0] for o in owners)
         touched = _ordered({t for o in owners for t in o[1]}, tasks)
@@ -163,19 +197,7 @@ def verify_store(store: Store, *, rerun: bool = True) -> VerifyReport:
         if bad is not None:
             kind, detail = bad
             problems.append(Problem(kind, f"blob {sha[:12]} of {what} {detail}", touched))
-
-    # -- leftovers --------------------------------------------------------------------------------
-    problems.extend(_leftovers(store, set(refs)))
-
-    # -- the bit-exact no-forgetting re-run -------------------------------------------------------
-    touched_now = {t for p in problems for t in p.tasks}
-    checked: list[str] = []
-    if rerun:
-        to_check = [t for t in committed if t in checks and t not in touched_now]
-        if to_check:
-            checked, failed = _rerun(store, {t: checks[t] for t in to_check})
-            problems.extend(failed)
-    return VerifyReport(store.folder, problems, committed, checked, len(refs))
+    return problems
 
 
 def fix_store(store: Store, *, min_age_s: float = FIX_MIN_AGE_S) -> FixReport:

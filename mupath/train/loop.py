@@ -71,13 +71,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
         t0 = time.perf_counter()
         for _ in range(cfg.steps_per_validation):
             idx = next(batches)
-            if prefix is not None:
-                logits = _suffix_logits(model, prefix.train[idx], prefix.start)
-            else:
-                x = to_model_input(train_x[idx], image_size)
-                if augmenting:
-                    x = augment(x, hp, gen)
-                logits = model(x)
+            logits = _batch_logits(model, train_x, idx, hp, gen=gen if augmenting else None, prefix=prefix)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, hp)
             loss = loss_fn(logits, train_y[idx])
@@ -100,10 +94,27 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
         score = score_of(quality)
         if score >= best_score and math.isfinite(score):
             best_score, best_quality = score, quality
-            best = {cid: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
-                    for cid, m in owned.items()}    # on the CPU: commits and checks run there
+            best = _snapshot(owned)
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
                         step * cfg.batch_size, train_time, eval_time)
+
+
+def _batch_logits(model: nn.Module, train_x: torch.Tensor, idx: torch.Tensor, hp: dict, *,
+                  gen: torch.Generator | None, prefix: Prefix | None) -> torch.Tensor:
+    """A training batch's logits: from the cached frozen prefix, or from the images (augmented with
+    `gen`'s draws when given)."""
+    if prefix is not None:
+        return _suffix_logits(model, prefix.train[idx], prefix.start)
+    x = to_model_input(train_x[idx], int(hp["ds_image_size"]))
+    if gen is not None:
+        x = augment(x, hp, gen)
+    return model(x)
+
+
+def _snapshot(owned: dict[str, nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+    """Copies of the owned tensors, on the CPU: commits and checks run there."""
+    return {cid: {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
+            for cid, m in owned.items()}
 
 
 def _suffix_logits(model: nn.Module, tokens: torch.Tensor, start: int) -> torch.Tensor:
