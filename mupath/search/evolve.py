@@ -15,9 +15,10 @@ from mupath.runtime.jobs import CandidateJob, CandidateResult
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
 from mupath.search.task_search import TaskSearch
-from mupath.search.tracking import CandidateEvent, CommitEvent, NullTracker, Tracker
+from mupath.search.tracking import CandidateEvent, CommitEvent, Tracker
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import Store
+from mupath.track import check_log_root, make_tracker
 
 
 class Progress(Protocol):
@@ -60,16 +61,18 @@ class EvolveReport:
 def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
            progress: Progress | None = None, tracker: Tracker | None = None) -> EvolveReport:
     """Run (or resume) an evolution over `tasks`; see the module docstring. `tracker` hears of every
-    candidate and commit (default: none)."""
-    tracker = tracker or NullTracker()
+    candidate and commit (default: the settings' one, TensorBoard logs unless `log=False`)."""
     started = time.perf_counter()
     key = settings.resume_key(tasks)
-    search_space(store, settings)      # bad hyperparameters and an unreachable cluster fail here,
-    executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,   # before a run
-                             settings.ray_address, settings.ray_ship_blobs, settings.device)   # row is written
+    search_space(store, settings)      # bad hyperparameters, an unwritable log folder and an unreachable
+    if tracker is None:                # cluster fail here, before a run row is written
+        check_log_root(store.folder, settings)
+    executor = make_executor(settings.executor, settings.workers, settings.threads_per_worker,
+                             settings.ray_address, settings.ray_ship_blobs, settings.device)
     try:
         run_id, resumed = store.start_run(key)
         done = {(c["iteration"], c["task"]) for c in store.manifest.commits(run_id)}
+        sink = tracker if tracker is not None else make_tracker(store, settings, run_id)
     except BaseException:
         executor.shutdown()
         raise
@@ -80,8 +83,8 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
                 if (iteration, task) in done:
                     continue
                 reports.append(_evolve_task(store, task, iteration, settings, executor, run_id,
-                                            progress=progress, tracker=tracker))
-                tracker.committed(commit_event(store, reports[-1], len(reports)))
+                                            progress=progress, tracker=sink))
+                sink.committed(commit_event(store, reports[-1], len(reports)))
         store.finish_run(run_id)
     except BaseException:
         executor.shutdown()            # candidates may still be in flight: stop the workers
@@ -89,7 +92,7 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
     else:
         executor.close()               # a persistent pool stays up for the next call
     finally:
-        tracker.close()
+        sink.close()
         shutil.rmtree(store.scratch_dir(run_id), ignore_errors=True)
     return EvolveReport(run_id, resumed, reports, time.perf_counter() - started)
 
