@@ -125,23 +125,26 @@ def test_cli_bad_sizes_values_and_inputs_are_one_line_errors(tmp_path, npz_sourc
 def test_history_table_lines():
     """The pieces `mupath history` prints: mutations in one line, each candidate's outcome, and a
     caption for a commit without a log or one that kept the task's previous path."""
-    from types import SimpleNamespace
     from rich.console import Console
-    from mupath.cli.tables import history_tables, mutation_summary, tried_status
+    from mupath.cli.tables import _commit_table, mutation_summary, tried_status
+    from mupath.store.log import CommitRecord, TriedCandidate
     assert mutation_summary({}) == "no mutation"
     assert mutation_summary({"cloned": ["block_0", "patch_embed"], "adapters_added": [1],
                              "opt_lr": [0.001, 0.002]}) == "clone block_0, patch_embed; +adapter 1; opt_lr 0.001->0.002"
-    assert tried_status({"retained": True, "entered": True}) == "retained"
-    assert tried_status({"entered": True}) == "in population"
-    assert tried_status({"entered": False}) == "below its bar"
-    assert tried_status({"entered": False, "failure": "RuntimeError: boom"}) == "failed: RuntimeError: boom"
-    entry = dict(generation=0, parent_task="a", mutations={}, best_val=0.5, owned_params=10,
-                 accounted_params=12.0, score=None, entered=False, retained=False)
-    commits = [dict(iteration=0, run_id="r1", test_accuracy=0.9, info={"score": 0.8}),
-               dict(iteration=1, run_id="r2", test_accuracy=0.9,
-                    info={"score": 0.8, "tried": [entry, {**entry, "device": "cuda"}]})]
-    system = SimpleNamespace(history=lambda task: commits)
-    old, kept = history_tables(system, "t")
+    entry = TriedCandidate.from_json(dict(path="p1", generation=0, parent_task="a", mutations={}, best_val=0.5,
+                                          owned_params=10, accounted_params=12.0, score=None, entered=False,
+                                          retained=False))
+    assert tried_status(entry.__class__.from_json({**entry.to_json(), "retained": True, "entered": True})) == "retained"
+    assert tried_status(TriedCandidate.from_json({"path": "p", "entered": True})) == "in population"
+    assert tried_status(entry) == "below its bar"
+    assert tried_status(TriedCandidate.from_json({"path": "p", "failure": "RuntimeError: boom"})) == \
+        "failed: RuntimeError: boom"
+    rows = [dict(id=1, task="t", path_id="p0", run_id="r1", iteration=0, time=0.0, test_accuracy=0.9,
+                 info={"score": 0.8}),
+            dict(id=2, task="t", path_id="p1", run_id="r2", iteration=1, time=1.0, test_accuracy=0.9,
+                 info={"score": 0.8, "tried": [entry.to_json(), {**entry.to_json(), "device": "cuda"}]})]
+    commits = [CommitRecord.from_row(r) for r in rows]
+    old, kept = (_commit_table("t", c) for c in commits)
     assert "predates the search log" in old.caption and old.row_count == 0
     assert "kept that path" in kept.caption and kept.row_count == 2
     assert kept.title.endswith(", trained on cuda") and "trained on" not in old.title

@@ -275,23 +275,26 @@ def test_commit_logs_every_candidate_tried_and_marks_the_retained_one(tiny_syste
     population have a score (a candidate below its bar has no quality)."""
     import json
     from conftest import TINY_SETTINGS
+    from mupath.store.log import TriedCandidate
     system = tiny_system
     system.add_task(digits_small)
     settings = dict(TINY_SETTINGS, generations=2, candidates=2)
     system.evolve(["digits"], **settings)
-    [commit] = system.history("digits")
-    tried = commit["info"]["tried"]
+    [commit] = system.store.manifest.commit_records(task="digits")
+    tried = commit.info.tried
     best = system.manifest.retained()["digits"]
-    assert len(tried) == 4 and [e["generation"] for e in tried] == [0, 0, 1, 1]
-    assert [e["path"] for e in tried if e["retained"]] == [best.id]
-    kept = next(e for e in tried if e["retained"])
-    assert kept["entered"] and kept["quality"] == best.quality
-    assert kept["score"] == commit["info"]["score"]
-    assert kept["mutations"] == best.metrics["mutations"]
+    assert len(tried) == 4 and [e.generation for e in tried] == [0, 0, 1, 1]
+    assert [e.path for e in tried if e.retained] == [best.id]
+    kept = next(e for e in tried if e.retained)
+    assert kept.entered and kept.quality == best.quality
+    assert kept.score == commit.info.score
+    assert kept.mutations == best.metrics["mutations"]
     for e in tried:
-        assert (e["score"] is None) == (not e["entered"])
-        assert e["quality"] is None or 0.0 <= e["quality"] <= 1.0
-        assert e["owned_params"] > 0 and e["parent_task"] in ("__root__", "digits")
+        assert (e.score is None) == (not e.entered)
+        assert e.quality is None or 0.0 <= e.quality <= 1.0
+        assert e.owned_params > 0 and e.parent_task in ("__root__", "digits")
+    tried = system.history("digits")[0]["info"]["tried"]
+    assert [TriedCandidate.from_json(e) for e in tried] == list(commit.info.tried)   # the JSON round-trips
     json.dumps(tried, allow_nan=False)      # stored as plain JSON
 
 
@@ -306,17 +309,17 @@ def test_tried_entry_keeps_losers_best_validation_and_never_infinity():
     plan = ChildPlan(PathRecord("p1", "t", "p0", {}, {}, metrics={"parent_task": "a"}), [], {"cloned": ["block_0"]})
     below = tried_entry(plan, R("p1", improved=False, val_accuracy=float("-inf"), score=0.7,
                                 evals=(float("-inf"), 0.61, 0.64), owned_params=5, accounted_params=9.5), 1)
-    assert below["quality"] is None and below["score"] is None and below["best_val"] == 0.64
-    assert below["generation"] == 1 and below["parent_task"] == "a" and below["mutations"] == {"cloned": ["block_0"]}
+    assert below.quality is None and below.score is None and below.best_val == 0.64
+    assert below.generation == 1 and below.parent_task == "a" and below.mutations == {"cloned": ["block_0"]}
     kept = tried_entry(plan, R("p1", improved=True, val_accuracy=0.8, score=0.75, evals=(0.7, 0.8)), 0)
-    assert (kept["quality"], kept["score"], kept["best_val"], kept["entered"]) == (0.8, 0.75, 0.8, True)
-    assert kept["data"] == {}
+    assert (kept.quality, kept.score, kept.best_val, kept.entered) == (0.8, 0.75, 0.8, True)
+    assert kept.data == {}
     moved = tried_entry(plan, R("p1", improved=True, val_accuracy=0.8, score=0.75), 0,
                         data_moves({"ds_crop": False}, {"ds_crop": True, "ds_image_size": 32}, {"ds_image_size": 32}))
-    assert moved["data"] == {"ds_crop": [False, True]}        # the image size stayed at the default
+    assert moved.data == {"ds_crop": [False, True]}        # the image size stayed at the default
     failed = tried_entry(plan, R("p1", failure="RuntimeError: boom"), 0)
-    assert failed["best_val"] is None and failed["owned_params"] == 0 and failed["failure"] == "RuntimeError: boom"
-    json.dumps([below, kept, failed], allow_nan=False)
+    assert failed.best_val is None and failed.owned_params == 0 and failed.failure == "RuntimeError: boom"
+    json.dumps([below.to_json(), kept.to_json(), failed.to_json()], allow_nan=False)
 
 
 @pytest.mark.parametrize("key, value", [

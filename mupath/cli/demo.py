@@ -82,8 +82,8 @@ def run_demo(store: Path, workers: int, console: Console, root: str = "efficient
     with RichProgress(console) as progress:
         system.evolve(DEMO_TASKS, progress=progress, workers=workers, **DEMO_SETTINGS[root])
     times: dict[str, float] = {}
-    for commit in system.manifest.commits():
-        times[commit["task"]] = times.get(commit["task"], 0.0) + float(commit["info"].get("wall_time", 0.0))
+    for commit in system.store.manifest.commit_records():
+        times[commit.task] = times.get(commit.task, 0.0) + commit.info.wall_time
     console.print(status_table(system, times))
     from mupath.viz import draw_system_graph
     png = draw_system_graph(system, store / "graph.png")

@@ -260,7 +260,7 @@ def prepare_store_baselines(stores: Mapping[str, Store], tasks: list[str], budge
                          sort_keys=True)
         run_id, _ = store.start_run(key)
         runs[method] = run_id
-        committed = {c["task"] for c in store.manifest.commits(run_id)}
+        committed = {c.task for c in store.manifest.commit_records(run_id)}
         for task in tasks:
             store.task_record(task)
             if task in committed:
@@ -437,8 +437,8 @@ def total_params(store: Store) -> int:
 def budgets_from_commits(store: Store, run_id: str | None = None) -> dict[str, int]:
     """Training images the evolution spent per task: Σ `train_images` over its commits."""
     out: dict[str, int] = {}
-    for c in store.manifest.commits(run_id):
-        if c["task"] == ROOT_TASK:
+    for c in store.manifest.commit_records(run_id):
+        if c.task == ROOT_TASK:
             continue
-        out[c["task"]] = out.get(c["task"], 0) + int(c["info"].get("train_images", 0))
+        out[c.task] = out.get(c.task, 0) + c.info.train_images
     return out

@@ -18,7 +18,7 @@ from mupath.search.task_search import TaskSearch
 from mupath.search.tracking import CandidateEvent, CommitEvent, Tracker
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import Store
-from mupath.track import check_log_root, make_tracker
+from mupath.track import TrackerFactory, check_log_root, open_tracker
 
 
 class Progress(Protocol):
@@ -59,9 +59,10 @@ class EvolveReport:
 
 
 def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
-           progress: Progress | None = None, tracker: Tracker | None = None) -> EvolveReport:
-    """Run (or resume) an evolution over `tasks`; see the module docstring. `tracker` hears of every
-    candidate and commit (default: the settings' one, TensorBoard logs unless `log=False`)."""
+           progress: Progress | None = None, tracker: Tracker | TrackerFactory | None = None) -> EvolveReport:
+    """Run (or resume) an evolution over `tasks`; see the module docstring. `tracker` (or what a
+    `TrackerFactory` makes of the started run) hears of every candidate and commit; default: the
+    settings' one, TensorBoard logs unless `log=False` (`mupath.track`)."""
     started = time.perf_counter()
     key = settings.resume_key(tasks)
     search_space(store, settings)      # bad hyperparameters, an unwritable log folder and an unreachable
@@ -71,8 +72,8 @@ def evolve(store: Store, tasks: list[str], settings: EvolveSettings,
                              settings.ray_address, settings.ray_ship_blobs, settings.device)
     try:
         run_id, resumed = store.start_run(key)
-        done = {(c["iteration"], c["task"]) for c in store.manifest.commits(run_id)}
-        sink = tracker if tracker is not None else make_tracker(store, settings, run_id)
+        done = {(c.iteration, c.task) for c in store.manifest.commit_records(run_id)}
+        sink = open_tracker(tracker, store, settings, run_id)
     except BaseException:
         executor.shutdown()
         raise

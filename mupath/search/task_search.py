@@ -20,6 +20,7 @@ from mupath.search.scoring import accounted_params, compute_users, score
 from mupath.search.selection import select_parent
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import SearchSpace, frozen_floor, search_space
+from mupath.store.log import TriedCandidate
 from mupath.store.records import ROOT_TASK, CandidateComponent, PathRecord
 from mupath.store.store import CommitRequest, Store
 
@@ -39,7 +40,7 @@ class Child:
 class SearchLog:
     """What one task iteration tried (kept in its commit's `info`, shown by `mupath history`)."""
 
-    tried: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tried: list[TriedCandidate] = dataclasses.field(default_factory=list)
     failures: list[str] = dataclasses.field(default_factory=list)
     improved: int = 0
     train_images: int = 0
@@ -170,10 +171,9 @@ class TaskSearch:
         return self.task not in self.retained or best.id != self.retained[self.task].id
 
     def commit_request(self, best: PathRecord, wall_time: float) -> CommitRequest:
-        for entry in self.log.tried:
-            entry["retained"] = entry["path"] == best.id
+        tried = [dataclasses.replace(t, retained=t.path == best.id).to_json() for t in self.log.tried]
         info = {"score": self.scores[best.id], "candidates": self.candidates, "improved": self.log.improved,
-                "failures": self.log.failures[:20], "tried": self.log.tried, "train_images": self.log.train_images,
+                "failures": self.log.failures[:20], "tried": tried, "train_images": self.log.train_images,
                 "train_time": self.log.train_time, "wall_time": wall_time, **self.log.probe}
         return CommitRequest(self.task, best, self.comps, dict(self.new_offspring), self.run_id, self.iteration,
                              self.changed(best), info)
@@ -214,7 +214,7 @@ def data_moves(parent_hp: dict[str, Any], ds_hp: dict[str, Any], defaults: dict[
 
 
 def tried_entry(plan: ChildPlan, res: CandidateResult, generation: int,
-                data: dict[str, Any] | None = None) -> dict[str, Any]:
+                data: dict[str, Any] | None = None) -> TriedCandidate:
     """One candidate of a task's search, as the commit keeps it (info["tried"], shown by `mupath
     history`): why a task ended with its path is otherwise invisible, since only the retained path is
     stored. `data`: its generation's data-hyperparameter moves (`data_moves`). `quality` is set only
@@ -224,13 +224,14 @@ def tried_entry(plan: ChildPlan, res: CandidateResult, generation: int,
     quality = res.val_accuracy
     finite = [float(v) for v in res.evals or [] if v is not None and math.isfinite(float(v))]
     entered = bool(res.improved)
-    return {"path": plan.path.id, "generation": generation, "parent_task": plan.path.metrics.get("parent_task"),
-            "mutations": plan.mutations, "data": data or {},
-            "quality": float(quality) if entered and quality is not None and math.isfinite(float(quality)) else None,
-            "best_val": max(finite) if finite else None,
-            "score": float(res.score) if entered and res.score is not None else None,
-            "owned_params": int(res.owned_params), "accounted_params": float(res.accounted_params),
-            "entered": entered, "failure": res.failure, "device": res.device}
+    return TriedCandidate(
+        path=plan.path.id, generation=generation, parent_task=plan.path.metrics.get("parent_task"),
+        mutations=plan.mutations, data=data or {},
+        quality=float(quality) if entered and quality is not None and math.isfinite(float(quality)) else None,
+        best_val=max(finite) if finite else None,
+        score=float(res.score) if entered and res.score is not None else None,
+        owned_params=int(res.owned_params), accounted_params=float(res.accounted_params),
+        entered=entered, failure=res.failure, device=res.device)
 
 
 def always_cloned(store: Store, settings: EvolveSettings, root_path: PathRecord) -> frozenset[str]:

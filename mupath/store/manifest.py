@@ -13,6 +13,7 @@ from typing import Any
 
 from mupath.errors import StoreError
 from mupath.store.faults import crash_point
+from mupath.store.log import CommitRecord
 from mupath.store.records import CheckRecord, ComponentRecord, PathRecord, TaskRecord
 
 FORMAT_VERSION = 1
@@ -224,6 +225,10 @@ class Manifest:
         """The newest commit's id (0 before the first): readers poll it to notice a new commit."""
         row = self.db.execute("SELECT MAX(id) FROM commits").fetchone()
         return int(row[0] or 0)
+
+    def commit_records(self, run_id: str | None = None, task: str | None = None) -> list[CommitRecord]:
+        """`commits`, typed: the search log as records (mupath.store.log)."""
+        return [CommitRecord.from_row(row) for row in self.commits(run_id, task)]
 
     def set_check(self, con: sqlite3.Connection, rec: CheckRecord) -> None:
         con.execute("INSERT OR REPLACE INTO checks VALUES (?,?,?,?)",
