@@ -6,7 +6,8 @@ import hashlib
 import json
 import random
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def seed_for(*parts: Any) -> int:

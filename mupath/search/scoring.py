@@ -3,7 +3,7 @@ k tasks costs |c| / k to each (ScorerDecay); components only this path uses cost
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from mupath.runtime.jobs import size_penalty
 from mupath.store.records import ROOT_TASK, PathRecord

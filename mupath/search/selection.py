@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Mapping
+from collections.abc import Mapping
 
 from mupath.store.records import PathRecord
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mupath.errors import ConfigError
 from mupath.model.root import MAX_IMAGE_SIZE
@@ -38,12 +39,12 @@ def is_action_key(key: str) -> bool:
     return key.startswith(MU_ACTION_PREFIX) and bool(_ACTION.fullmatch(key[len(MU_ACTION_PREFIX):]))
 
 
-def action_mu(space: "SearchSpace", action: str, mu: float) -> float:
+def action_mu(space: SearchSpace, action: str, mu: float) -> float:
     """Probability of one mutation action: its `_mu_|action` default when set, else µ."""
     return float(space.defaults.get(MU_ACTION_PREFIX + action, mu))
 
 
-def frozen_floor(space: "SearchSpace", embed_slots: tuple[str, ...], depth: int, adapters: bool) -> int:
+def frozen_floor(space: SearchSpace, embed_slots: tuple[str, ...], depth: int, adapters: bool) -> int:
     """How many leading blocks no candidate can clone or adapt (their per-action probabilities are 0),
     provided no embedding slot can be cloned either: the run's always-frozen bottom, a checkpoint for
     the activation cache."""
@@ -232,7 +233,7 @@ def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
     return new
 
 
-def search_space(store: "Store", settings: "EvolveSettings") -> SearchSpace:
+def search_space(store: Store, settings: EvolveSettings) -> SearchSpace:
     """The search space of a store's root with `settings`' hparams and ranges applied; an image size
     the root cannot take is a one-line error here, before any run row is written."""
     image_size = store.image_size
