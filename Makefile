@@ -87,3 +87,8 @@ bench-redraw: $(STAMP) fashion-data
 # Pretrained vs random-init roots on the demo stream (docs/benchmarks.md, section "roots"); resumable.
 bench-roots: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/roots.py $(ARGS)
+
+# Exported ONNX in onnxruntime vs System.predict, one task and two, batch 1 and 64 (section "export").
+.PHONY: bench-export
+bench-export: $(STAMP)
+	$(VENV)/bin/python benchmarks/export.py $(ARGS)

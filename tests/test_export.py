@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_ROOT, TINY_SETTINGS, blobs_task
 from typer.testing import CliRunner
 
 from mupath import System, Task, load_exported
@@ -16,8 +17,6 @@ from mupath.export.graph import build_graph, model_input, module_key
 from mupath.export.pt2 import load_pt2
 from mupath.export.spec import Preprocessing, component_tensors, spec_from_store
 from mupath.train.pipeline import as_nchw, to_model_input
-
-from conftest import TINY_ROOT, TINY_SETTINGS
 
 ort = pytest.importorskip("onnxruntime")
 runner = CliRunner()
@@ -130,7 +129,8 @@ def test_folder_of_a_path_with_adapters_loads_with_mupath(store, tmp_path):
 
 def test_several_tasks_export_as_one_model_with_the_prefix_once(store, tmp_path):
     paths = {t: store.store.retained_path(t).components for t in ("digits", "parity")}
-    shared = [s for s in ("patch_embed", "cls_token", "pos_embed", "block_0") if paths["digits"][s] == paths["parity"][s]]
+    shared = [s for s in ("patch_embed", "cls_token", "pos_embed", "block_0")
+              if paths["digits"][s] == paths["parity"][s]]
     assert len(shared) == 4, paths                                       # the fixture's premise
     spec = spec_from_store(store.store, ["digits", "parity"])
     graph = build_graph(spec, component_tensors(store.store, spec))
@@ -192,6 +192,9 @@ def _fails(args, needle):
 def test_bad_input_is_one_line(store, tmp_path):
     folder = store.folder
     _fails([folder, "--task", "nope", "--format", "onnx", "-o", tmp_path / "x.onnx"], "unknown task 'nope'")
+    if "fresh" not in store.tasks:
+        store.add_task(blobs_task("fresh", n=60))
+    _fails([folder, "--task", "fresh", "--format", "onnx", "-o", tmp_path / "x.onnx"], "not been evolved")
     _fails([folder, "--task", "digits", "--format", "tflite", "-o", tmp_path / "x"], "unknown export format")
     _fails([folder, "--format", "onnx", "-o", tmp_path / "x.onnx"], "--task")
     blocker = tmp_path / "a_file"

@@ -12,8 +12,9 @@ Either way `load_exported(folder)` gives an nn.Module taking uint8 (N, H, W, C) 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,17 +41,19 @@ def export_folder(spec: ExportSpec, tensors: Mapping[str, Mapping[str, torch.Ten
     weights' size in bytes and whether timm can load them."""
     assert len(spec.tasks) == 1, "checked by mupath.export.target.check_tasks"
     task = spec.tasks[0]
-    plan = timm_plan(spec, task)
-    state = timm_state(spec, task, plan, tensors) if isinstance(plan, TimmPlan) else plan
-    if isinstance(state, str):
-        note, plan = state, None
+    found = timm_plan(spec, task)
+    timm_tensors = timm_state(spec, task, found, tensors) if isinstance(found, TimmPlan) else found
+    if isinstance(timm_tensors, str):                  # not a plain timm model: mupath's names
+        plan, note = None, timm_tensors
         state = {f"{module_key(cid)}.{k}": v.contiguous() for cid in spec.components
                  for k, v in tensors[cid].items() if not k.endswith("num_batches_tracked")}
     else:
+        assert isinstance(found, TimmPlan)
+        plan, state = found, timm_tensors
         note = "a plain timm model: timm.create_model(architecture, **model_args, num_classes=num_classes)"
     weights = save_tensors(state, metadata={"format": FORMAT, "task": task.task})
     atomic_write_bytes(out / WEIGHTS, weights)
-    config = folder_config(spec, task, plan if isinstance(plan, TimmPlan) else None, note)
+    config = folder_config(spec, task, plan, note)
     atomic_write_bytes(out / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
     return len(weights), plan is not None
 
@@ -89,8 +92,8 @@ class LoadedExport(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[1:]) != self.preprocessing.input_shape or images.dtype != torch.uint8:
-            raise ValueError(f"expected uint8 images shaped (N, {', '.join(map(str, self.preprocessing.input_shape))}), "
-                             f"got {images.dtype} {tuple(images.shape)}")
+            shape = ", ".join(map(str, self.preprocessing.input_shape))
+            raise ValueError(f"expected uint8 images shaped (N, {shape}), got {images.dtype} {tuple(images.shape)}")
         return self.net(images) if self._includes_input else self.net(model_input(images, self.preprocessing))
 
     @torch.inference_mode()

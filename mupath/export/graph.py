@@ -7,13 +7,13 @@ and appears once in an ONNX or pt2 graph. Everything data-dependent in the forwa
 (slots, sizes, channel counts), so `torch.export` traces it into a plain graph with a dynamic batch."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mupath.export.spec import ExportSpec, ExportedTask, Preprocessing
+from mupath.export.spec import ExportedTask, ExportSpec, Preprocessing
 from mupath.model.components import ComponentSpec, load_component
 from mupath.model.families import RootFamily
 
@@ -79,7 +79,7 @@ class ExportGraph(nn.Module):
         """Run body slot `depth` once per distinct component among `tasks`, then recurse per group."""
         by_next: dict[str, list[ExportedTask]] = {}
         for t in tasks:
-            body = _body(t, self.family)
+            body = _body(t)
             if depth == len(body):
                 out[t.task] = self.family.head_logits(self._modules_of(t), tokens)
             else:
@@ -88,7 +88,7 @@ class ExportGraph(nn.Module):
             self._branch(group, self.parts[module_key(cid)](tokens), depth + 1, out)
 
 
-def _body(task: ExportedTask, family: RootFamily) -> list[tuple[str, str]]:
+def _body(task: ExportedTask) -> list[tuple[str, str]]:
     return [(s, c) for s, c in task.slots if s.startswith(("adapter_", "block_"))]
 
 

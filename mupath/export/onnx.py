@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from mupath.errors import ConfigError
 from mupath.export.graph import ExportGraph
 from mupath.export.spec import ExportSpec
 from mupath.store.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import onnx
 
 INPUT = "images"
 OPSET = 20
@@ -70,6 +74,7 @@ def export_onnx(graph: ExportGraph, spec: ExportSpec, out: Path) -> int:
         program = torch.onnx.export(graph, (example_input(spec),), dynamo=True, input_names=[INPUT],
                                     output_names=output_names(spec), dynamic_shapes=({0: batch},),
                                     opset_version=OPSET, verbose=False, optimize=True)
+    assert program is not None, "the dynamo exporter returns its program"
     proto = program.model_proto
     dedupe_initializers(proto)
     onnx.helper.set_model_props(proto, metadata(spec))
@@ -84,7 +89,7 @@ def export_onnx(graph: ExportGraph, spec: ExportSpec, out: Path) -> int:
     return len(data)
 
 
-def dedupe_initializers(proto: "onnx.ModelProto") -> int:
+def dedupe_initializers(proto: onnx.ModelProto) -> int:
     """Keep one copy of identical initializers; returns how many were dropped. The exporter folds a
     weight's transpose once per use, so a component shared by two tasks that run it on different
     activations would otherwise be stored twice."""
@@ -110,7 +115,7 @@ def dedupe_initializers(proto: "onnx.ModelProto") -> int:
     return len(rename)
 
 
-def _content(init: "onnx.TensorProto") -> bytes:
+def _content(init: onnx.TensorProto) -> bytes:
     """An initializer's data: its raw bytes, or (data in typed fields) the tensor without its name."""
     if init.raw_data:
         return bytes(init.raw_data)

@@ -5,7 +5,8 @@ formats compute the same function; the folder format is this spec as JSON plus t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ class Preprocessing:
                 "channels": "grey repeated to RGB, alpha dropped"}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Preprocessing":
+    def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
         shape = tuple(int(v) for v in data["input_shape"])
         return cls((shape[0], shape[1], shape[2]), int(data["image_size"]), tuple(data["mean"]),
                    tuple(data["std"]), str(data["interpolation"]), bool(data["antialias"]))
@@ -99,7 +100,8 @@ def spec_from_store(store: Store, tasks: list[str]) -> ExportSpec:
         for slot, cid in slots:
             c = comps[cid]
             used[cid] = ExportedComponent(cid, c.kind, slot, dict(c.config), c.blob)
-        prep = Preprocessing(tuple(record.image_shape), int(path.hparams["ds_image_size"]))
+        h, w, ch = (int(v) for v in record.image_shape)
+        prep = Preprocessing((h, w, ch), int(path.hparams["ds_image_size"]))
         out.append(ExportedTask(name, path.id, tuple(record.class_names), slots, dict(path.hparams), prep))
     shapes = {t.preprocessing.input_shape for t in out}
     if len(shapes) > 1:

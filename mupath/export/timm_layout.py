@@ -9,12 +9,13 @@ know is reported as "not plain" rather than exported wrong."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from mupath.export.spec import ExportSpec, ExportedTask
+from mupath.export.spec import ExportedTask, ExportSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +43,8 @@ def timm_plan(spec: ExportSpec, task: ExportedTask) -> TimmPlan | str:
         args.update(img_size=size, depth=len(blocks))
     elif family == "efficientnet":
         args.pop("img_size", None)
-        template = _timm_model(TimmPlan(spec.root.name, args, 1))
-        if len(blocks) != sum(len(stage) for stage in template.blocks):
+        stages: Any = _timm_model(TimmPlan(spec.root.name, args, 1)).blocks
+        if len(blocks) != sum(len(stage) for stage in stages):
             return "the path has fewer blocks than the EfficientNet root, which timm cannot build"
     else:
         return f"mupath does not know timm's names for the {family} family"
@@ -94,7 +95,8 @@ def timm_state(spec: ExportSpec, task: ExportedTask, plan: TimmPlan,
         return f"timm's {plan.model_name} names its tensors differently (e.g. '{odd[0]}')"
     for key, value in own.items():
         if value.shape != state[key].shape:
-            return f"timm's {plan.model_name} has '{key}' shaped {tuple(value.shape)}, the path {tuple(state[key].shape)}"
+            return (f"timm's {plan.model_name} has '{key}' shaped {tuple(value.shape)}, "
+                    f"the path {tuple(state[key].shape)}")
     return state
 
 
