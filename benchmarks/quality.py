@@ -156,14 +156,14 @@ def store_rows(system: System, run_id: str | None) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for task in TASKS:
         st = status[task]
-        commits = [c for c in system.manifest.commits(run_id) if c["task"] == task]
+        commits = system.manifest.commit_records(run_id, task)
         rows[task] = {"test_accuracy": st.test_accuracy, "val_quality": st.val_quality,
                       "accounted_params": st.accounted_params, "params_owned": st.params_owned,
                       "params_shared": st.params_shared, "reused_from": st.reused_from,
                       "num_layers": st.num_layers, "adapters": st.adapters,
-                      "train_images": sum(int(c["info"].get("train_images", 0)) for c in commits),
-                      "train_time": sum(float(c["info"].get("train_time", 0.0)) for c in commits),
-                      "wall_time": sum(float(c["info"].get("wall_time", 0.0)) for c in commits)}
+                      "train_images": sum(c.info.train_images for c in commits),
+                      "train_time": sum(c.info.train_time for c in commits),
+                      "wall_time": sum(c.info.wall_time for c in commits)}
     return rows
 
 
@@ -189,21 +189,22 @@ def path_record(system: System, path_id: str) -> Any:
 
 
 def second_iteration_rows(system: System, run_id: str) -> list[dict[str, Any]]:
-    commits = system.manifest.commits(run_id)
-    first = {c["task"]: c for c in commits if c["iteration"] == 0}
+    commits = system.manifest.commit_records(run_id)
+    first = {c.task: c for c in commits if c.iteration == 0}
     rows = []
     for c in commits:
-        if c["iteration"] != 1:
+        if c.iteration != 1:
             continue
-        before = first.get(c["task"])
-        path = path_record(system, c["path_id"])
-        old = path_record(system, before["path_id"]) if before else None
-        rows.append({"task": c["task"], "changed": bool(c["info"].get("changed")),
-                     "test_before": before["test_accuracy"] if before else None, "test_after": c["test_accuracy"],
+        before = first.get(c.task)
+        path = path_record(system, c.path_id)
+        old = path_record(system, before.path_id) if before else None
+        changed = c.info.changed
+        rows.append({"task": c.task, "changed": changed,
+                     "test_before": before.test_accuracy if before else None, "test_after": c.test_accuracy,
                      "val_before": old.quality if old else None, "val_after": path.quality if path else None,
-                     "improved_children": c["info"].get("improved"),
-                     "parent_task": path.metrics.get("parent_task") if path and c["info"].get("changed") else None,
-                     "mutations": path.metrics.get("mutations", {}) if path and c["info"].get("changed") else {}})
+                     "improved_children": c.info.improved,
+                     "parent_task": path.metrics.get("parent_task") if path and changed else None,
+                     "mutations": path.metrics.get("mutations", {}) if path and changed else {}})
     return rows
 
 

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.report import environment, table, write_section  # noqa: E402
+from mupath.runtime.jobs import CandidateJob  # noqa: E402
 
 WORKERS, THREADS, CANDIDATES = 2, 1, 4
 
@@ -52,19 +53,19 @@ class Timed:
         self.close_s = time.perf_counter() - t0
 
 
-def referenced_bytes(jobs: list[dict[str, Any]]) -> dict[str, int]:
+def referenced_bytes(jobs: list[CandidateJob]) -> dict[str, int]:
     """Distinct bytes a generation's jobs reference, by kind (what ship_blobs puts once)."""
     from mupath.store.blobs import BlobStore
-    blobs = BlobStore(Path(jobs[0]["store"]) / "blobs")
+    blobs = BlobStore(Path(jobs[0].store) / "blobs")
     seen: dict[tuple[str, str], tuple[str, int]] = {}
     for job in jobs:
-        seen[("blob", job["task_blob"])] = ("task data", blobs.path_of(job["task_blob"]).stat().st_size)
-        for cid, ref in job["refs"].items():
-            if ref.get("blob"):
+        seen[("blob", job.task_blob)] = ("task data", blobs.path_of(job.task_blob).stat().st_size)
+        for cid, ref in job.refs.items():
+            if ref.blob:
                 kind = "root components" if cid.startswith("root-") else "committed components"
-                seen[("blob", ref["blob"])] = (kind, blobs.path_of(ref["blob"]).stat().st_size)
+                seen[("blob", ref.blob)] = (kind, blobs.path_of(ref.blob).stat().st_size)
             else:
-                seen[("scratch", ref["scratch"])] = ("scratch files", Path(ref["scratch"]).stat().st_size)
+                seen[("scratch", str(ref.scratch))] = ("scratch files", Path(str(ref.scratch)).stat().st_size)
     out: dict[str, int] = {}
     for kind, size in seen.values():
         out[kind] = out.get(kind, 0) + size
@@ -119,13 +120,13 @@ def run(base: Path, label: str, make: Any, steps: int, generations: int) -> dict
             evolve_module.make_executor = original
         total = time.perf_counter() - t0
         ex = holder["x"]
-        [commit] = system.manifest.commits()
+        [commit] = system.manifest.commit_records()
         out = {"label": label, "total": total, "init": ex.init_s, "close": getattr(ex, "close_s", 0.0),
                "gens": [g["wall"] for g in ex.gens],
-               "cand": [float(r.get("wall_time", 0.0)) for g in ex.gens for r in g["results"]],
-               "failures": [r["failure"] for g in ex.gens for r in g["results"] if r.get("failure")],
+               "cand": [r.wall_time for g in ex.gens for r in g["results"]],
+               "failures": [r.failure for g in ex.gens for r in g["results"] if r.failure],
                "bytes": [g["bytes"] for g in ex.gens],
-               "commit_latency": commit["time"] - ex.gens[-1]["end"],
+               "commit_latency": commit.time - ex.gens[-1]["end"],
                "lock_hold": max(holds or [0.0]),   # the commit transaction is the longest
                "quality": system.manifest.retained()["digits"].quality,
                "traffic": list(getattr(ex.inner, "traffic", []))}

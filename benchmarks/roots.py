@@ -44,15 +44,15 @@ def run_root(store: Path, create: dict[str, Any], settings: dict[str, Any], work
     for name in DEMO_TASKS:
         if name not in system.tasks:
             system.add_task(load_task(name, max_train=max_train))
-    if not set(DEMO_TASKS) <= {c["task"] for c in system.manifest.commits()}:   # else: already grown
+    if not set(DEMO_TASKS) <= {c.task for c in system.manifest.commit_records()}:   # else: already grown
         system.evolve(DEMO_TASKS, workers=workers, **settings)
-    commits = {c["task"]: c for c in system.manifest.commits()}
-    wall = sum(float(c["info"].get("wall_time", 0.0)) for c in commits.values())
+    commits = {c.task: c for c in system.manifest.commit_records()}
+    wall = sum(c.info.wall_time for c in commits.values())
     rows = {}
     for st in system.status():
-        info = commits[st.task]["info"]
+        info = commits[st.task].info
         rows[st.task] = dict(acc=st.test_accuracy, accounted=st.accounted_params, owned=st.params_owned,
-                             images=int(info.get("train_images", 0)), wall=float(info.get("wall_time", 0.0)),
+                             images=info.train_images, wall=info.wall_time,
                              reused=", ".join(st.reused_from) or "-")
     total = sum(c.num_params for c in system.manifest.components().values())
     return dict(rows=rows, root_params=system.root_params, total=total, wall=wall, name=system.root_spec.name,

@@ -119,7 +119,7 @@ def main() -> None:
     system = System.open(base)
     slots = list(system.manifest.retained()[ROOT_TASK].components)
     model_keys = [k for k in search_space(system.store, make_settings(**kw)).ranges if is_model_key(k)]
-    base_acc = {c["task"]: c["test_accuracy"] for c in system.manifest.commits()}
+    base_acc = {c.task: c.test_accuracy for c in system.manifest.commit_records()}
     rows, results = [], {}
     for task in args.tasks.split(","):
         for name, spec in VARIANTS.items():
