@@ -4,7 +4,7 @@
 uvicorn. The store is opened read-only: the server never writes a byte to it."""
 from __future__ import annotations
 
-from mupath.serve.config import ServeConfig
 from mupath.serve.app import create_app
+from mupath.serve.config import ServeConfig
 
 __all__ = ["ServeConfig", "create_app"]

@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import numpy as np
 import torch
@@ -147,9 +147,13 @@ async def _predict(request: Request, state: ServerState, tasks: list[str],
         raise ServeError(415, "send the images as multipart/form-data, one or more parts named 'files'")
     if not files:
         raise ServeError(422, "no images: send one or more parts named 'files' (PNG/JPEG images or .npy arrays)")
-    datas = [await f.read() for f in files]
-    label = ", ".join(tasks)
-    parts = await run_in_threadpool(_decode_all, datas, label, state.config.max_pixels)
+    state.batcher.announce()
+    try:
+        datas = [await f.read() for f in files]
+        parts = await run_in_threadpool(_decode_all, datas, ", ".join(tasks), state.config.max_pixels)
+    except BaseException:
+        state.batcher.withdraw()
+        raise
     answer: JobAnswer = await asyncio.wrap_future(state.batcher.submit(tasks, parts))
     for a in answer.answers:
         state.metrics.task_requests.labels(a.task).inc()

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -83,6 +83,7 @@ class Batcher:
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stop = False
+        self._announced = 0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -99,8 +100,10 @@ class Batcher:
             self._thread = None
 
     def submit(self, tasks: Sequence[str], parts: Sequence[np.ndarray]) -> concurrent.futures.Future:
+        """Queue a job (ends an `announce`); its future gets a JobAnswer or a ServeError."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
+            self._announced = max(0, self._announced - 1)
             if self._stop:
                 raise ServeError(503, "the server is shutting down")
             self._queue.append(Job(tuple(tasks), tuple(parts), future))
@@ -117,8 +120,23 @@ class Batcher:
             if self._observe is not None:
                 self._observe(len(jobs), sum(j.images for j in jobs), time.perf_counter() - started)
 
+    def announce(self) -> None:
+        """A request has arrived and will submit soon (its images are being read and decoded): a
+        batch may wait for it. Every announce is followed by one `submit` or `withdraw`."""
+        with self._cond:
+            self._announced += 1
+
+    def withdraw(self) -> None:
+        """An announced request ended without submitting (bad input)."""
+        with self._cond:
+            self._announced -= 1
+            self._cond.notify()
+
     def _collect(self) -> list[Job] | None:
-        """The next batch: the first job, then what arrives within the window and fits."""
+        """The next batch: the queued jobs that fit, and, when images of different requests may share
+        tensors, those that arrive within the window. It waits only while another request is on its way
+        (announced, not yet queued): a lone request never waits, and without rows batching a window
+        would only add latency (each request runs in tensors of its own)."""
         with self._cond:
             while not self._queue:
                 if self._stop:
@@ -127,6 +145,7 @@ class Batcher:
             jobs = [self._queue.popleft()]
             images = jobs[0].images
             deadline = time.monotonic() + self._max_wait
+            window = self._current().rows_batching
             while images < self._max_batch and not self._stop:
                 if self._queue:
                     if images + self._queue[0].images > self._max_batch:
@@ -135,7 +154,7 @@ class Batcher:
                     images += jobs[-1].images
                     continue
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if not window or left <= 0 or self._announced == 0:
                     break
                 self._cond.wait(left)
             return jobs
@@ -232,8 +251,11 @@ def _run_unit(version: Version, jobs: Sequence[Job], unit: list[_Slice]) -> dict
         offset += s.stop - s.start
     x = xs[0] if len(xs) == 1 else torch.cat(xs)
     served = {t: version.tasks[t] for t in rows}
-    out = routed_forward({t: m.model for t, m in served.items()}, {t: m.slot_ids for t, m in served.items()},
-                         x, rows)
+    groups = [list(served)] if version.prefix_sharing else [[t] for t in served]
+    out: dict[str, torch.Tensor] = {}
+    for group in groups:
+        out.update(routed_forward({t: served[t].model for t in group}, {t: served[t].slot_ids for t in group},
+                                  x, {t: rows[t] for t in group}))
     result: dict[tuple[_Slice, str], torch.Tensor] = {}
     for task, value in out.items():
         at = 0

@@ -4,8 +4,8 @@ cleaning up."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mupath.serve.config import ServeConfig
 

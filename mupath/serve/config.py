@@ -16,7 +16,9 @@ class ServeConfig:
     and cross-task batching); "requests" still runs a batch's requests together through the prefix trie
     but each request's images in tensors of their own, exactly the shapes `System.predict` uses; "auto"
     (default) probes each new version once and falls back to "requests" when batching rows together
-    would change a single bit of any answer on this machine (see docs/serving.md)."""
+    would change a single bit of any answer on this machine (see docs/serving.md).
+    `prefix_sharing` off runs every task's model on its own (one model per task, batched per task):
+    the baseline the serve benchmark compares with, not meant for use."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -27,6 +29,7 @@ class ServeConfig:
     max_pixels: int = 4_000_000      #: pixels per image (height x width) before decoding: 413 above
     poll_s: float = 1.0              #: how often the store is asked for a new commit
     batching: str = "auto"
+    prefix_sharing: bool = True
 
     def __post_init__(self) -> None:
         checks = [(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}"),

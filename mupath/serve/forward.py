@@ -7,7 +7,7 @@ kernel gives a row the same bits in a batch of another size is a property of the
 which `rows_are_independent` probes (docs/serving.md, "Bit-identical answers")."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

@@ -77,8 +77,8 @@ def _decode_picture(data: bytes, index: int, max_pixels: int) -> np.ndarray:
             if width * height > max_pixels:
                 raise ServeError(413, f"file {index} is a {width} x {height} image, over the limit of "
                                  f"{max_pixels:,} pixels per image")
-            img = img.convert("L") if img.mode in ("L", "1", "I", "I;16") else img.convert("RGB")
-            return np.asarray(img)[None]
+            pixels = img.convert("L") if img.mode in ("L", "1", "I", "I;16") else img.convert("RGB")
+            return np.asarray(pixels)[None]
     except ServeError:
         raise
     except Image.DecompressionBombError:

@@ -6,7 +6,8 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from mupath.serve.metrics import Metrics
 
@@ -15,7 +16,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-OPEN_PATHS = frozenset({"/healthz"})      #: the only route that never needs the token
+OPEN_PATHS = frozenset({"/healthz", "/"})   #: never need the token (`/` is the page: no data, see serve/page.py)
 
 
 async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:

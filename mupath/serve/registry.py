@@ -11,8 +11,8 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from mupath.errors import StoreError
 from mupath.model.path_model import PathModel
@@ -56,12 +56,14 @@ class ServedTask:
 @dataclasses.dataclass(frozen=True)
 class Version:
     """Everything one commit serves. `rows_batching`: images of different requests may share tensors
-    (bit-identical on this machine, see `rows_are_independent`)."""
+    (bit-identical on this machine, see `rows_are_independent`); `prefix_sharing`: tasks sharing a
+    path prefix run it once (off: one model per task, the benchmark's baseline)."""
 
     commit_id: int
     tasks: Mapping[str, ServedTask]    #: in the store's order of addition
     pending: tuple[str, ...]           #: tasks added but not evolved yet (not served)
     rows_batching: bool
+    prefix_sharing: bool
     loaded_at: float
 
 
@@ -153,7 +155,8 @@ class Registry:
             served[record.name] = ServedTask(record.name, path.id, tuple(record.class_names),
                                              int(path.hparams["ds_image_size"]), model,
                                              dict(path.components), _info(record, statuses[record.name]))
-        return Version(snap.commit_id, served, tuple(pending), self._rows_batching(served), time.time())
+        return Version(snap.commit_id, served, tuple(pending), self._rows_batching(served),
+                       self.config.prefix_sharing, time.time())
 
     def _rows_batching(self, served: Mapping[str, ServedTask]) -> bool:
         if self.config.batching != "auto":
@@ -167,4 +170,4 @@ class Registry:
 def _info(record: TaskRecord, status: TaskStatus) -> TaskInfo:
     return TaskInfo(status.test_accuracy, status.params_owned, status.params_shared,
                     float(status.accounted_params), status.reused_components, tuple(status.reused_from),
-                    tuple(record.image_shape))
+                    (int(record.image_shape[0]), int(record.image_shape[1]), int(record.image_shape[2])))
