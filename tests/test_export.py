@@ -4,6 +4,7 @@ prefix once, a plain path loads with timm alone, and bad input is one line."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -210,6 +211,13 @@ def test_bad_input_is_one_line(store, tmp_path):
                                  "--force"])
     assert result.exit_code == 0 and "wrote" in result.output, result.output
     assert load_pt2(taken)[1]["tasks"] == ["digits"]
+
+
+def test_missing_onnx_packages_name_the_extra(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)           # `import onnxscript` now fails
+    _fails([store.folder, "--task", "digits", "--format", "onnx", "-o", tmp_path / "x.onnx"],
+           "pip install 'mupath[export]'")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 @pytest.mark.slow
