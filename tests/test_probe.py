@@ -8,7 +8,7 @@ import torch
 
 from conftest import TINY_SETTINGS
 from mupath.errors import ConfigError
-from mupath.search.probe import ncm_accuracy, probe_sample, probe_scores, rank_seeds
+from mupath.search.probe import ncm_accuracy, probe_sample, probe_scores, rank_paths
 from mupath.store.records import PathRecord
 
 
@@ -35,9 +35,9 @@ def test_probe_sample_is_fixed_and_disjoint():
     assert sum(map(len, probe_sample(labels[:6], 512, seed=3))) == 6
 
 
-def test_rank_seeds_best_first_ties_keep_order():
+def test_rank_paths_best_first_ties_keep_order():
     seeds = [PathRecord(id=f"p{i}", task=f"t{i}", parent_id=None, components={}, hparams={}) for i in range(4)]
-    ranked = rank_seeds(seeds, {"p0": 0.2, "p1": 0.9, "p2": 0.2, "p3": 0.5})
+    ranked = rank_paths(seeds, {"p0": 0.2, "p1": 0.9, "p2": 0.2, "p3": 0.5})
     assert [p.id for p in ranked] == ["p1", "p3", "p0", "p2"]
 
 
@@ -65,7 +65,7 @@ def test_probe_scores_informative_features_higher():
     scores = probe_scores(seeds, lambda p: models[p.id], images, labels, 4, 200, seed=0, default_size=8)
     assert scores["grid"] == 1.0
     assert scores["global"] < 0.5
-    assert [p.id for p in rank_seeds(seeds[::-1], scores)] == ["grid", "global"]
+    assert [p.id for p in rank_paths(seeds[::-1], scores)] == ["grid", "global"]
 
 
 def test_evolve_with_probe_tries_parents_best_first(tiny_system, digits_small):

@@ -44,7 +44,7 @@ def ncm_accuracy(fit: torch.Tensor, fit_y: torch.Tensor, test: torch.Tensor, tes
     return float((sims.argmax(dim=1) == test_y).double().mean())
 
 
-def probe_scores(seeds: list[PathRecord], model_of: Callable[[PathRecord], PathModel], images: torch.Tensor,
+def probe_scores(paths: list[PathRecord], model_of: Callable[[PathRecord], PathModel], images: torch.Tensor,
                  labels: torch.Tensor, num_classes: int, n: int, *, seed: int, default_size: int) -> dict[str, float]:
     """{seed path id: nearest-class-mean accuracy of its features} on a sample of the task's
     training images (`images` (N, C, H, W) uint8, `labels` (N,)), each at its path's image size
@@ -54,7 +54,7 @@ def probe_scores(seeds: list[PathRecord], model_of: Callable[[PathRecord], PathM
     inputs: dict[int, torch.Tensor] = {}      # the sample preprocessed once per image size
     out: dict[str, float] = {}
     with torch.inference_mode():
-        for path in seeds:
+        for path in paths:
             size = int(path.hparams.get("ds_image_size", default_size))
             if size not in inputs:
                 inputs[size] = to_model_input(sample, size)
@@ -63,6 +63,6 @@ def probe_scores(seeds: list[PathRecord], model_of: Callable[[PathRecord], PathM
     return out
 
 
-def rank_seeds(seeds: list[PathRecord], scores: dict[str, float]) -> list[PathRecord]:
+def rank_paths(paths: list[PathRecord], scores: dict[str, float]) -> list[PathRecord]:
     """Seeds by probe score, best first; ties keep their current (shuffled) order."""
-    return [p for _, p in sorted(enumerate(seeds), key=lambda ip: (-scores.get(ip[1].id, float("-inf")), ip[0]))]
+    return [p for _, p in sorted(enumerate(paths), key=lambda ip: (-scores.get(ip[1].id, float("-inf")), ip[0]))]

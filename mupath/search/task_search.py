@@ -15,7 +15,7 @@ from typing import Any
 from mupath.runtime.jobs import Budget, CacheSpec, CandidateJob, CandidateResult, ScoreRule, TensorRef
 from mupath.search.ids import id_stream, seed_for
 from mupath.search.mutation import ChildPlan, Lineage, committed_infos, make_child, sample_ds_hparams
-from mupath.search.probe import probe_scores, rank_seeds
+from mupath.search.probe import probe_scores, rank_paths
 from mupath.search.scoring import accounted_params, compute_users, score
 from mupath.search.selection import select_parent
 from mupath.search.settings import EvolveSettings
@@ -96,7 +96,7 @@ class TaskSearch:
                                  self.record.num_classes, self.settings.probe_images,
                                  seed=seed_for(self.settings.seed, self.task, "probe"),
                                  default_size=int(self.space.defaults["ds_image_size"]))
-        self.parent_pool = rank_seeds(self.parent_pool, relevance)
+        self.parent_pool = rank_paths(self.parent_pool, relevance)
         self.log.probe = {"probe_top": [[p.task, round(relevance[p.id], 4)] for p in self.parent_pool[:5]],
                           "probe_time": time.perf_counter() - started}
 
