@@ -125,8 +125,12 @@ class System:
         """Store a task's data; `evolve` then grows a path for it."""
         self.store.add_task(task)
 
-    def evolve(self, tasks: Iterable[str] | None = None, progress: Any = None, **settings: Any) -> Any:
-        """Evolve `tasks` (default: all, in order of addition). Settings: see EvolveSettings."""
+    def evolve(self, tasks: Iterable[str] | None = None, progress: Any = None, tracker: Any = None,
+               **settings: Any) -> Any:
+        """Evolve `tasks` (default: all, in order of addition). Settings: see EvolveSettings. The run
+        writes TensorBoard logs (`log`, `log_dir`) unless `tracker` is given: then only it hears of the
+        run, a `mupath.search.tracking.Tracker` or a `mupath.track.TrackerFactory` (called with the
+        store, the settings and the run's id: `mupath.track.mlflow.mlflow_tracker(uri)`)."""
         from mupath.search.evolve import evolve
         names = list(tasks) if tasks is not None else self.tasks
         if not names:
@@ -135,7 +139,7 @@ class System:
             self.task_record(name)
         if len(set(names)) != len(names):
             raise ConfigError("a task is listed twice; list each task once")
-        return evolve(self.store, names, make_settings(**settings), progress)
+        return evolve(self.store, names, make_settings(**settings), progress, tracker)
 
     def check_immutability(self, exclude: str | None = None, tasks: Iterable[str] | None = None) -> list[str]:
         """Re-run committed tasks on their test images; bit-identical logits or ForgettingError."""

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "mupath"
 
 #: lower layers never import higher ones (docs/design.md, "Layers")
-LAYERS = {"errors": 0, "data": 1, "model": 2, "train": 3, "store": 4, "runtime": 5, "search": 6,
+LAYERS = {"errors": 0, "data": 1, "model": 2, "train": 3, "store": 4, "runtime": 5, "search": 6, "track": 6,
           "export": 7, "system": 7, "viz": 8, "serve": 8, "cli": 9, "__init__": 9}
 
 

@@ -109,7 +109,9 @@ def evolve(ctx: typer.Context, store: Path,
            cache_mb: int = setting_option("cache_mb"),
            device: str = setting_option("device"),
            hparams: list[str] = setting_option("hparams"),
-           ranges: list[str] = setting_option("ranges")) -> None:
+           ranges: list[str] = setting_option("ranges"),
+           log: bool = setting_option("log"),
+           log_dir: str | None = setting_option("log_dir")) -> None:
     """Evolve tasks: search paths, commit the best per task, check no other task changed.
 
     Every option but --tasks is an `EvolveSettings` field of the same name (docs/settings.md)."""

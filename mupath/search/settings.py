@@ -125,6 +125,13 @@ class EvolveSettings:
     ranges: dict[str, list[Any]] = setting(
         factory=dict, flag="--range", help="search range overrides (CLI: KEY=v1,v2,..., repeatable); an empty "
         "list (KEY=) switches a key's mutation off")
+    log: bool = setting(True, flag="--log/--no-log",
+                        help="write TensorBoard logs of the run (--no-log: none); see docs/tracking.md")
+    log_dir: str | None = setting(
+        None, help="where the TensorBoard logs go, one subdirectory per run; default: STORE/logs",
+        details="Each run writes `LOG_DIR/<run id>/` (a resumed run appends there); `tensorboard "
+        "--logdir LOG_DIR` plots them while the run goes on. `mupath verify` ignores the store's `logs/`. "
+        "Neither `log` nor `log_dir` is part of the resume key.")
 
     def __post_init__(self) -> None:
         """Value checks only (nothing here looks at the machine: see `check_environment`)."""
@@ -134,6 +141,7 @@ class EvolveSettings:
         from mupath.runtime.device import check_device_name
         check_device_name(self.device)
         self._check_overrides()
+        self._check_log()
 
     def _check_counts(self) -> None:
         positive = ("iterations", "generations", "candidates", "workers", "batch_size",
@@ -184,6 +192,16 @@ class EvolveSettings:
                     raise ConfigError(f"{name}['{key}'] = {value!r} is not a plain value (numbers, strings, "
                                       "booleans, lists); convert numpy scalars with int() / float()") from None
 
+    def _check_log(self) -> None:
+        """A Path is accepted from the API but kept as a string, so the settings stay JSON."""
+        if self.log_dir is None:
+            return
+        if not isinstance(self.log_dir, (str, Path)) or not str(self.log_dir).strip():
+            raise ConfigError(f"log_dir must be a folder path, got {self.log_dir!r}")
+        if not self.log:
+            raise ConfigError("log_dir is set but logging is off (log=False / --no-log); drop one of them")
+        object.__setattr__(self, "log_dir", str(self.log_dir))
+
     @property
     def uses_ray(self) -> bool:
         return self.executor == "ray" or (self.executor == "auto" and bool(self.ray_address))
@@ -206,10 +224,11 @@ class EvolveSettings:
 
     def resume_key(self, tasks: list[str]) -> str:
         """What must match for a run to be resumed: everything that changes the search's choices.
-        (workers, executor, threads, the device and where the workers run only change speed.)"""
+        (workers, executor, threads, the device and where the workers run only change speed; where the
+        logs go changes nothing the search does.)"""
         data = dataclasses.asdict(self)
         for k in ("workers", "executor", "threads_per_worker", "cache_mb", "ray_address", "ray_ship_blobs",
-                  "check_scope", "device"):
+                  "check_scope", "device", "log", "log_dir"):
             data.pop(k)
         return json.dumps({"settings": data, "tasks": tasks}, sort_keys=True)
 
