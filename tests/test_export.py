@@ -222,12 +222,16 @@ def test_missing_onnx_packages_name_the_extra(store, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_efficientnet_exports_match_predict(tmp_path, digits_small):
-    """The pretrained EfficientNet-Lite0 root (BatchNorm, channels-last, 8 -> 32 px): ONNX and pt2."""
+    """The pretrained EfficientNet-Lite0 root (BatchNorm, channels-last, 8 -> 32 px): ONNX and pt2 of a
+    path with an adapter, and the folder of a plain path through timm (stem, stages, neck renamed)."""
     system = System.create(tmp_path / "eff", root="tf_efficientnet_lite0", weights="package", image_size=32)
     system.add_task(digits_small)
+    system.add_task(blobs_task("plain", n=90))
     never = {f"_mu_|clone:block_{i}": 0.0 for i in range(14)} | {"_mu_|clone:stem": 0.0}
-    system.evolve(["digits"], generations=1, candidates=1, steps_per_validation=3, validations=1, batch_size=16,
-                  val_limit=30, hparams=never | {"_mu_|add:adapter_3": 1.0}, ranges={"ds_image_size": []})
+    settings = dict(generations=1, candidates=1, steps_per_validation=3, validations=1, batch_size=16,
+                    val_limit=30, ranges={"ds_image_size": []})
+    system.evolve(["plain"], **settings, hparams=never, mutate_adapters=False)     # first: from the root
+    system.evolve(["digits"], **settings, hparams=never | {"_mu_|add:adapter_3": 1.0})
     images = _test_images(system, "digits")
     system.export("digits", "onnx", tmp_path / "e.onnx")
     session = ort.InferenceSession(str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"])
@@ -235,3 +239,13 @@ def test_efficientnet_exports_match_predict(tmp_path, digits_small):
     system.export("digits", "pt2", tmp_path / "e.pt2")
     logits = load_exported(tmp_path / "e.pt2")(torch.from_numpy(images)).numpy()
     _agrees(system, "digits", logits, images, 1e-5)
+    import timm
+    from safetensors.torch import load_file
+    assert system.export("plain", "folder", tmp_path / "plain").timm_loadable
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    model = timm.create_model(config["architecture"], num_classes=config["num_classes"], **config["model_args"])
+    model.load_state_dict(load_file(tmp_path / "plain" / "model.safetensors"))
+    images = _test_images(system, "plain")
+    with torch.no_grad():
+        by_timm = model.eval()(to_model_input(as_nchw(images), 32)).numpy()
+    _agrees(system, "plain", by_timm, images, 1e-5)          # timm runs NCHW, mupath channels-last
