@@ -89,6 +89,11 @@ def test_select_parent_falls_back_to_seeds_then_uniform():
     rng = random.Random(0)
     chosen = select_parent([], {}, seeds, Counter(), "t", rng)
     assert chosen.id == "s1" and [s.id for s in seeds] == ["s2", "s1"]   # accepted seed rotates to the end
+    pool = [_path(f"q{i}", "u", {}) for i in range(5)]
+    fresh = Counter({("q0", "t"): 60, ("q1", "t"): 60})       # q0, q1 (almost) never accepted: q2 is
+    assert select_parent([], {}, pool, fresh, "t", random.Random(1)).id == "q2"
+    # the reference's rotation past the accepted path: those after it first, it and those before it last
+    assert [p.id for p in pool] == ["q3", "q4", "q0", "q1", "q2"]
     tired = Counter({("s1", "t"): 60, ("s2", "t"): 60})
     picks = Counter(select_parent([], {}, list(seeds), tired, "t", rng).id for _ in range(2000))
     assert set(picks) == {"s1", "s2"} and abs(picks["s1"] - picks["s2"]) < 250
