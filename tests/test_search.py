@@ -188,7 +188,7 @@ def test_unmutated_child_shares_the_whole_body_and_keeps_the_parents_hparams():
     comps["u1"] = CompInfo("u1", "block", "block_1", {"dim": 8}, 10, blob="z" * 64)
     other = PathRecord("pu", "u", "root", dict(root.components, head="hu", block_1="u1"),
                        dict(SPACE.defaults, _mu_=1.0, adapter_layers=[]), 0.9)
-    space = customise(SPACE, {"_mu_": 1.0}, {})
+    space = customise(SPACE, {"_mu_": 1.0}, {"_mu_": []})     # µ stays 1 in the children (not searched)
     for always in (frozenset(), frozenset(root.components.values())):
         counter = iter(range(10 ** 6))
         lineage = Lineage({"pu": other, "root": root}, comps, lambda cid: False, root,
@@ -357,3 +357,23 @@ def test_settings_refuse_values_that_are_not_plain_json():
         make_settings(hparams={"adapter_dim": np.int64(16)})
     with pytest.raises(ConfigError, match="must be a dict"):
         make_settings(ranges=[("opt_lr", [0.1])])
+
+
+def test_a_child_draws_with_its_own_new_mu():
+    """µ moves first and every later draw (hyperparameters, adapters, clones) uses the child's new µ, as
+    the reference's `clone` does: a parent at µ = 1 whose child drew µ = 0 mutates nothing else."""
+    comps, root = _root_fixture()
+    lineage = _lineage(comps, {"root": root}, root, trainable_ids=set())
+    space = customise(SPACE, {"_mu_": 1.0}, {"_mu_": [0.0, 1.0]})
+    outcomes = Counter()
+    for seed in range(60):
+        plan = make_child(root, "t", 3, {}, space, lineage, rng=random.Random(seed), mutate_adapters=True)
+        child_mu = plan.path.hparams["_mu_"]
+        others = set(plan.mutations) - {"_mu_"}
+        cloned = set(plan.mutations.get("cloned", [])) - {"norm"}       # the ViT's norm is always cloned
+        if child_mu == 0.0:
+            assert others <= {"cloned"} and not cloned, plan.mutations   # nothing moved, added or cloned
+        else:
+            assert others >= {"opt_lr", "adapters_added"} and cloned, plan.mutations   # µ = 1: all fire
+        outcomes[child_mu] += 1
+    assert outcomes[0.0] > 10 and outcomes[1.0] > 10

@@ -67,12 +67,13 @@ def sample_ds_hparams(best: Mapping[str, Any] | None, space: SearchSpace, rng: r
 
 def mutate_hparams(parent: Mapping[str, Any], space: SearchSpace,
                    rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Copy the parent's hparams and move each model key one step with probability µ (the parent's)."""
+    """Copy the parent's hparams and move each model key one step with probability µ. `_mu_` sorts
+    first and moves first; every later draw uses the child's new µ, as the reference's `clone` does
+    (it reads `new_hparams['_mu_']` at each draw)."""
     hp = copy.deepcopy(dict(parent))
-    mu = float(parent["_mu_"])
     changed: dict[str, Any] = {}
     for key in sorted(space.ranges):
-        if is_model_key(key) and rng.random() < mu:
+        if is_model_key(key) and rng.random() < float(hp["_mu_"]):
             new = incremental(hp[key], space.ranges[key], rng)
             if new != hp[key]:
                 changed[key] = [hp[key], new]
@@ -123,7 +124,7 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
     base.update(ds_hp)
     base["num_classes"] = num_classes
     hp, changed = mutate_hparams(base, space, rng) if mutate else (copy.deepcopy(base), {})
-    mu = float(base["_mu_"])   # the parent's µ decides this child's mutations
+    mu = float(hp["_mu_"])     # the child's µ (moved first) decides its adapters and clones
     num_layers = int(hp["num_layers"])
     adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)
     if mutate_adapters and mutate:
