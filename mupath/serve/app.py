@@ -27,6 +27,7 @@ from mupath.serve.errors import ServeError
 from mupath.serve.images import decode_part, usable_images
 from mupath.serve.metrics import Metrics
 from mupath.serve.middleware import BearerAuth, BodyLimit, RequestMetrics
+from mupath.serve.page import router as page_router
 from mupath.serve.registry import Registry, ServedTask, Version
 from mupath.store.store import CHECK_THREADS
 
@@ -67,6 +68,7 @@ def create_app(store_folder: str | os.PathLike, config: ServeConfig | None = Non
     app.state.mupath = state
     _add_error_handlers(app)
     _add_routes(app, state)
+    app.include_router(page_router)           # GET / (the page), /v1/graph, /v1/tasks/{task}/history
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)
