@@ -143,3 +143,86 @@ def test_sequential_retests_earlier_tasks_and_reports_the_largest_drop(tiny_syst
     assert acc["digits"] == pytest.approx(res.body_params / 2 + res.head_params["digits"])
     assert res.total_params == res.body_params + sum(res.head_params.values())
     assert tiny_system.manifest.commits() == []        # nothing was written to the store
+
+
+# ---- lora:R through peft ----------------------------------------------------------------------
+def _lora_count(model: torch.nn.Module, targets: list[str], rank: int) -> int:
+    """The LoRA weights peft adds on `targets`: A (in -> r, the layer's kernel) and B (r -> out, 1x1)."""
+    mods = dict(model.named_modules())
+    total = 0
+    for name in targets:
+        base = mods["parts." + name].base_layer
+        if isinstance(base, torch.nn.Linear):
+            total += rank * (base.in_features + base.out_features)
+        else:
+            total += rank * base.in_channels * base.kernel_size[0] * base.kernel_size[1] + rank * base.out_channels
+    return total
+
+
+def test_lora_parses():
+    assert parse_method("lora:8") == ("lora", 8)
+    for bad in ("lora", "lora:0"):
+        with pytest.raises(ConfigError):
+            parse_method(bad)
+
+
+def test_lora_trains_only_lora_weights_and_the_head(tiny_system, digits_small):
+    from mupath.search.baselines import baseline_hparams, lora_model, root_unchanged
+    from mupath.train.loop import TrainConfig, train_path
+    from mupath.train.pipeline import to_model_input
+    tiny_system.add_task(digits_small)
+    store = tiny_system.store
+    built = lora_model(store, 4, 10, 0)
+    assert len(built.targets) == 9            # patch_embed's conv + (qkv, proj, fc1, fc2) x 2 blocks
+    before = {n: p.detach().clone() for n, p in built.model.state_dict().items()}
+    hp = baseline_hparams(store, "digits", "finetune-all", None, make_settings(**SETTINGS))
+    data = store.task_data("digits")
+    val = (to_model_input(data["validation.x"][:64], 8), data["validation.y"][:64])
+    train_path(built.model, built.owned, hp, TrainConfig(5, 1, 32, 0), (data["train.x"], data["train.y"]), val,
+               score_of=lambda q: q, bar=float("-inf"))
+    changed = {n for n, v in built.model.state_dict().items() if not torch.equal(v, before[n])}
+    assert changed and all(".lora_" in n or n.startswith("parts.head.") for n in changed)
+    assert any(".lora_A." in n for n in changed) and any(".lora_B." in n for n in changed)
+    assert any(n.startswith("parts.head.") for n in changed)
+    assert root_unchanged(store, built.modules)
+    trainable = sum(p.numel() for m in built.owned.values() for p in m.parameters())
+    assert trainable == _lora_count(built.model, built.targets, 4) + 330     # head: 32 x 10 + 10
+
+
+def test_lora_baseline_spends_the_budget_and_counts_parameters(tiny_system, digits_small, parity_task):
+    from mupath.search.baselines import lora_model, run_lora
+    tiny_system.add_task(digits_small)
+    tiny_system.add_task(parity_task)
+    budgets = {"digits": BUDGET, "parity": BUDGET}
+    res = run_lora(tiny_system.store, ["digits", "parity"], budgets, 4, **SETTINGS)
+    assert res.images == budgets and res.root_unchanged == {"digits": True, "parity": True}
+    comps = tiny_system.manifest.components()
+    root = tiny_system.manifest.retained()[ROOT_TASK]
+    assert res.body_params == sum(comps[c].num_params for c in root.components.values())
+    built = lora_model(tiny_system.store, 4, 2, 0)
+    assert res.lora_params["parity"] == _lora_count(built.model, built.targets, 4)
+    assert res.head_params == {"digits": 330, "parity": 66}
+    acc = res.accounted_params()       # µ2Net rule: the frozen root costs |root| / 2 to each task
+    assert acc["parity"] == pytest.approx(res.body_params / 2 + res.lora_params["parity"] + 66)
+    assert res.total_params == res.body_params + sum(res.lora_params.values()) + 396
+    assert all(0.0 <= a <= 1.0 for a in res.test_accuracy.values())
+    assert tiny_system.manifest.commits() == []
+
+
+def test_lora_on_efficientnet_leaves_depthwise_and_same_padding_convs_alone(tmp_path):
+    from conftest import blobs_task
+    from mupath.model.path_model import PathModel
+    from mupath.search.baselines import _root_body, lora_model, run_lora
+    system = System.create(tmp_path / "e", root="tf_efficientnet_lite0", image_size=32)
+    system.add_task(blobs_task("a", n=90, seed=0))
+    built = lora_model(system.store, 2, 4, 0)
+    mods = dict(built.model.named_modules())
+    assert built.targets and all(mods["parts." + t].base_layer.groups == 1 for t in built.targets)
+    assert not any("conv_dw" in t or t.startswith("stem") for t in built.targets)
+    assert "neck.conv" in built.targets
+    x = torch.rand(4, 3, 32, 32)
+    plain = PathModel(_root_body(system.store), system.store.family).eval()
+    with torch.no_grad():           # lora_B starts at zero: the LoRA model starts as the root
+        assert torch.allclose(built.model.eval().features(x), plain.features(x), atol=1e-5)
+    res = run_lora(system.store, ["a"], {"a": 32}, 2, steps_per_validation=1, batch_size=16, val_limit=30)
+    assert res.images == {"a": 32} and res.root_unchanged == {"a": True}

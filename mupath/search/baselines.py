@@ -10,6 +10,11 @@ images the evolution spent on that task, several validations and best-snapshot s
 - `sequential`: one shared model (the root cloned once) with one head per task, fine-tuned task after
   task (body + current head), every earlier task re-tested after each later one: the forgetting
   baseline. It has no store path; see `run_sequential`.
+- `lora:R`: per task a fresh rank-R LoRA (the `peft` library's `LoraConfig`) on the conv and linear
+  layers of the frozen root's body, and a new head; only the LoRA weights and the head train. What a
+  user would pick instead of µ2Net today. No store path either (a LoRA is no stored component kind);
+  see `run_lora`. Tasks are independent and the root is never written: forgetting is 0 by
+  construction.
 
 The first three are built as `ChildPlan`s, trained by the worker's `run_job` and stored with
 `System.commit` in a store of their own (one System per method), so their accuracy, parameter
@@ -27,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from mupath.errors import ConfigError, MupathError
 from mupath.model.components import ComponentSpec, build_component, load_component, new_component_tensors
@@ -55,29 +61,32 @@ from mupath.train.pipeline import to_model_input
 
 STORE_METHODS = ("finetune-all", "freeze-bottom", "adapters")   #: methods committed into a store
 SEQUENTIAL = "sequential"
+LORA = "lora"
 DEFAULT_VALIDATIONS = 8   #: validations of a baseline candidate when no steps_per_validation is given
 
 
 # ---- methods and budgets ---------------------------------------------------------------------
 def parse_method(method: str, depth: int | None = None) -> tuple[str, int | None]:
-    """'finetune-all' | 'freeze-bottom:X' | 'adapters:D' | 'sequential' -> (kind, argument)."""
-    match = re.fullmatch(r"(finetune-all|sequential|freeze-bottom|adapters)(?::(\d+))?", str(method).strip())
+    """'finetune-all' | 'freeze-bottom:X' | 'adapters:D' | 'lora:R' | 'sequential' -> (kind, argument)."""
+    match = re.fullmatch(r"(finetune-all|sequential|freeze-bottom|adapters|lora)(?::(\d+))?", str(method).strip())
     if not match:
-        raise ConfigError(f"unknown baseline '{method}'; use finetune-all, freeze-bottom:X, adapters:D "
-                          "or sequential")
+        raise ConfigError(f"unknown baseline '{method}'; use finetune-all, freeze-bottom:X, adapters:D, "
+                          "lora:R or sequential")
     kind, arg = match.group(1), match.group(2)
     if kind in ("finetune-all", SEQUENTIAL):
         if arg is not None:
             raise ConfigError(f"baseline '{kind}' takes no argument, got '{method}'")
         return kind, None
     if arg is None:
-        example = "freeze-bottom:2" if kind == "freeze-bottom" else "adapters:32"
+        example = {"freeze-bottom": "freeze-bottom:2", "adapters": "adapters:32", LORA: "lora:8"}[kind]
         raise ConfigError(f"baseline '{kind}' needs an argument, e.g. {example}")
     value = int(arg)
     if kind == "freeze-bottom" and depth is not None and value > depth:
         raise ConfigError(f"freeze-bottom:{value} freezes more blocks than the root has ({depth})")
     if kind == "adapters" and value < 1:
         raise ConfigError("adapters:D needs a width D >= 1")
+    if kind == LORA and value < 1:
+        raise ConfigError("lora:R needs a rank R >= 1")
     return kind, value
 
 
@@ -427,6 +436,194 @@ def sequential_from_dict(data: Mapping[str, Any]) -> SequentialResult:
     fields = dict(data)
     fields["history"] = [(t, dict(a)) for t, a in fields["history"]]
     return SequentialResult(**fields)
+
+
+# ---- LoRA through peft (what a user would pick instead today) ----------------------------------
+LORA_TRAINS = ("lora_A", "lora_B")    #: the peft submodules that train (with the head)
+
+
+def lora_targets(body: nn.Module) -> list[str]:
+    """Names of the layers LoRA goes on: every plain `nn.Linear` and `nn.Conv2d` with groups == 1 of
+    the root's body. Skipped, because peft cannot wrap them faithfully: depthwise convs (peft needs the
+    rank divisible by the groups) and subclasses such as timm's `Conv2dSame` (its padding is computed
+    at run time; peft's LoRA branch would copy the static padding and give a differently sized map)."""
+    names = []
+    for name, module in body.named_modules():
+        if type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1):
+            names.append(name)
+    return names
+
+
+def _root_body(store: Store) -> dict[str, nn.Module]:
+    """The root's components as fresh frozen modules (copies of the stored tensors)."""
+    root_path = store.manifest.retained()[ROOT_TASK]
+    comps = store.manifest.components()
+    body: dict[str, nn.Module] = {}
+    for slot, cid in root_path.components.items():
+        c = comps[cid]
+        module = load_component(ComponentSpec(c.kind, c.config), store.root_spec, store.blobs.get_tensors(c.blob),
+                                trainable=True)
+        body[slot] = module.requires_grad_(False)
+    return body
+
+
+@dataclasses.dataclass
+class LoraModel:
+    """A root with a peft LoRA and a new head: `owned` is what trains (lora_A/lora_B and the head)."""
+
+    model: PathModel
+    modules: dict[str, nn.Module]      #: slot -> module (the body's carry the LoRA layers)
+    owned: dict[str, nn.Module]        #: {"lora": the LoRA weights, "head": the head}
+    targets: list[str]
+
+
+def lora_model(store: Store, rank: int, num_classes: int, seed: int) -> LoraModel:
+    """The root of `store` with a rank-`rank` LoRA on `lora_targets` (peft.inject_adapter_in_model on a
+    local module: nothing is downloaded) and a zero-initialised head. alpha = rank (scaling 1), no
+    dropout, lora_B starts at zero, so the model starts as the root."""
+    import peft
+    body = nn.ModuleDict(_root_body(store))
+    targets = lora_targets(body)
+    torch.manual_seed(seed)
+    config = peft.LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets, bias="none")
+    peft.inject_adapter_in_model(config, body)
+    lora = nn.ModuleList([m for name, m in body.named_modules() if name.rsplit(".", 1)[-1] in LORA_TRAINS])
+    head = _new_head(store, num_classes, seed)
+    modules = {**dict(body.items()), "head": head}
+    return LoraModel(PathModel(modules, store.family), modules, {"lora": lora, "head": head}, targets)
+
+
+def base_state(modules: Mapping[str, nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
+    """The root tensors inside a LoRA model, under the root's own names (peft's `.base_layer.` removed,
+    LoRA weights and the head left out): what must stay bit-identical to the stored root."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for slot, module in modules.items():
+        if slot == "head":
+            continue
+        out[slot] = {k.replace(".base_layer.", ".").replace("base_layer.", ""): v
+                     for k, v in module.state_dict().items() if "lora_" not in k}
+    return out
+
+
+def root_unchanged(store: Store, modules: Mapping[str, nn.Module]) -> bool:
+    """Are the root tensors inside `modules` bit-identical to the stored root's? (Every stored tensor
+    is compared; BatchNorm's `num_batches_tracked` counters are not stored.)"""
+    comps = store.manifest.components()
+    root = store.manifest.retained()[ROOT_TASK]
+    state = base_state(modules)
+    for slot, cid in root.components.items():
+        stored = store.blobs.get_tensors(comps[cid].blob)
+        if not set(stored) <= set(state[slot]) or any(not torch.equal(stored[k], state[slot][k]) for k in stored):
+            return False
+    return True
+
+
+@dataclasses.dataclass
+class LoraResult:
+    rank: int
+    tasks: list[str]
+    test_accuracy: dict[str, float]
+    val_quality: dict[str, float]
+    budget_images: dict[str, int]
+    images: dict[str, int]
+    train_time: dict[str, float]
+    wall_time: dict[str, float]
+    lora_params: dict[str, int]            #: the task's LoRA weights
+    head_params: dict[str, int]
+    root_unchanged: dict[str, bool]        #: the root tensors were bit-identical after training
+    body_params: int = 0                   #: the frozen root, shared by every task
+    targets: int = 0                       #: layers LoRA was put on
+
+    def accounted_params(self, users: int | None = None) -> dict[str, float]:
+        """µ2Net rule: the frozen root is shared by every task (|root| / tasks each); the LoRA
+        weights and the head are the task's own."""
+        n = users or len(self.tasks)
+        return {t: self.body_params / n + self.lora_params[t] + self.head_params[t] for t in self.tasks}
+
+    @property
+    def total_params(self) -> int:
+        return self.body_params + sum(self.lora_params.values()) + sum(self.head_params.values())
+
+
+def _lora_task(store: Store, task: str, budget: int, rank: int, base: EvolveSettings,
+               validations: int | None) -> tuple[LoraModel, Any, float]:
+    """Train a fresh LoRA and head for `task` (the store baselines' schedule: the search space's
+    default hyperparameters, validations every `steps_per_validation` steps, best snapshot kept).
+    Returns the model (best snapshot loaded), the train outcome and the test accuracy."""
+    hp = baseline_hparams(store, task, "finetune-all", None, base)
+    size = int(hp["ds_image_size"])
+    built = lora_model(store, rank, int(hp["num_classes"]), seed_for(base.seed, "lora", task))
+    data = store.task_data(task)
+    limit = int(base.val_limit)
+    val_x = to_model_input(data["validation.x"][:limit], size)
+    spv, v = split_budget(int(budget), base.batch_size, base.steps_per_validation, validations)
+    run_seed = seed_for(base.seed, "baseline", task)
+    torch.manual_seed(run_seed)
+    outcome = train_path(built.model, built.owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
+                         (data["train.x"], data["train.y"]), (val_x, data["validation.y"][:limit]),
+                         score_of=lambda q: q, bar=float("-inf"))
+    if not outcome.improved or outcome.best_state is None:
+        raise MupathError(f"lora baseline failed on task '{task}': {outcome.failure or 'no finite validation score'}")
+    for name, module in built.owned.items():
+        module.load_state_dict(outcome.best_state[name])
+        module.requires_grad_(False)
+    return built, outcome, _test_accuracy(store, built.modules, task, size)
+
+
+def run_lora(store: Store, tasks: list[str], budgets: Mapping[str, int], rank: int, seed: int = 0,
+             validations: int | None = None, **settings: Any) -> LoraResult:
+    """The `lora:R` baseline: for each task independently, a fresh LoRA on the frozen root and a new
+    head, `budgets[task]` training images. `store` provides the root and data; nothing is written."""
+    base = make_settings(seed=seed, **settings)
+    out = LoraResult(int(rank), list(tasks), {}, {}, {}, {}, {}, {}, {}, {}, {})
+    for task in tasks:
+        started = time.perf_counter()
+        built, outcome, test_acc = _lora_task(store, task, int(budgets[task]), int(rank), base, validations)
+        out.test_accuracy[task] = test_acc
+        out.val_quality[task] = outcome.quality
+        out.budget_images[task] = int(budgets[task])
+        out.images[task] = outcome.images
+        out.train_time[task] = outcome.train_time
+        out.lora_params[task] = sum(p.numel() for p in built.owned["lora"].parameters())
+        out.head_params[task] = sum(p.numel() for p in built.owned["head"].parameters())
+        out.root_unchanged[task] = root_unchanged(store, built.modules)
+        out.body_params = _root_params(store)
+        out.targets = len(built.targets)
+        out.wall_time[task] = time.perf_counter() - started
+    return out
+
+
+def _root_params(store: Store) -> int:
+    """Parameters of the root's stored components (what a task sharing the root pays |root|/users of)."""
+    comps = store.manifest.components()
+    return sum(comps[cid].num_params for cid in store.manifest.retained()[ROOT_TASK].components.values())
+
+
+def lora_job(job: dict[str, Any]) -> dict[str, Any]:
+    """`run_lora` as a JSON job (for a process pool): {"store", "tasks", "budgets", "rank", "seed",
+    "validations", "settings"} -> the result as a dict."""
+    store = Store.open(job["store"], read_only=True)
+    try:
+        result = run_lora(store, list(job["tasks"]), job["budgets"], int(job["rank"]), int(job.get("seed", 0)),
+                          job.get("validations"), **job.get("settings", {}))
+    finally:
+        store.close()
+    return dataclasses.asdict(result)
+
+
+def lora_from_dict(data: Mapping[str, Any]) -> LoraResult:
+    return LoraResult(**dict(data))
+
+
+def merge_lora(parts: list[LoraResult], tasks: list[str]) -> LoraResult:
+    """One result from per-task jobs (each job trained a subset of the tasks), in `tasks` order."""
+    out = LoraResult(parts[0].rank, list(tasks), {}, {}, {}, {}, {}, {}, {}, {}, {},
+                     parts[0].body_params, parts[0].targets)
+    for part in parts:
+        for name in ("test_accuracy", "val_quality", "budget_images", "images", "train_time", "wall_time",
+                     "lora_params", "head_params", "root_unchanged"):
+            getattr(out, name).update(getattr(part, name))
+    return out
 
 
 def total_params(store: Store) -> int:
