@@ -377,3 +377,15 @@ def test_a_child_draws_with_its_own_new_mu():
             assert others >= {"opt_lr", "adapters_added"} and cloned, plan.mutations   # µ = 1: all fire
         outcomes[child_mu] += 1
     assert outcomes[0.0] > 10 and outcomes[1.0] > 10
+
+
+def test_siblings_of_a_generation_train_on_the_same_batches(tiny_system, digits_small):
+    """The reference feeds every candidate of a generation the same batches: their jobs share the
+    generation's seed (batch order and augmentation draws), and another generation gets another."""
+    from conftest import TINY_SETTINGS
+    from mupath.search.settings import make_settings
+    from mupath.search.task_search import TaskSearch
+    tiny_system.add_task(digits_small)
+    search = TaskSearch(tiny_system.store, "digits", 0, make_settings(**dict(TINY_SETTINGS, candidates=3)), "r")
+    seeds = [{search.job(child).seed for child in search.plan_generation(g)} for g in range(2)]
+    assert [len(s) for s in seeds] == [1, 1] and seeds[0] != seeds[1]

@@ -118,7 +118,9 @@ class TaskSearch:
         return children
 
     def job(self, child: Child) -> CandidateJob:
-        seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation, child.index)
+        """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
+        all siblings as in the reference: they are compared on the same batches."""
+        seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation)
         return candidate_job(self.store, child.plan, self.record.data_blob, self.settings, self, seed,
                              cache_floor=self.cache_floor)
 
