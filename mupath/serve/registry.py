@@ -144,26 +144,36 @@ class Registry:
     def _build(self, snap: Snapshot, statuses: Mapping[str, TaskStatus], previous: Version | None) -> Version:
         served: dict[str, ServedTask] = {}
         pending = []
+        fresh: list[str] = []               # tasks whose model is new in this version
         for record in snap.tasks:
             path = snap.retained.get(record.name)
             if path is None or record.name == ROOT_TASK:
                 pending.append(record.name)
                 continue
             old = previous.tasks.get(record.name) if previous is not None else None
-            model = old.model if old is not None and old.version == path.id else \
-                self._store.build_model(path, components=snap.components)
+            if old is not None and old.version == path.id:
+                model = old.model
+            else:
+                model = self._store.build_model(path, components=snap.components)
+                fresh.append(record.name)
             served[record.name] = ServedTask(record.name, path.id, tuple(record.class_names),
                                              int(path.hparams["ds_image_size"]), model,
                                              dict(path.components), _info(record, statuses[record.name]))
-        return Version(snap.commit_id, served, tuple(pending), self._rows_batching(served),
+        return Version(snap.commit_id, served, tuple(pending), self._rows_batching(served, fresh, previous),
                        self.config.prefix_sharing, time.time())
 
-    def _rows_batching(self, served: Mapping[str, ServedTask]) -> bool:
+    def _rows_batching(self, served: Mapping[str, ServedTask], fresh: list[str], previous: Version | None) -> bool:
+        """Whether rows of different requests may share tensors. Independence of rows is a property of
+        each task's model, so only the models new in this version are probed (once the machine's
+        kernels failed the probe, they keep failing it: no probe at all)."""
         if self.config.batching != "auto":
             return self.config.batching == "rows"
-        sizes = {t.image_size for t in served.values()}
-        return all(rows_are_independent({n: t.model for n, t in served.items() if t.image_size == size},
-                                         {n: t.slot_ids for n, t in served.items() if t.image_size == size},
+        if previous is not None and previous.tasks and not previous.rows_batching:
+            return False
+        probe = {n: served[n] for n in fresh}
+        sizes = {t.image_size for t in probe.values()}
+        return all(rows_are_independent({n: t.model for n, t in probe.items() if t.image_size == size},
+                                         {n: t.slot_ids for n, t in probe.items() if t.image_size == size},
                                          size, self.config.max_batch) for size in sizes)
 
 
