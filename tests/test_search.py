@@ -389,3 +389,22 @@ def test_siblings_of_a_generation_train_on_the_same_batches(tiny_system, digits_
     search = TaskSearch(tiny_system.store, "digits", 0, make_settings(**dict(TINY_SETTINGS, candidates=3)), "r")
     seeds = [{search.job(child).seed for child in search.plan_generation(g)} for g in range(2)]
     assert [len(s) for s in seeds] == [1, 1] and seeds[0] != seeds[1]
+
+
+def test_a_pretrained_root_fine_tunes_with_sgd_and_a_pinned_optimiser_stays_pinned():
+    """The reference fine-tunes its pretrained root with SGD (momentum 0.9, lr 0.01, warmup 0.1) and never
+    switches optimiser; `--hparam opt_name=X` pins it unless a range is given too."""
+    pre = default_space(4, 32, 4, pretrained=True)
+    assert (pre.defaults["opt_name"], pre.defaults["opt_lr"], pre.defaults["opt_momentum"],
+            pre.defaults["opt_lr_warmup_ratio"]) == ("sgd", 0.01, 0.9, 0.1)
+    assert "opt_name" not in pre.ranges
+    scratch = default_space(4, 32, 4)
+    assert scratch.defaults["opt_name"] == "adamw" and scratch.ranges["opt_name"] == ["sgd", "adamw"]
+    pinned = customise(scratch, {"opt_name": "sgd"}, {})
+    assert pinned.defaults["opt_name"] == "sgd" and "opt_name" not in pinned.ranges
+    searched = customise(scratch, {"opt_name": "sgd"}, {"opt_name": ["sgd", "adamw"]})
+    assert searched.ranges["opt_name"] == ["sgd", "adamw"]
+    rng = random.Random(0)
+    for _ in range(200):          # no child of a pinned space ever switches optimiser
+        hp, changed = mutate_hparams(dict(pinned.defaults, _mu_=0.3), pinned, rng)
+        assert hp["opt_name"] == "sgd" and "opt_name" not in changed

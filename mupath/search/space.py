@@ -82,10 +82,14 @@ class SearchSpace:
 
 
 def default_space(root_depth: int, image_size: int, patch_size: int = 0, depths: list[int] | None = None,
-                  sizes: list[int] | None = None) -> SearchSpace:
+                  sizes: list[int] | None = None, *, pretrained: bool = False) -> SearchSpace:
     """Defaults for a root of `root_depth` blocks at `image_size` with `patch_size` patches (0: none).
     `depths` / `sizes`: the root family's `num_layers` and image-size choices when they differ from
-    the ViT's (1..depth; one patch smaller or the root's size)."""
+    the ViT's (1..depth; one patch smaller or the root's size). A `pretrained` root is fine-tuned as
+    the reference fine-tunes its pretrained ViT: SGD, momentum 0.9, lr 0.01, warmup 0.1, and the
+    optimiser is not searched (a child switching optimiser would keep the other one's learning rate);
+    a random-init root trains from scratch with AdamW at 1e-3 and searches SGD/AdamW (docs/design.md,
+    "Method notes")."""
     # Never larger than the root's by default: compute per task stays bounded by the root's (users may
     # widen the range with --range ds_image_size=...).
     if sizes is None:
@@ -118,6 +122,9 @@ def default_space(root_depth: int, image_size: int, patch_size: int = 0, depths:
         "ds_brightness_delta": 0.0, "ds_contrast_delta": 0.0, "ds_saturation_delta": 0.0,
         "ds_hue_delta": 0.0,
     }
+    if pretrained:
+        defaults.update({"opt_name": "sgd", "opt_lr": 0.01, "opt_lr_warmup_ratio": 0.1})
+        del ranges["opt_name"]
     return SearchSpace(ranges, defaults)
 
 
@@ -197,6 +204,11 @@ def check_value(key: str, value: Any, space: SearchSpace) -> None:
         raise ConfigError(f"{key}={value!r} is invalid; it must be {rule[0]}")
 
 
+#: keys a user's default pins (its range is dropped unless a range is given too): switching optimiser
+#: mid-lineage keeps a learning rate sized for the other one
+PINNED_BY_DEFAULT = frozenset({"opt_name"})
+
+
 def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
               ranges: dict[str, list[Any]] | None = None) -> SearchSpace:
     """A copy of `space` with user overrides; unknown keys and values outside a key's domain
@@ -227,6 +239,9 @@ def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
             raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
         check_value(key, value, space)
         new.defaults[key] = value
+        if key in PINNED_BY_DEFAULT and key not in (ranges or {}):
+            new.ranges.pop(key, None)     # `--hparam opt_name=sgd` means SGD, not SGD as a start
+            continue
         if key in new.ranges and value not in new.ranges[key]:
             new.ranges[key] = sorted(set(new.ranges[key]) | {value}, key=lambda v: (str(type(v)), v))
     new.validate()
@@ -240,7 +255,8 @@ def search_space(store: Store, settings: EvolveSettings) -> SearchSpace:
     meta = store.root_meta
     space = default_space(store.depth, image_size, store.patch_size,
                           depths=store.family.depth_choices(store.root_configs(), store.depth),
-                          sizes=store.family.image_sizes(image_size, meta))
+                          sizes=store.family.image_sizes(image_size, meta),
+                          pretrained=store.root_spec.weights != "random")
     space = customise(space, settings.hparams, settings.ranges)
     for size in [space.defaults["ds_image_size"], *space.ranges.get("ds_image_size", [])]:
         try:
