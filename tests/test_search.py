@@ -408,3 +408,34 @@ def test_a_pretrained_root_fine_tunes_with_sgd_and_a_pinned_optimiser_stays_pinn
     for _ in range(200):          # no child of a pinned space ever switches optimiser
         hp, changed = mutate_hparams(dict(pinned.defaults, _mu_=0.3), pinned, rng)
         assert hp["opt_name"] == "sgd" and "opt_name" not in changed
+
+
+def test_retained_paths_point_at_live_ancestors(tiny_system, digits_small, parity_task):
+    """µ2Net's garbage collection re-links every path to its nearest live ancestor: a committed path's
+    parent is the root or a path that was retained when it was committed, never a candidate that was
+    not; and a new iteration's lineage skips ancestors that died since (their task moved on)."""
+    from conftest import TINY_SETTINGS
+    from mupath.search.settings import make_settings
+    from mupath.search.task_search import TaskSearch
+    tiny_system.add_task(digits_small)
+    tiny_system.add_task(parity_task)
+    tiny_system.evolve(["digits", "parity"], **dict(TINY_SETTINGS, iterations=2))
+    manifest = tiny_system.manifest
+    committed = {r[0] for r in manifest.db.execute("SELECT path_id FROM commits")} | {"root"}
+    for task, path in manifest.retained().items():
+        if task != ROOT_TASK:
+            assert path.parent_id in committed, (task, path.parent_id)
+    search = TaskSearch(tiny_system.store, "digits", 2, make_settings(**TINY_SETTINGS), "r")
+    live = {p.id for p in manifest.retained().values()}
+    assert all(p.parent_id in live for t, p in search.retained.items() if t != ROOT_TASK)
+    # a best path whose parent is a candidate of this iteration (never committed), itself a child of
+    # parity's retained path: the commit re-links it to parity's path, the nearest live ancestor
+    parity = manifest.retained()["parity"]
+    search.paths["cand"] = PathRecord("cand", "digits", parity.id, {}, {})
+    best = PathRecord("best", "digits", "cand", dict(search.retained["digits"].components),
+                      dict(search.retained["digits"].hparams), 0.5)
+    search.scores["best"] = 0.5
+    assert search.commit_request(best, 0.0).best.parent_id == parity.id
+    orphan = PathRecord("g", "digits", "gone", {}, {})          # its parent died: the walk reaches the root
+    search._relink(live, [orphan])
+    assert orphan.parent_id == "root"

@@ -122,13 +122,13 @@ def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettin
         raise MupathError(f"no candidate for task '{task}' trained successfully "
                           f"({failures[0] if failures else 'no candidates'}); lower the learning rate "
                           "or check the task's data")
+    parent_task = search.paths[best.parent_id].task if best.parent_id in search.paths else None
     test_acc = store.commit(search.commit_request(best, time.perf_counter() - started))
     if settings.check_immutability:
         scope = None
         if settings.check_scope == "shared":
             scope = sharing_tasks(store.manifest.retained(), search.touched(best), task)
         store.check_immutability(exclude=task, tasks=scope)
-    parent_task = search.paths[best.parent_id].task if best.parent_id in search.paths else None
     log = search.log
     entry = TaskReport(task, iteration, best.id, search.changed(best), best.quality, test_acc, search.scores[best.id],
                        search.candidates, log.improved, log.failures, log.train_images, log.train_time,

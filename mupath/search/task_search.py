@@ -66,6 +66,8 @@ class TaskSearch:
         self.comps: dict[str, CandidateComponent] = committed_infos(store.manifest.components())
         self.sizes = {cid: c.num_params for cid, c in self.comps.items()}
         self.paths: dict[str, PathRecord] = {p.id: p for p in self.retained.values()}
+        self.root_id = self.retained[ROOT_TASK].id
+        self._relink({p.id for p in self.retained.values()}, list(self.retained.values()))
         root_path = self.retained[ROOT_TASK]
         self.parent_pool = [p for t, p in sorted(self.retained.items()) if t != task]   # + the root
         self.rng.shuffle(self.parent_pool)
@@ -159,6 +161,7 @@ class TaskSearch:
                 self.users.setdefault(cid, set()).add(path.task)
             self.paths[path.id] = path
             self.parent_pool.append(path)
+        self._relink({p.id for p in fresh.values()}, new)
 
     # ---- the outcome ------------------------------------------------------------------------
     def best(self) -> PathRecord | None:
@@ -169,10 +172,32 @@ class TaskSearch:
                 best = p
         return best
 
+    def _relink(self, live: set[str], paths: list[PathRecord]) -> None:
+        """Point each of `paths` at its nearest live ancestor (µ2Net's garbage collection simplifies the
+        ancestor tree the same way): a child's components are looked for along a chain of paths whose
+        components still exist, instead of falling back to the root past a dead ancestor."""
+        for path in paths:
+            if path.parent_id is not None:
+                path.parent_id = self._nearest_live(path.parent_id, live)
+
+    def _nearest_live(self, path_id: str | None, live: set[str]) -> str:
+        seen: set[str] = set()
+        while path_id is not None and path_id not in live and path_id not in seen:
+            seen.add(path_id)
+            known = self.paths.get(path_id) or self.store.manifest.get_path(path_id)
+            path_id = known.parent_id if known is not None else None
+        return path_id if path_id is not None and path_id in live else self.root_id
+
     def changed(self, best: PathRecord) -> bool:
         return self.task not in self.retained or best.id != self.retained[self.task].id
 
     def commit_request(self, best: PathRecord, wall_time: float) -> CommitRequest:
+        """The commit of `best`. A new best path is first re-linked to its nearest ancestor that stays live
+        after the commit (another task's retained path or the root): its own parent may be a candidate of
+        this iteration, which is never committed, or this task's old path, which the commit replaces."""
+        if self.changed(best):
+            live = {p.id for t, p in self.retained.items() if t != self.task}
+            self._relink(live, [best])
         tried = [dataclasses.replace(t, retained=t.path == best.id).to_json() for t in self.log.tried]
         info = {"score": self.scores[best.id], "candidates": self.candidates, "improved": self.log.improved,
                 "failures": self.log.failures[:20], "tried": tried, "train_images": self.log.train_images,
