@@ -174,15 +174,48 @@ def test_resumed_run_appends_to_its_folder(tmp_path, digits_small, parity_task):
     assert [s for s, _ in _scalars(acc, "system/params_by_tasks")] == [1, 2]
 
 
+QUICK = ["--generations", "1", "--candidates", "1", "--steps-per-validation", "5", "--validations", "1",
+         "--batch-size", "32", "--val-limit", "100"]
+
+
 def test_no_log_writes_nothing(tmp_path, digits_small):
     system = System.create(tmp_path / "store", **TINY_ROOT)
     system.add_task(digits_small)
-    result = CliRunner().invoke(app, ["evolve", str(tmp_path / "store"), "--no-log", "--generations", "1",
-                                      "--candidates", "1", "--steps-per-validation", "5", "--validations", "1",
-                                      "--batch-size", "32", "--val-limit", "100"])
+    result = CliRunner().invoke(app, ["evolve", str(tmp_path / "store"), "--no-log", *QUICK])
     assert result.exit_code == 0, result.output
-    assert not (tmp_path / "store" / "logs").exists()
+    assert not (tmp_path / "store" / "logs").exists() and "TensorBoard" not in result.output
     assert not [p for p in tmp_path.rglob("*") if "tfevents" in p.name]
+
+
+def test_cli_log_dir_says_where_the_logs_are(tmp_path, digits_small):
+    system = System.create(tmp_path / "store", **TINY_ROOT)
+    system.add_task(digits_small)
+    result = CliRunner().invoke(app, ["evolve", str(tmp_path / "store"), "--log-dir", str(tmp_path / "tb"), *QUICK],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    folder = _run_folder(tmp_path / "tb")
+    assert f"TensorBoard logs: {folder}" in " ".join(result.output.split())
+    assert _scalars(_read(folder), "system/tasks") == [(1, 1.0)] and not (tmp_path / "store" / "logs").exists()
+
+
+def test_a_failing_tracker_is_one_warning_and_the_search_goes_on(tmp_path, digits_small):
+    class Broken:
+        closed = False
+
+        def candidate(self, event: Any) -> None:
+            raise OSError("No space left on device")
+
+        def committed(self, event: Any) -> None:
+            raise AssertionError("switched off after the first failure, never called")
+
+        def close(self) -> None:
+            Broken.closed = True
+
+    system = System.create(tmp_path / "store", **TINY_ROOT)
+    system.add_task(digits_small)
+    with pytest.warns(RuntimeWarning, match="Broken failed and is off .*No space left on device"):
+        report = system.evolve(["digits"], tracker=Broken(), **dict(TINY_SETTINGS, generations=1, candidates=1))
+    assert [t.task for t in report.tasks] == ["digits"] and Broken.closed
 
 
 def test_an_unwritable_log_dir_is_one_line_before_the_run(tmp_path, digits_small):

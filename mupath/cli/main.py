@@ -119,6 +119,7 @@ def evolve(ctx: typer.Context, store: Path,
     from mupath.cli.tables import status_table
     from mupath.search.settings import SETTING_NAMES
     from mupath.search.space import parse_key_values, parse_value
+    from mupath.track import LOGS
     settings = {name: ctx.params[name] for name in SETTING_NAMES}
     settings["hparams"] = {k: parse_value(v) for k, v in parse_key_values(hparams, "--hparam").items()}
     settings["ranges"] = {k: [parse_value(x) for x in v.split(",") if x.strip()]
@@ -130,6 +131,9 @@ def evolve(ctx: typer.Context, store: Path,
         report = system.evolve(names, progress=progress, **settings)
     if report.resumed:
         console.print(f"resumed run {report.run_id}")
+    if log:
+        root = Path(log_dir) if log_dir else system.path / LOGS
+        console.print(f"TensorBoard logs: {root / report.run_id} (watch: tensorboard --logdir {root})")
     console.print(status_table(system))
 
 

@@ -5,18 +5,19 @@ known only once it started (or resumed), so `evolve` takes a `TrackerFactory` an
 `make_tracker` is the default one, decided by the `log` / `log_dir` settings."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from mupath.errors import ConfigError
 from mupath.search.settings import EvolveSettings
-from mupath.search.tracking import NullTracker, Tracker
+from mupath.search.tracking import CandidateEvent, CommitEvent, NullTracker, Tracker
 from mupath.store.store import Store
 from mupath.track.series import Axes
 
 __all__ = ["LOGS", "TrackerFactory", "log_root", "run_log_dir", "check_log_root", "axes_of", "make_tracker",
-           "open_tracker"]
+           "open_tracker", "GuardedTracker"]
 
 #: the default log folder, inside the store (`mupath verify` looks only at blobs/ and scratch/)
 LOGS = "logs"
@@ -70,7 +71,42 @@ def open_tracker(given: Tracker | TrackerFactory | None, store: Store, settings:
     """The tracker of a started run: `given` itself when it is one, what it makes when it is a
     factory (e.g. `mupath.track.mlflow.mlflow_tracker(...)`), the settings' one when it is None."""
     if given is None:
-        return make_tracker(store, settings, run_id)
-    if hasattr(given, "committed"):
-        return cast(Tracker, given)
-    return given(store, settings, run_id)
+        tracker = make_tracker(store, settings, run_id)
+    elif hasattr(given, "committed"):
+        tracker = cast(Tracker, given)
+    else:
+        tracker = given(store, settings, run_id)
+    return tracker if isinstance(tracker, NullTracker) else GuardedTracker(tracker)
+
+
+class GuardedTracker:
+    """A tracker that never takes the search down: hours of search are worth more than their plots, so
+    the first error of a tracker (a full disk, an unreachable MLflow server, a bug in a user's tracker)
+    is one warning and the tracker is off for the rest of the run. Ctrl-C and SIGTERM still stop the
+    run (they are not `Exception`s)."""
+
+    def __init__(self, inner: Tracker) -> None:
+        self.inner = inner
+        self.failure: str | None = None
+
+    def candidate(self, event: CandidateEvent) -> None:
+        self._call(self.inner.candidate, event)
+
+    def committed(self, event: CommitEvent) -> None:
+        self._call(self.inner.committed, event)
+
+    def close(self) -> None:
+        """Closed even after a failure (its files and threads are released), never raising."""
+        failed, self.failure = self.failure, None
+        self._call(self.inner.close)
+        self.failure = failed or self.failure
+
+    def _call(self, method: Callable[..., None], *args: Any) -> None:
+        if self.failure is not None:
+            return
+        try:
+            method(*args)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            warnings.warn(f"the {type(self.inner).__name__} failed and is off for the rest of this run "
+                          f"(the search goes on): {self.failure}", RuntimeWarning, stacklevel=2)
