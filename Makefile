@@ -92,3 +92,8 @@ bench-roots: $(STAMP) fashion-data
 .PHONY: bench-export
 bench-export: $(STAMP)
 	$(VENV)/bin/python benchmarks/export.py $(ARGS)
+
+# HTTP serving: cross-task batching vs one model per task, HTTP overhead, hot add under load (section "serve").
+.PHONY: bench-serve
+bench-serve: $(STAMP)
+	$(VENV)/bin/python benchmarks/serve.py $(ARGS)
