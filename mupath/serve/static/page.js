@@ -113,7 +113,7 @@ function renderTasks() {
       el("td", { cls: "num", text: fmtParams(t.params_owned) }),
       el("td", { cls: "num", text: fmtParams(t.params_shared) }),
       el("td", { text: reuse }),
-      el("td", { cls: "mono", text: t.version })));
+      el("td", { cls: "mono", text: t.version.slice(0, 9) + "…", title: t.version })));
   }
   for (const s of body.querySelectorAll(".swatch")) s.style.background = colorOf(s.dataset.task);
   const pending = $("pending");
@@ -217,9 +217,11 @@ function focusGraph() {
 }
 
 // ---- history: one <details> per task, its commits loaded when opened ----
+const LIST_MUTATIONS = new Set(["cloned", "adapters_added"]);   // the others are [parent's value, child's]
+
 function fmtMoves(moves) {
   return Object.entries(moves || {}).map(([k, v]) => {
-    if (Array.isArray(v) && v.length === 2 && !Array.isArray(v[0])) return `${k} ${JSON.stringify(v[0])}→${JSON.stringify(v[1])}`;
+    if (Array.isArray(v) && v.length === 2 && !LIST_MUTATIONS.has(k)) return `${k} ${JSON.stringify(v[0])}→${JSON.stringify(v[1])}`;
     return `${k}: ${Array.isArray(v) ? v.join(", ") : JSON.stringify(v)}`;
   }).join("; ");
 }
