@@ -281,12 +281,22 @@ def serve(store: Path,
           max_pixels: int = typer.Option(4_000_000, help="larger images (height x width) are refused (413)"),
           poll_s: float = typer.Option(1.0, help="seconds between checks for a new commit"),
           batching: str = typer.Option("auto", help="auto | rows | requests: may images of different requests "
-                                       "share tensors (auto: when bit-identical on this machine)")) -> None:
+                                       "share tensors (auto: when bit-identical on this machine)"),
+          ray: bool = typer.Option(False, "--ray", help="serve through Ray Serve ($RAY_ADDRESS's cluster, else a "
+                                   "local one; docs/page.md)"),
+          replicas: int = typer.Option(1, help="Ray Serve replicas, each with its own batcher (with --ray)")) -> None:
     """Serve every evolved task over HTTP (read-only; new commits are picked up while serving)."""
     from mupath.serve.cli import config_from_options, run_server
     config = config_from_options(host, port, token, max_wait_ms, max_batch, max_body_mb, max_pixels, poll_s,
                                  batching)
-    run_server(store, config, lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if replicas != 1 and not ray:
+        raise ConfigError("--replicas needs --ray (one `mupath serve` process is one replica)")
+    if ray:
+        from mupath.serve.ray_serve import run_ray_server
+        return run_ray_server(store, config, replicas, say)
+    run_server(store, config, say)
 
 
 def main() -> None:  # pragma: no cover
