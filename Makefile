@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.stamp-install
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo demo-vit test test-fast fashion-data bench-speed bench-roots clean
+.PHONY: demo demo-vit test test-fast fashion-data chromium bench-speed bench-roots clean
 
 # Reuse an existing .venv unless pyproject.toml changed since it was installed.
 $(STAMP): pyproject.toml
@@ -31,8 +31,19 @@ demo: $(STAMP) fashion-data
 demo-vit: $(STAMP) fashion-data
 	$(VENV)/bin/mupath demo runs/demo-vit --root vit $(ARGS)
 
+# The page's browser test drives Debian's Chromium (Playwright never downloads one); install it when we can.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; \
+	  else \
+	    echo "the page's browser test needs Chromium: run 'sudo apt-get install chromium'"; exit 1; \
+	  fi; \
+	fi
+
 test: $(STAMP)
 	-@$(MAKE) --no-print-directory fashion-data
+	-@$(MAKE) --no-print-directory chromium
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -97,3 +108,8 @@ bench-export: $(STAMP)
 .PHONY: bench-serve
 bench-serve: $(STAMP)
 	$(VENV)/bin/python benchmarks/serve.py $(ARGS)
+
+# The README's screenshot of the page, taken by the browser test (tests/test_page.py, a store of three tasks).
+.PHONY: page-screenshot
+page-screenshot: $(STAMP) chromium
+	MUPATH_PAGE_SCREENSHOT=docs/img/page.png $(VENV)/bin/python -m pytest -q tests/test_page.py -k redraws
