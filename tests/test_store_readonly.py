@@ -81,3 +81,14 @@ def test_snapshots_see_each_commit_whole_while_another_process_commits(tmp_path)
     assert len(seen) >= 3                    # the reader really saw the store change under it
     final = Store.open(tmp_path / "store", read_only=True)
     assert final.snapshot().commit_id == 6 and sorted(final.check_immutability()) == ["a", "b", "c"]
+
+
+def test_a_replaced_reference_leaves_no_orphaned_blob(tiny_system, digits_small):
+    """Re-committing a task replaces its no-forgetting reference; the old logits blob goes with it (it
+    used to stay behind as an orphan that `mupath verify` reported)."""
+    from mupath.store.verify import verify_store
+    tiny_system.add_task(digits_small)
+    tiny_system.evolve(["digits"], **dict(TINY_SETTINGS, iterations=2))
+    assert len([c for c in tiny_system.history("digits") if c["info"]["changed"]]) == 2
+    report = verify_store(tiny_system.store)
+    assert report.healthy and not report.problems, [p.line() for p in report.problems]

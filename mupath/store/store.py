@@ -356,10 +356,13 @@ class Store:
                 assert logits_blob is not None
                 if not self.blobs.exists(logits_blob):     # a concurrent GC removed an identical blob
                     self.blobs.put_tensors({"logits": logits})
+                old = con.execute("SELECT logits_blob FROM checks WHERE task=?", (task,)).fetchone()
                 self.manifest.set_retained(con, task, best.id, commit_id)
                 self.manifest.set_check(con, CheckRecord(task, commit_id, logits_blob, test_acc))
             self.manifest.add_offspring(con, dict(req.offspring))
             dropped = self._collect_garbage(con)
+            if req.changed and old is not None:
+                dropped.add(old[0])        # the replaced reference logits: nothing reads them any more
         self._delete_unreferenced(dropped)
         return test_acc
 
