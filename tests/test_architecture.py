@@ -66,3 +66,23 @@ def test_no_import_cycle():
         if m not in state:
             visit(m, [])
     assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def _functions():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path.relative_to(PACKAGE.parent), node
+
+
+def test_functions_are_short_and_take_few_positional_parameters():
+    """No function over 60 lines; none with more than 6 positional parameters (self/cls aside), but the
+    command-line commands, whose parameters are typer's options."""
+    def is_command(node: ast.AST) -> bool:
+        return any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command"
+                   for d in getattr(node, "decorator_list", []))
+    long = [f"{p}:{f.name} ({f.end_lineno - f.lineno + 1} lines)" for p, f in _functions()
+            if f.end_lineno - f.lineno + 1 > 60]
+    wide = [f"{p}:{f.name}" for p, f in _functions() if not is_command(f)
+            and len([a for a in f.args.posonlyargs + f.args.args if a.arg not in ("self", "cls")]) > 6]
+    assert not long and not wide, long + wide

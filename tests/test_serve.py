@@ -256,7 +256,8 @@ def test_auth(store, digits_small, monkeypatch):
         one_line_error(c.get("/v1/tasks", headers={"Authorization": "Basic s3cret"}), 401)
     from mupath.serve.cli import config_from_options
     monkeypatch.setenv("MUPATH_TOKEN", "from-env")
-    assert config_from_options("127.0.0.1", 8000, None, 5, 64, 16, 10**6, 1, "auto").token == "from-env"
+    assert config_from_options("127.0.0.1", 8000, None, max_wait_ms=5, max_batch=64, max_body_mb=16,
+                               max_pixels=10**6, poll_s=1, batching="auto").token == "from-env"
 
 
 def answer_key(system: System, task: str, images: np.ndarray) -> tuple[str, list[int], list[float]]:

@@ -6,7 +6,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -203,8 +203,8 @@ def graph(store: Path, out: Path = typer.Option(Path("system.png"), "-o", "--out
 @app.command()
 @friendly
 def export(store: Path,
-           task: Optional[str] = typer.Option(None, help="the task to export"),
-           tasks: Optional[str] = typer.Option(None, help="several tasks as one model, comma-separated: one "
+           task: str | None = typer.Option(None, help="the task to export"),
+           tasks: str | None = typer.Option(None, help="several tasks as one model, comma-separated: one "
                                                "output per task, the shared path prefix computed once "
                                                "(onnx, pt2)"),
            fmt: str = typer.Option(..., "--format", help="onnx | pt2 | folder (model.safetensors + config.json)"),
@@ -273,7 +273,7 @@ def serve(store: Path,
           host: str = typer.Option("127.0.0.1", help="address to listen on (another than loopback exposes the "
                                    "server to the network: set a token)"),
           port: int = typer.Option(8000, help="TCP port"),
-          token: Optional[str] = typer.Option(None, help="require 'Authorization: Bearer TOKEN' on every route "
+          token: str | None = typer.Option(None, help="require 'Authorization: Bearer TOKEN' on every route "
                                               "but /healthz (default: $MUPATH_TOKEN; unset: no token)"),
           max_wait_ms: float = typer.Option(5.0, help="how long a batch waits for more requests"),
           max_batch: int = typer.Option(64, help="images per batch"),
@@ -287,8 +287,9 @@ def serve(store: Path,
           replicas: int = typer.Option(1, help="Ray Serve replicas, each with its own batcher (with --ray)")) -> None:
     """Serve every evolved task over HTTP (read-only; new commits are picked up while serving)."""
     from mupath.serve.cli import config_from_options, run_server
-    config = config_from_options(host, port, token, max_wait_ms, max_batch, max_body_mb, max_pixels, poll_s,
-                                 batching)
+    config = config_from_options(host, port, token, max_wait_ms=max_wait_ms, max_batch=max_batch,
+                                 max_body_mb=max_body_mb, max_pixels=max_pixels, poll_s=poll_s, batching=batching)
+
     def say(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if replicas != 1 and not ray:

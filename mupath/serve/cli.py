@@ -12,7 +12,7 @@ from mupath.serve.config import ServeConfig
 TOKEN_ENV = "MUPATH_TOKEN"
 
 
-def config_from_options(host: str, port: int, token: str | None, max_wait_ms: float, max_batch: int,
+def config_from_options(host: str, port: int, token: str | None, *, max_wait_ms: float, max_batch: int,
                         max_body_mb: float, max_pixels: int, poll_s: float, batching: str) -> ServeConfig:
     """A ServeConfig from the command line; the token falls back to $MUPATH_TOKEN (the command line
     is visible to every user of the machine, the environment is not)."""

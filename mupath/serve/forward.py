@@ -29,11 +29,11 @@ def routed_forward(models: Mapping[str, PathModel], slot_ids: Mapping[str, Mappi
         need = _union(rows, tasks)
         first = models[tasks[0]]
         acts = first.embed(_select(x, everything, need, None))
-        _descend(tasks, acts, need, 0, models, slot_ids, rows, out)
+        _descend(tasks, acts, need, 0, models=models, slot_ids=slot_ids, rows=rows, out=out)
     return out
 
 
-def _descend(tasks: list[str], acts: torch.Tensor, have: list[int], depth: int,
+def _descend(tasks: list[str], acts: torch.Tensor, have: list[int], depth: int, *,
              models: Mapping[str, PathModel], slot_ids: Mapping[str, Mapping[str, str]],
              rows: Mapping[str, Rows], out: dict[str, torch.Tensor]) -> None:
     by_next: dict[str, list[str]] = {}
@@ -47,7 +47,8 @@ def _descend(tasks: list[str], acts: torch.Tensor, have: list[int], depth: int,
         first = models[group[0]]
         need = _union(rows, group)
         sub = _select(acts, have, need, first)
-        _descend(group, first.parts[first.body[depth]](sub), need, depth + 1, models, slot_ids, rows, out)
+        _descend(group, first.parts[first.body[depth]](sub), need, depth + 1, models=models, slot_ids=slot_ids,
+                 rows=rows, out=out)
 
 
 def _union(rows: Mapping[str, Rows], tasks: list[str]) -> list[int]:
