@@ -7,6 +7,11 @@ task. Results go to docs/benchmarks.md (section "quality") and docs/img/quality_
 OUT/results.json.
 
     .venv/bin/python benchmarks/quality.py [--quick] [--workers 2] [--out DIR]
+    .venv/bin/python benchmarks/quality.py --root efficientnet [--seeds 0,1,2] [--quick] [--out DIR]
+
+`--root efficientnet` runs the same stream from the pretrained EfficientNet-Lite0 (64 px) against
+finetune-all, freeze-bottom:12, adapters:32, lora:8 (peft) and sequential, three seeds, and resumes
+if cut short; see benchmarks/quality_efficientnet.py (section "quality-efficientnet").
 
 Every run starts from fresh stores in the work folder (default runs/bench-quality[-quick]). Full mode
 takes about 35 minutes with --workers 2 on the project's 2-core machine, --quick about 7 minutes;
@@ -554,7 +559,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="work folder (default runs/bench-quality[-quick])")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the docs section and plots from OUT/results.json of an earlier run")
+    parser.add_argument("--root", choices=["vit", "efficientnet"], default="vit",
+                        help="vit: the random-init ViT run (section 'quality'); efficientnet: the pretrained "
+                             "root run (section 'quality-efficientnet', resumable)")
+    parser.add_argument("--seeds", default="0,1,2", help="efficientnet run: comma-separated seeds")
     args = parser.parse_args()
+    if args.root == "efficientnet":
+        from benchmarks import quality_efficientnet
+        quality_efficientnet.main(args)
+        return
     mode = QUICK if args.quick else FULL
     out = (args.out or Path("runs") / ("bench-quality-quick" if args.quick else "bench-quality")).resolve()
     if args.report_only:
