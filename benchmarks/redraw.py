@@ -88,10 +88,11 @@ def draw(store: Path, task: str, kw: dict, seed: int) -> dict:
         path = system.manifest.retained()[task]
         comps = system.manifest.components()
         system.close()
-        return dict(seed=seed, test=commit["test_accuracy"], added=added, layers=int(path.hparams["num_layers"]),
+        return dict(seed=seed, test=commit.test_accuracy, added=added, layers=int(path.hparams["num_layers"]),
                     owned=adaptations(owned),
                     blocks=[comps[c].task for s, c in sorted(path.components.items()) if s.startswith("block_")],
-                    probe_top=commit["info"].get("probe_top", [[None]])[0][0], wall=time.perf_counter() - t0)
+                    probe_top=commit.info.probe_top[0][0] if commit.info.probe_top else None,
+                    wall=time.perf_counter() - t0)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -138,7 +139,7 @@ def main() -> None:
     stream = system.history(args.task)
     if not stream:
         sys.exit(f"error: the store has not evolved '{args.task}' yet; finish the scale run first")
-    kw = stream_settings(system, stream[0]["run_id"], args.workers)
+    kw = stream_settings(system, stream[0].run_id, args.workers)
     system.close()
     overrides = parse_overrides(args.hparam)
     kw = {**kw, "hparams": {**kw["hparams"], **overrides}}

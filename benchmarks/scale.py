@@ -105,9 +105,9 @@ def evolve_stream(store: Path, names: list[str], kw: dict) -> list[dict]:
         _, added, reused = footprint(system, name)
         reused = [t for t in reused if t != ROOT_TASK]
         total = system_params(system, names[:i + 1])
-        rows.append(dict(task=name, index=i, test=commit["test_accuracy"], added=added, reused=reused,
-                         total_over_root=total / system.root_params, wall=commit["info"].get("wall_time", 0.0)))
-        print(f"{i + 1:2d}/{len(names)} {name:24s} test {commit['test_accuracy']:.3f} added {added:7d} "
+        rows.append(dict(task=name, index=i, test=commit.test_accuracy, added=added, reused=reused,
+                         total_over_root=total / system.root_params, wall=commit.info.wall_time))
+        print(f"{i + 1:2d}/{len(names)} {name:24s} test {commit.test_accuracy:.3f} added {added:7d} "
               f"total/root {total / system.root_params:.2f} wall {rows[-1]['wall']:.0f}s reuses {len(reused)}",
               flush=True)
     return rows

@@ -458,7 +458,7 @@ def commit_delays(folder: Path, outcomes: list[Outcome]) -> dict[str, float]:
     system = System.open(folder, read_only=True)
     delays = {}
     for task in ("digits", "parity"):
-        committed = min(c["time"] for c in system.history(task))
+        committed = min(c.time for c in system.history(task))
         first = [o.finished for o in outcomes if task in o.answers]
         delays[task] = (min(first) - committed) if first else float("nan")
     system.close()

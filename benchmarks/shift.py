@@ -82,7 +82,7 @@ def run_variant(base: Path, work: Path, task: str, kw: dict[str, Any]) -> dict[s
     commit = system.history(task)[-1]
     owned, added, reuses = footprint(system, task)
     shutil.rmtree(work, ignore_errors=True)
-    return dict(test=commit["test_accuracy"], score=commit["info"]["score"], added=added, reuses=reuses,
+    return dict(test=commit.test_accuracy, score=commit.info.score, added=added, reuses=reuses,
                 owned=adaptations(owned), wall=time.perf_counter() - t0)
 
 

@@ -19,6 +19,7 @@ from mupath.model.path_model import PathModel
 from mupath.model.root import WEIGHT_MODES, RootSpec, create_root
 from mupath.search.settings import make_settings
 from mupath.store.blobs import BlobStore
+from mupath.store.log import CommitRecord
 from mupath.store.manifest import Manifest
 from mupath.store.records import ROOT_TASK, TaskRecord
 from mupath.store.store import CHECK_THREADS, MANIFEST, Store
@@ -197,11 +198,12 @@ class System:
         return accuracy_of(logits, data[f"{split}.y"])
 
     # ---- reporting --------------------------------------------------------------------------
-    def history(self, task: str) -> list[dict[str, Any]]:
-        """The commits of `task`, oldest first: id, run_id, iteration, time, test_accuracy and `info`,
-        whose `tried` lists every candidate of that search (see docs/design.md, table `commits`)."""
+    def history(self, task: str) -> list[CommitRecord]:
+        """The commits of `task`, oldest first, as typed records (`mupath.store.log`): id, run_id,
+        iteration, time, test_accuracy and `info`, whose `tried` lists every candidate of that search
+        (docs/design.md, table `commits`). The raw JSON rows: `system.manifest.commits(task=...)`."""
         self.task_record(task)
-        return self.manifest.commits(task=task)
+        return self.store.manifest.commit_records(task=task)
 
     def status(self) -> list[TaskStatus]:
         return task_statuses(self.store)

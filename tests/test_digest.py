@@ -34,8 +34,8 @@ def _digest(system: System) -> str:
     for task in system.tasks:
         path = retained[task]
         logits = system.logits(task, system.store.task_data(task)["test.x"].permute(0, 2, 3, 1).numpy())
-        tried = [[t["path"], t["mutations"], t["score"], t["best_val"], t["entered"]]
-                 for c in system.history(task) for t in c["info"]["tried"]]
+        tried = [[t.path, t.mutations, t.score, t.best_val, t.entered]
+                 for c in system.history(task) for t in c.info.tried or ()]
         out[task] = {"path": path.id, "parent": path.parent_id, "components": path.components,
                      "hparams": path.hparams, "quality": repr(path.quality), "tried": tried,
                      "logits": hashlib.sha256(np.ascontiguousarray(logits.numpy()).tobytes()).hexdigest()}

@@ -151,9 +151,9 @@ def test_graph_and_history_routes(store):
             assert c["params"] == snap.components[cid].num_params
         history = client.get("/v1/tasks/parity/history").json()
         commits = system.history("parity")
-        assert [c["id"] for c in history["commits"]] == [c["id"] for c in commits]
-        assert [len(c["tried"]) for c in history["commits"]] == [len(c["info"]["tried"]) for c in commits]
-        assert history["commits"][-1]["tried"][0]["mutations"] == commits[-1]["info"]["tried"][0]["mutations"]
+        assert [c["id"] for c in history["commits"]] == [c.id for c in commits]
+        assert [len(c["tried"]) for c in history["commits"]] == [len(c.info.tried) for c in commits]
+        assert history["commits"][-1]["tried"][0]["mutations"] == commits[-1].info.tried[0].mutations
         for missing, why in (("nope", "is unknown"), ("big", "has not been evolved yet")):
             r = client.get(f"/v1/tasks/{missing}/history")
             assert r.status_code == 404 and why in r.json()["error"]
@@ -179,7 +179,7 @@ def test_page_loads_tasks_graph_and_history(page, url, store):
     page.wait_for_selector("#history details[data-task='parity'] .commit tbody tr")
     commits = System.open(store, read_only=True).history("parity")
     rows = page.locator("#history details[data-task='parity'] .commit tbody tr")
-    assert rows.count() == sum(len(c["info"]["tried"]) for c in commits)
+    assert rows.count() == sum(len(c.info.tried) for c in commits)
     assert page.locator("#history details[data-task='parity'] tr.retained").count() == len(commits)
 
 

@@ -39,8 +39,8 @@ def test_fork_before_a_task_reproduces_it_and_leaves_the_store_alone(tmp_path, t
     assert fork.history("parity") == [] and fork.history("digits_again") == []
     fork.evolve(["parity"], **TINY_SETTINGS)
     [again] = fork.history("parity")
-    assert again["test_accuracy"] == stream["test_accuracy"]
-    assert again["info"]["score"] == stream["info"]["score"]
+    assert again.test_accuracy == stream.test_accuracy
+    assert again.info.score == stream.info.score
     assert fork.check_immutability() and System.open(system.path).check_immutability()
     assert {t: p.id for t, p in System.open(system.path).manifest.retained().items()} == before
 

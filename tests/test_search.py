@@ -298,7 +298,7 @@ def test_commit_logs_every_candidate_tried_and_marks_the_retained_one(tiny_syste
         assert (e.score is None) == (not e.entered)
         assert e.quality is None or 0.0 <= e.quality <= 1.0
         assert e.owned_params > 0 and e.parent_task in ("__root__", "digits")
-    tried = system.history("digits")[0]["info"]["tried"]
+    tried = system.manifest.commits(task="digits")[0]["info"]["tried"]
     assert [TriedCandidate.from_json(e) for e in tried] == list(commit.info.tried)   # the JSON round-trips
     json.dumps(tried, allow_nan=False)      # stored as plain JSON
 

@@ -89,6 +89,6 @@ def test_a_replaced_reference_leaves_no_orphaned_blob(tiny_system, digits_small)
     from mupath.store.verify import verify_store
     tiny_system.add_task(digits_small)
     tiny_system.evolve(["digits"], **dict(TINY_SETTINGS, iterations=2))
-    assert len([c for c in tiny_system.history("digits") if c["info"]["changed"]]) == 2
+    assert len([c for c in tiny_system.history("digits") if c.info.changed]) == 2
     report = verify_store(tiny_system.store)
     assert report.healthy and not report.problems, [p.line() for p in report.problems]

@@ -71,25 +71,25 @@ def test_each_candidate_has_its_validation_curve(grown):
     steps = [(k + 1) * GROW["steps_per_validation"] for k in range(GROW["validations"])]
     for task in TASKS:
         for commit in system.history(task):
-            for c, tried in enumerate(commit["info"]["tried"]):
-                curve = _scalars(acc, f"candidate/{task}/it{commit['iteration']}-gen0-c{c}/val_accuracy")
+            for c, tried in enumerate(commit.info.tried):
+                curve = _scalars(acc, f"candidate/{task}/it{commit.iteration}-gen0-c{c}/val_accuracy")
                 assert [s for s, _ in curve] == steps
-                assert max(v for _, v in curve) == pytest.approx(tried["best_val"])
+                assert max(v for _, v in curve) == pytest.approx(tried.best_val)
 
 
 def test_candidates_scores_and_sizes_match_the_search_log(grown):
     system, report = grown
     acc = _read(system.path / "logs" / report.run_id)
     for task in TASKS:
-        tried = [t for c in system.history(task) for t in c["info"]["tried"]]
+        tried = [t for c in system.history(task) for t in c.info.tried]
         assert [v for _, v in _scalars(acc, f"search/{task}/candidate_best_val")] == \
-            pytest.approx([t["best_val"] for t in tried])
+            pytest.approx([t.best_val for t in tried])
         assert _scalars(acc, f"search/{task}/candidate_score") == \
-            [(n, pytest.approx(t["score"])) for n, t in enumerate(tried) if t["entered"]]
+            [(n, pytest.approx(t.score)) for n, t in enumerate(tried) if t.entered]
         assert [v for _, v in _scalars(acc, f"search/{task}/candidate_owned_params")] == \
-            [t["owned_params"] for t in tried]
+            [t.owned_params for t in tried]
         assert [v for _, v in _scalars(acc, f"search/{task}/candidate_accounted_params")] == \
-            pytest.approx([t["accounted_params"] for t in tried])
+            pytest.approx([t.accounted_params for t in tried])
 
 
 def test_retained_score_per_task_over_iterations(grown):
@@ -98,9 +98,9 @@ def test_retained_score_per_task_over_iterations(grown):
     for task in TASKS:
         commits = system.history(task)
         assert _scalars(acc, f"retained/{task}/score") == \
-            [(c["iteration"], pytest.approx(c["info"]["score"])) for c in commits]
+            [(c.iteration, pytest.approx(c.info.score)) for c in commits]
         assert _scalars(acc, f"retained/{task}/test_accuracy") == \
-            [(c["iteration"], pytest.approx(c["test_accuracy"])) for c in commits]
+            [(c.iteration, pytest.approx(c.test_accuracy)) for c in commits]
 
 
 def test_system_size_against_the_number_of_tasks(grown):
@@ -121,10 +121,10 @@ def test_one_text_entry_per_commit_names_its_mutations(grown):
     assert [s for s, _ in texts] == [1, 2, 3, 4]
     order = [(i, t) for i in range(GROW["iterations"]) for t in TASKS]
     for (_, text), (iteration, task) in zip(texts, order):
-        commit = [c for c in system.history(task) if c["iteration"] == iteration][0]
-        assert text.startswith(f"**{task}**, iteration {iteration}: path `{commit['path_id']}`")
-        kept = [t for t in commit["info"]["tried"] if t["path"] == commit["path_id"]]
-        for key, value in (kept[0]["mutations"] if kept else {}).items():   # an unchanged path tried nothing
+        commit = [c for c in system.history(task) if c.iteration == iteration][0]
+        assert text.startswith(f"**{task}**, iteration {iteration}: path `{commit.path_id}`")
+        kept = [t for t in commit.info.tried if t.path == commit.path_id]
+        for key, value in (kept[0].mutations if kept else {}).items():   # an unchanged path tried nothing
             assert mutation_line(key, value) in text
 
 
@@ -255,9 +255,9 @@ def test_mlflow_tracker_logs_the_same_points_to_a_local_file_store(tmp_path, dig
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert run.data.tags[RUN_TAG] == report.run_id and run.info.status == "FINISHED"
     assert run.data.params["candidates"] == "2"
-    tried = system.history("digits")[0]["info"]["tried"]
+    tried = system.history("digits")[0].info.tried
     best = client.get_metric_history(run.info.run_id, "search/digits/candidate_best_val")
-    assert [m.value for m in sorted(best, key=lambda m: m.step)] == pytest.approx([t["best_val"] for t in tried])
+    assert [m.value for m in sorted(best, key=lambda m: m.step)] == pytest.approx([t.best_val for t in tried])
     curve = client.get_metric_history(run.info.run_id, "candidate/digits/it0-gen0-c1/val_accuracy")
     assert sorted(m.step for m in curve) == [TINY_SETTINGS["steps_per_validation"] * k for k in (1, 2)]
     (size,) = client.get_metric_history(run.info.run_id, "system/params_by_tasks")
