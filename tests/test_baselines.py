@@ -221,7 +221,7 @@ def test_lora_on_efficientnet_leaves_depthwise_and_same_padding_convs_alone(tmp_
     assert not any("conv_dw" in t or t.startswith("stem") for t in built.targets)
     assert "neck.conv" in built.targets
     x = torch.rand(4, 3, 32, 32)
-    plain = PathModel(_root_body(system.store), system.store.family).eval()
+    plain = PathModel(_root_body(system.store, trainable=False), system.store.family).eval()
     with torch.no_grad():           # lora_B starts at zero: the LoRA model starts as the root
         assert torch.allclose(built.model.eval().features(x), plain.features(x), atol=1e-5)
     res = run_lora(system.store, ["a"], {"a": 32}, 2, steps_per_validation=1, batch_size=16, val_limit=30)

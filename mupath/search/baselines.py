@@ -56,7 +56,7 @@ from mupath.search.task_search import LookupTables, admit, candidate_job, run_ca
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import CHECK_THREADS, CommitRequest, Store
 from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
-from mupath.train.loop import TrainConfig, train_path
+from mupath.train.loop import TrainConfig, TrainOutcome, train_path
 from mupath.train.pipeline import to_model_input
 
 STORE_METHODS = ("finetune-all", "freeze-bottom", "adapters")   #: methods committed into a store
@@ -352,13 +352,7 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
     images each, with a new head per task; after each task, re-test it and every earlier task (with its
     own head). `store` only provides the root and the tasks' data; nothing is written to it."""
     base = make_settings(seed=seed, **settings)
-    root_path = store.manifest.retained()[ROOT_TASK]
-    comps = store.manifest.components()
-    body: dict[str, torch.nn.Module] = {}
-    for slot, cid in root_path.components.items():
-        c = comps[cid]
-        body[slot] = load_component(ComponentSpec(c.kind, c.config), store.root_spec,
-                                    store.blobs.get_tensors(c.blob), trainable=True)
+    body = _root_body(store, trainable=True)
     body_params = sum(p.numel() for m in body.values() for p in m.parameters())
     heads: dict[str, torch.nn.Module] = {}
     sizes: dict[str, int] = {}
@@ -373,22 +367,8 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
         heads[task] = head = _new_head(store, int(hp["num_classes"]), seed_for(seed, "sequential", task))
         out.head_params[task] = sum(p.numel() for p in head.parameters())
         owned = {**body, "head": head}
-        model = PathModel(dict(owned), store.family)
-        data = store.task_data(task)
-        limit = int(base.val_limit)
-        val_x = to_model_input(data["validation.x"][:limit], size)
-        spv, v = split_budget(int(budgets[task]), base.batch_size, base.steps_per_validation, validations)
-        run_seed = seed_for(seed, "baseline", task)
-        torch.manual_seed(run_seed)
-        outcome = train_path(model, owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
-                             (data["train.x"], data["train.y"]), (val_x, data["validation.y"][:limit]),
-                             score_of=lambda q: q, bar=float("-inf"))
-        if not outcome.improved or outcome.best_state is None:
-            raise MupathError(f"sequential baseline failed on task '{task}': "
-                              f"{outcome.failure or 'no finite validation score'}")
-        for slot, module in owned.items():            # keep the best snapshot (as every candidate does)
-            module.load_state_dict(outcome.best_state[slot])
-            module.requires_grad_(False)
+        outcome = _train_in_memory(store, task, PathModel(dict(owned), store.family), owned, hp,
+                                   int(budgets[task]), base=base, validations=validations, what="sequential")
         accs = {t: _test_accuracy(store, {**body, "head": heads[t]}, t, sizes[t]) for t in tasks[:k + 1]}
         out.history.append((task, accs))
         out.after_own[task] = accs[task]
@@ -402,6 +382,29 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
     out.final = dict(out.history[-1][1]) if out.history else {}
     out.forgetting, out.forgetting_per_task = forgetting(out.history)
     return out
+
+
+def _train_in_memory(store: Store, task: str, model: nn.Module, owned: dict[str, nn.Module], hp: dict[str, Any],
+                     budget: int, *, base: EvolveSettings, validations: int | None, what: str) -> TrainOutcome:
+    """Train `owned` (modules held in memory, not a store path) on `task` with the store baselines'
+    schedule (`budget` training images, validations every `steps_per_validation` steps), then load the
+    best snapshot into them and freeze them, as every candidate keeps its best snapshot."""
+    data = store.task_data(task)
+    limit = int(base.val_limit)
+    val_x = to_model_input(data["validation.x"][:limit], int(hp["ds_image_size"]))
+    spv, v = split_budget(int(budget), base.batch_size, base.steps_per_validation, validations)
+    run_seed = seed_for(base.seed, "baseline", task)
+    torch.manual_seed(run_seed)
+    outcome = train_path(model, owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
+                         (data["train.x"], data["train.y"]), (val_x, data["validation.y"][:limit]),
+                         score_of=lambda q: q, bar=float("-inf"))
+    if not outcome.improved or outcome.best_state is None:
+        raise MupathError(f"{what} baseline failed on task '{task}': "
+                          f"{outcome.failure or 'no finite validation score'}")
+    for name, module in owned.items():
+        module.load_state_dict(outcome.best_state[name])
+        module.requires_grad_(False)
+    return outcome
 
 
 def _new_head(store: Store, num_classes: int, seed: int) -> torch.nn.Module:
@@ -454,17 +457,14 @@ def lora_targets(body: nn.Module) -> list[str]:
     return names
 
 
-def _root_body(store: Store) -> dict[str, nn.Module]:
-    """The root's components as fresh frozen modules (copies of the stored tensors)."""
+def _root_body(store: Store, *, trainable: bool) -> dict[str, nn.Module]:
+    """The root's components as fresh modules of their own (copies of the stored tensors, never the
+    store's shared frozen ones): trainable for the sequential baseline, frozen under LoRA."""
     root_path = store.manifest.retained()[ROOT_TASK]
     comps = store.manifest.components()
-    body: dict[str, nn.Module] = {}
-    for slot, cid in root_path.components.items():
-        c = comps[cid]
-        module = load_component(ComponentSpec(c.kind, c.config), store.root_spec, store.blobs.get_tensors(c.blob),
-                                trainable=True)
-        body[slot] = module.requires_grad_(False)
-    return body
+    return {slot: load_component(ComponentSpec(comps[cid].kind, comps[cid].config), store.root_spec,
+                                 store.blobs.get_tensors(comps[cid].blob), trainable=trainable)
+            for slot, cid in root_path.components.items()}
 
 
 @dataclasses.dataclass
@@ -482,7 +482,7 @@ def lora_model(store: Store, rank: int, num_classes: int, seed: int) -> LoraMode
     local module: nothing is downloaded) and a zero-initialised head. alpha = rank (scaling 1), no
     dropout, lora_B starts at zero, so the model starts as the root."""
     import peft
-    body = nn.ModuleDict(_root_body(store))
+    body = nn.ModuleDict(_root_body(store, trainable=False))
     targets = lora_targets(body)
     torch.manual_seed(seed)
     config = peft.LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets, bias="none")
@@ -553,20 +553,8 @@ def _lora_task(store: Store, task: str, budget: int, rank: int, base: EvolveSett
     hp = baseline_hparams(store, task, "finetune-all", None, base)
     size = int(hp["ds_image_size"])
     built = lora_model(store, rank, int(hp["num_classes"]), seed_for(base.seed, "lora", task))
-    data = store.task_data(task)
-    limit = int(base.val_limit)
-    val_x = to_model_input(data["validation.x"][:limit], size)
-    spv, v = split_budget(int(budget), base.batch_size, base.steps_per_validation, validations)
-    run_seed = seed_for(base.seed, "baseline", task)
-    torch.manual_seed(run_seed)
-    outcome = train_path(built.model, built.owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
-                         (data["train.x"], data["train.y"]), (val_x, data["validation.y"][:limit]),
-                         score_of=lambda q: q, bar=float("-inf"))
-    if not outcome.improved or outcome.best_state is None:
-        raise MupathError(f"lora baseline failed on task '{task}': {outcome.failure or 'no finite validation score'}")
-    for name, module in built.owned.items():
-        module.load_state_dict(outcome.best_state[name])
-        module.requires_grad_(False)
+    outcome = _train_in_memory(store, task, built.model, built.owned, hp, budget, base=base,
+                               validations=validations, what="lora")
     return built, outcome, _test_accuracy(store, built.modules, task, size)
 
 
