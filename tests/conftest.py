@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
+import socket
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +39,20 @@ def parity_task() -> Task:
     return Task.from_arrays("parity", d.train.images, d.train.labels % 2,
                             val=(d.validation.images, d.validation.labels % 2),
                             test=(d.test.images, d.test.labels % 2), class_names=["even", "odd"])
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (servers under test bind to 127.0.0.1 only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def npy(images: np.ndarray) -> bytes:
+    """Images as the bytes of an .npy upload."""
+    buf = io.BytesIO()
+    np.save(buf, images)
+    return buf.getvalue()
 
 
 blobs_task = quadrant_task     # separable synthetic images: class k is a bright square in quadrant k

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_ROOT, TINY_SETTINGS, free_port
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import TINY_ROOT, TINY_SETTINGS
 from mupath import System
 from mupath.data import Task
 from mupath.serve import ServeConfig, create_app
@@ -53,12 +52,6 @@ def store(tmp_path_factory, digits_small, parity_task) -> Path:
     system.evolve(["parity", "digits"], workers=1, **TINY_SETTINGS)   # (then `big` reuses digits)
     system.close()
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

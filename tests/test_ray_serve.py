@@ -3,9 +3,7 @@ on a local 2-CPU Ray cluster answers through Ray Serve's HTTP proxy on 127.0.0.1
 System.predict does, both replicas answer, and the contract's errors and token hold there too."""
 from __future__ import annotations
 
-import io
 import logging
-import socket
 from pathlib import Path
 
 import httpx
@@ -16,7 +14,8 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is not installed (the dev extra has it): Ray Serve is not tested")
 serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'ray[serve]')")
 
-from conftest import TINY_ROOT, TINY_SETTINGS  # noqa: E402
+from conftest import TINY_ROOT, TINY_SETTINGS, free_port, npy  # noqa: E402
+
 from mupath import System  # noqa: E402
 from mupath.serve import ServeConfig  # noqa: E402
 from mupath.serve.ray_serve import APP_NAME, mupath_application  # noqa: E402
@@ -35,12 +34,6 @@ def store(tmp_path_factory, digits_small, parity_task) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url(store):
     """Two replicas on a local Ray cluster, behind Ray Serve's proxy on a free loopback port."""
@@ -54,12 +47,6 @@ def base_url(store):
     finally:
         serve.shutdown()
         ray.shutdown()
-
-
-def npy(images: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, images)
-    return buf.getvalue()
 
 
 def test_two_replicas_answer_like_system_predict(base_url, store, digits_small):

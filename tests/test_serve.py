@@ -9,7 +9,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ROOT, TINY_SETTINGS
+from conftest import TINY_ROOT, TINY_SETTINGS, free_port, npy
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -56,12 +55,6 @@ def system(store) -> System:
 def client(store):
     with TestClient(create_app(store, ServeConfig(max_wait_ms=20))) as c:
         yield c
-
-
-def npy(images: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, images)
-    return buf.getvalue()
 
 
 def png(image: np.ndarray) -> bytes:
@@ -318,12 +311,6 @@ def test_hot_add_while_another_process_commits(store, tmp_path, digits_small):
             assert served_key(obj, offline.task_record(task).class_names) in refs[task]
         if new_digits and results["digits"]["version"] == refs["digits"][-1][0]:
             assert "mod3" in results            # digits' re-commit came after mod3's: one commit whole
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
