@@ -31,7 +31,7 @@ from typing import Any
 from mupath.errors import ConfigError
 from mupath.runtime.attempt import WORKER_RETRIES, Job, OnDone, OnStep, Result, died, run_attempt
 from mupath.runtime.device import check_device_name, wants_gpu
-from mupath.runtime.jobs import CandidateResult, RetryBook
+from mupath.runtime.jobs import CandidateJob, CandidateResult, RetryBook
 
 PIP_HINT = "pip install 'mupath[ray]'"
 #: the store folder as shipped jobs name it: with ship_blobs a worker reads nothing from the store
@@ -91,7 +91,6 @@ def _attempt(job_json: str, threads: int, ship: bool, keys: list[tuple[str, str]
         (blob_bytes if kind == "blob" else scratch_bytes)[key] = data
     if not ship:
         return run_attempt(job_json), None
-    from mupath.runtime.jobs import CandidateJob
     job = CandidateJob.from_json(job_json)
     local_dir = Path(tempfile.mkdtemp(prefix="mupath-ray-"))
     try:

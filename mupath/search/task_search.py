@@ -136,13 +136,10 @@ class TaskSearch:
         if not res.improved:
             return
         self.log.improved += 1
-        path = self.admit(child.plan, res)
+        path = admit(self, child.plan, res)
         path.metrics.update({"generation": child.generation, "iteration": self.iteration, "run_id": self.run_id})
         self.population.append(path)
         self.scores[path.id] = float(res.score)     # type: ignore[arg-type]
-
-    def admit(self, plan: ChildPlan, res: CandidateResult) -> PathRecord:
-        return admit(self, plan, res)
 
     def adopt_new_parents(self) -> None:
         """Paths other processes committed since this task iteration started become parents from the

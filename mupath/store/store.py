@@ -29,12 +29,12 @@ from mupath.errors import ConfigError, ForgettingError, StoreError
 from mupath.model.components import ComponentSpec, load_component
 from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, root_num_params
-from mupath.store.atomic import atomic_write_bytes
+from mupath.store.atomic import atomic_write_bytes, write_error
 from mupath.store.blobs import BlobStore
 from mupath.store.manifest import FORMAT_VERSION, Manifest
 from mupath.store.records import ROOT_TASK, CandidateComponent, CheckRecord, ComponentRecord, PathRecord, TaskRecord
 from mupath.store.tensors import TensorRef, TensorSource, task_tensors
-from mupath.train.evaluate import fixed_threads, logits_of
+from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
 
 MANIFEST = "manifest.sqlite"
 CHECK_THREADS = 1   #: thread count of every recorded or re-checked logit (bit-exact comparisons)
@@ -115,7 +115,6 @@ class Store:
         if folder.exists() and _is_unfinished_create(folder):
             _clear_folder(folder)          # a create killed before its manifest landed: start over
         created = not folder.exists()
-        from mupath.store.atomic import write_error
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -314,7 +313,6 @@ class Store:
     # ---- commit -----------------------------------------------------------------------------
     def commit(self, req: CommitRequest) -> float:
         """Make `req.best` the task's retained path in one transaction; returns its test accuracy."""
-        from mupath.train.evaluate import accuracy_of
         self._writable()
         task, best = req.task, req.best
         known = self.manifest.components()
