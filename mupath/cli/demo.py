@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from mupath.errors import ConfigError
+from mupath.model.root import DEFAULT_ROOT
 
 DEMO_TASKS = ["fashion_mnist", "mnist", "digits", "lfw_faces"]
 FROZEN_BOTTOM = 12  #: efficientnet demo: stem and blocks below this index are never cloned or adapted
@@ -39,7 +40,8 @@ NO_AUGMENTATION: dict[str, list[Any]] = {k: [] for k in (
     "ds_contrast_delta", "ds_saturation_delta", "ds_hue_delta")}
 
 DEMO_ROOTS: dict[str, dict[str, Any]] = {
-    "efficientnet": dict(root="tf_efficientnet_lite0", image_size=64, weights="package", seed=0),
+    "efficientnet": dict(root=DEFAULT_ROOT.name, image_size=DEFAULT_ROOT.image_size, weights=DEFAULT_ROOT.weights,
+                         seed=0),        # the root `System.create` picks when none is named
     "vit": dict(root="vit_tiny_patch16_224", image_size=28, patch_size=7, depth=4, embed_dim=96, num_heads=3,
                 seed=0),
 }
@@ -47,8 +49,8 @@ DEMO_ROOTS: dict[str, dict[str, Any]] = {
 VIT_DEMO_ROOT = DEMO_ROOTS["vit"]
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "efficientnet": dict(iterations=1, generations=3, candidates=2, steps_per_validation=100, validations=4,
-                         batch_size=64, val_limit=1000, scale_factor=0.99, seed=0,
-                         hparams=_frozen_bottom(FROZEN_BOTTOM), ranges=NO_AUGMENTATION),
+                         batch_size=64, val_limit=1000, scale_factor=0.99, seed=0, seed_order="probe",
+                         head_first=True, hparams=_frozen_bottom(FROZEN_BOTTOM), ranges=NO_AUGMENTATION),
     "vit": dict(iterations=1, generations=3, candidates=2, steps_per_validation=250, validations=4,
                 batch_size=64, val_limit=1000, scale_factor=0.99, seed=0),
 }

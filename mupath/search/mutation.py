@@ -2,7 +2,8 @@
 step in their ordered lists, maybe insert identity adapters, change the depth, then pick every
 component by walking up the ancestry: owned components are always copied, frozen ones are shared
 unless the clone mutation fires (always for the family's `force_clone` slots, e.g. the ViT's final
-norm, and for a random-init root's components: `clone_root`), the head is this task's or a new one.
+norm (EfficientNet has none), and for a random-init root's components: `clone_root`), the head is
+this task's or a new one.
 Slot layout, adapters and fresh components come from the
 root's family (mupath/model/families).
 

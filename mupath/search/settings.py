@@ -66,7 +66,7 @@ class EvolveSettings:
         "weights carry no knowledge to share); a pretrained root's are shared unless the clone mutation "
         "fires, as for any frozen component (`mutation`, µ2Net's rule for a pretrained root); `always` forces "
         "cloning. A slot whose clone probability `_mu_|clone:<slot>` is 0 stays shared in every mode (except "
-        "the always-cloned `norm`/`neck` and the task's own components).")
+        "the ViT's always-cloned `norm` and the task's own components).")
     seed_order: str = setting(
         "shuffle", help="order in which other tasks' best paths (and the root) are tried as parents: shuffle "
         "(µ2Net) | probe (most relevant first)",
@@ -80,7 +80,7 @@ class EvolveSettings:
         False, help="a new task's first candidate is its first parent unmutated (shared body, new head): "
         "the cheapest child",
         details="The first candidate of a task's first visit shares its first parent's body as it is, with "
-        "a new head (and the always-cloned final norm (ViT) or neck (EfficientNet)), so every costlier "
+        "a new head (and the ViT's always-cloned final norm), so every costlier "
         "candidate must beat it by more than its size penalty. µ2Net samples every child's mutations; with a "
         "handful of candidates per task a cheap child may never be drawn (the 69-task stream uses it).")
     check_immutability: bool = setting(True, flag="--check/--no-check",
@@ -121,7 +121,7 @@ class EvolveSettings:
         factory=dict, flag="--hparam", help="hyperparameter default overrides (CLI: KEY=VALUE, repeatable)",
         details="Default values of the searched hyperparameters (below). `_mu_|clone:<slot>` and "
         "`_mu_|add:adapter_<i>` set the probability of one mutation action (µ2Net+), e.g. 0 keeps a block "
-        "frozen (the always-cloned `norm`/`neck` and the task's own components excepted).")
+        "frozen (the ViT's always-cloned `norm` and the task's own components excepted).")
     ranges: dict[str, list[Any]] = setting(
         factory=dict, flag="--range", help="search range overrides (CLI: KEY=v1,v2,..., repeatable); an empty "
         "list (KEY=) switches a key's mutation off")
