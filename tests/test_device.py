@@ -88,7 +88,7 @@ def test_ray_gpu_shares():
 def test_cli_refuses_a_bad_device_in_one_line(tmp_path):
     from test_cli import _fails, _ok
     store = str(tmp_path / "s")
-    _ok(["init", store, "--image-size", 8, "--patch-size", 4, "--depth", 2, "--embed-dim", 32, "--num-heads", 2])
+    _ok(["init", store, "--root", "vit_tiny_patch16_224", "--image-size", 8, "--patch-size", 4, "--depth", 2, "--embed-dim", 32, "--num-heads", 2])
     _ok(["add-task", store, "digits", "--max-train", "200"])
     _fails(["evolve", store, "--device", "tpu"], "device must be one of")
     if not torch.cuda.is_available():

