@@ -71,6 +71,12 @@ clean:
 bench-quality: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/quality.py $(ARGS)
 
+# The same stream from the pretrained EfficientNet-Lite0, all methods over 3 seeds (section "quality-efficientnet",
+# ~80 min on 2 cores, resumes when cut short); `ARGS=--quick` for a smoke run.
+.PHONY: bench-quality-efficientnet
+bench-quality-efficientnet: $(STAMP) fashion-data
+	$(VENV)/bin/python benchmarks/quality.py --root efficientnet --seeds 0,1,2 $(ARGS)
+
 # What sharing a trained body costs on the quality stream (section "transfer"); needs bench-quality's run.
 .PHONY: bench-transfer
 bench-transfer: $(STAMP) fashion-data
