@@ -83,3 +83,20 @@ def test_augmentation_is_seeded_and_identity_when_off():
     b = augment(x.clone(), on, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, x)
     assert a.min() >= -1 and a.max() <= 1
+
+
+def test_parallel_logits_are_bit_identical_to_one_batch_after_another():
+    """The no-forgetting check runs batches on threads (`parallel`); every reference recorded before must
+    still compare equal, so the bits may not move. The pretrained Lite0 (convolutions, BN, depthwise):
+    the kernels whose thread splits would show a difference."""
+    import timm
+    from mupath.model.weights import load_package_weights
+    from mupath.train.evaluate import fixed_threads, logits_of
+
+    model = timm.create_model("tf_efficientnet_lite0")
+    load_package_weights(model, "tf_efficientnet_lite0")
+    images = torch.randint(0, 256, (130, 1, 28, 28), dtype=torch.uint8)
+    with fixed_threads(1):
+        one_by_one = logits_of(model, images, 48, batch=16)
+        threaded = logits_of(model, images, 48, batch=16, parallel=3)
+    assert threaded.shape == (130, 1000) and torch.equal(threaded, one_by_one)

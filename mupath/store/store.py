@@ -34,7 +34,7 @@ from mupath.store.blobs import BlobStore
 from mupath.store.manifest import FORMAT_VERSION, Manifest
 from mupath.store.records import ROOT_TASK, CandidateComponent, CheckRecord, ComponentRecord, PathRecord, TaskRecord
 from mupath.store.tensors import TensorRef, TensorSource, task_tensors
-from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
+from mupath.train.evaluate import accuracy_of, cores, fixed_threads, logits_of
 
 MANIFEST = "manifest.sqlite"
 CHECK_THREADS = 1   #: thread count of every recorded or re-checked logit (bit-exact comparisons)
@@ -236,7 +236,7 @@ class Store:
         data = self.task_data(task)
         with fixed_threads(CHECK_THREADS):
             return logits_of(model if model is not None else self.model_of(task, path), data["test.x"],
-                             int(path.hparams["ds_image_size"]))
+                             int(path.hparams["ds_image_size"]), parallel=cores())
 
     # ---- writes: tasks and runs -------------------------------------------------------------
     def add_task(self, task: Task) -> None:

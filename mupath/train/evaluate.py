@@ -2,7 +2,9 @@
 the same images gives the same bits: that is what the no-forgetting check compares."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -11,6 +13,11 @@ from torch import nn
 from mupath.train.pipeline import to_model_input
 
 EVAL_BATCH = 250
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity, where the OS tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -28,16 +35,29 @@ def fixed_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-@torch.inference_mode()
 def logits_of(model: nn.Module, images: torch.Tensor, image_size: int, *, batch: int = EVAL_BATCH,
-              preprocessed: bool = False) -> torch.Tensor:
-    """Logits for (N, C, H, W) uint8 images (or already preprocessed floats), in order."""
+              preprocessed: bool = False, parallel: int = 1) -> torch.Tensor:
+    """Logits for (N, C, H, W) uint8 images (or already preprocessed floats), in order. `parallel` > 1
+    runs that many batches at once on Python threads: each batch is still computed alone with the
+    caller's torch thread count, so the bits are the same as one batch after another (the
+    no-forgetting check uses it with 1 torch thread to keep its references exact and still use every
+    core)."""
     model.eval()
-    out = []
-    for start in range(0, images.shape[0], batch):
-        chunk = images[start:start + batch]
-        x = chunk if preprocessed else to_model_input(chunk, image_size)
-        out.append(model(x).float())
+    starts = range(0, images.shape[0], batch)
+
+    def one(start: int) -> torch.Tensor:
+        with torch.inference_mode():          # grad mode is per thread: a pool thread starts with it on
+            chunk = images[start:start + batch]
+            x = chunk if preprocessed else to_model_input(chunk, image_size)
+            return model(x).float()
+
+    if parallel > 1 and len(starts) > 1:
+        threads = torch.get_num_threads()    # OpenMP's thread count is per thread: a new one starts with all
+        with concurrent.futures.ThreadPoolExecutor(min(parallel, len(starts)), initializer=torch.set_num_threads,
+                                                   initargs=(threads,)) as pool:
+            out = list(pool.map(one, starts))
+    else:
+        out = [one(start) for start in starts]
     if not out:
         return torch.zeros(0)
     return torch.cat(out)
