@@ -113,3 +113,30 @@ def test_fill_past_the_floor_keeps_the_floor_for_shorter_prefixes():
         for slot in model.body[:3]:
             tokens = model.parts[slot](tokens)
     assert torch.equal(pre.train, tokens)
+
+
+def test_the_floor_entry_is_evicted_last():
+    """A cache too small for every prefix keeps the run's floor (what every candidate extends, and the
+    costly fill from images) and evicts the entries above it first, least recently used among them."""
+    model, owned, ids = _model(["norm", "head"])
+    x, _ = _data()
+    val = to_model_input(x[:30], 16)
+    deep = frozen_prefix(model, {id(m) for m in owned.values()}, ids)     # embeddings + 4 blocks
+    probe = ActivationCache(1 << 30)
+    entry = probe.prefix(model, deep[:3 + 2], "t", 16, x, val)
+    one = entry.train.nbytes + entry.val.nbytes                          # every entry has this size (ViT)
+    cache = ActivationCache(3 * one + 10)
+    cache.prefix(model, deep[:3 + 4], "t", 16, x, val, floor=2)           # floor (2) and depth 4
+    cache.prefix(model, deep[:3 + 3], "t", 16, x, val, floor=2)           # depth 3, from the floor
+    floor_key = ("t", 16, deep[:3 + 2])
+    cache.prefix(model, deep[:3 + 4], "t", 16, x, val, floor=2)           # a hit: depth 4 is fresh, floor is oldest
+    assert list(cache.entries)[0] == floor_key and cache.hits == 1
+    calls = []
+    embed = model.embed
+    model.embed = lambda images: calls.append(1) or embed(images)
+    cache._store(("t", 16, ("other",)), cache.entries[floor_key])       # a fourth entry must evict one
+    assert floor_key in cache.entries and len(cache.entries) == 3
+    assert ("t", 16, deep[:3 + 3]) not in cache.entries                  # the LRU entry above the floor went
+    cache.prefix(model, deep[:3 + 3], "t", 16, x, val, floor=2)           # rebuilt from the floor, not the images
+    model.embed = embed
+    assert not calls

@@ -46,18 +46,27 @@ class ActivationCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.floors: set[tuple] = set()      #: keys of floor entries: evicted last
         self.hits = self.misses = 0
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes + v.nbytes for t, v in self.entries.values())
 
-    def _store(self, key: tuple, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _store(self, key: tuple, value: tuple[torch.Tensor, torch.Tensor], *, floor: bool = False) -> None:
+        """Keep `value`, evicting least recently used entries to fit; floor entries (`floor`: the run's
+        always-frozen bottom, from which every candidate's prefix is extended) go only after every other
+        entry, since losing one means a fill from the images again (the costly part: a 54k-image task at
+        64 px spends ~90 s there, an entry above the floor a few seconds)."""
         size = value[0].nbytes + value[1].nbytes
         if size > self.max_bytes:
             return
+        if floor:
+            self.floors.add(key)
         while self.entries and self.nbytes + size > self.max_bytes:
-            self.entries.popitem(last=False)
+            victim = next((k for k in self.entries if k not in self.floors), next(iter(self.entries)))
+            del self.entries[victim]
+            self.floors.discard(victim)
         self.entries[key] = value
 
     def prefix(self, model: PathModel, ids: tuple[str, ...], data_key: str, image_size: int,
@@ -87,11 +96,11 @@ class ActivationCache:
             if k < floor < depth:
                 train = _run(model, train, train_x, k, floor, image_size, raw=train is None)
                 val = _run(model, val, val_x, k, floor, image_size, raw=val is None, preprocessed=True)
-                self._store((data_key, image_size, ids[:n_embed + floor]), (train, val))
+                self._store((data_key, image_size, ids[:n_embed + floor]), (train, val), floor=True)
                 k = floor
             train = _run(model, train, train_x, k, depth, image_size, raw=train is None)
             val = _run(model, val, val_x, k, depth, image_size, raw=val is None, preprocessed=True)
-        self._store((data_key, image_size, ids), (train, val))
+        self._store((data_key, image_size, ids), (train, val), floor=depth == floor)
         return Prefix(depth, train, val)
 
 
