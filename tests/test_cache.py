@@ -140,3 +140,32 @@ def test_the_floor_entry_is_evicted_last():
     cache.prefix(model, deep[:3 + 3], "t", 16, x, val, floor=2)           # rebuilt from the floor, not the images
     model.embed = embed
     assert not calls
+
+
+def test_a_floor_filled_elsewhere_is_bit_identical_and_used():
+    """`fill_floor` on threads gives the bits the cache computes itself, and a `preload` of them is
+    taken as the floor entry (no fill from the images) and extended for a deeper prefix."""
+    from mupath.train.cache import fill_floor
+    from mupath.train.evaluate import fixed_threads
+    model, owned, ids = _model(["norm", "head"])
+    x, _ = _data(n=700)                                              # several CHUNKs
+    val = to_model_input(x[:30], 16)
+    deep = frozen_prefix(model, {id(m) for m in owned.values()}, ids)
+    with fixed_threads(1):
+        own = ActivationCache(1 << 30).prefix(model, deep[:3 + 2], "t", 16, x, val, floor=2)
+        train, fval = fill_floor(model, x, val, 16, 2, parallel=3)
+    assert torch.equal(train, own.train) and torch.equal(fval, own.val)
+    cache = ActivationCache(1 << 30)
+    calls = []
+    embed = model.embed
+    model.embed = lambda images: calls.append(1) or embed(images)
+    pre = cache.prefix(model, deep, "t", 16, x, val, floor=2, preload=lambda: (train, fval))
+    model.embed = embed
+    assert not calls and ("t", 16, deep[:3 + 2]) in cache.floors
+    with torch.no_grad():
+        tokens = own.train
+        for slot in model.body[2:4]:
+            tokens = model.parts[slot](tokens)
+    assert torch.equal(pre.train, tokens)
+    gone = ActivationCache(1 << 30).prefix(model, deep[:3 + 2], "t", 16, x, val, floor=2, preload=lambda: None)
+    assert torch.equal(gone.train, own.train)                       # a missing file: filled here

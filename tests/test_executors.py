@@ -3,6 +3,7 @@ when it dies again, without charging the candidates that died with it; Ray stays
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -153,3 +154,40 @@ def test_pool_workers_exit_when_their_parent_is_killed():
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in workers)
+
+
+def test_one_floor_fill_for_all_workers_changes_no_bit(tmp_path, monkeypatch):
+    """A pool of single-thread workers gets the frozen floor's activations filled once by the parent
+    (`runtime.prefill`) instead of once per worker: the same retained path and test logits, bit for
+    bit, as each worker filling its own; the jobs named the shared file while it existed."""
+    from mupath.runtime import executors, prefill
+    never = {"_mu_|clone:patch_embed": 0.0, "_mu_|clone:cls_token": 0.0, "_mu_|clone:pos_embed": 0.0,
+             "_mu_|clone:block_0": 0.0, "_mu_|add:adapter_0": 0.0}
+    from mupath.cli.demo import NO_AUGMENTATION
+    settings = dict(TINY_SETTINGS, generations=1, workers=2, threads_per_worker=1, hparams=never,
+                    ranges={**NO_AUGMENTATION, "ds_image_size": []})
+    seen: list[bool] = []
+    real = prefill.prefill_floors
+
+    def watched(jobs, workers, threads):
+        out = real(jobs, workers, threads)
+        seen.extend(bool(j.cache.floor_file) and Path(j.cache.floor_file).exists() for j in out)
+        return out
+
+    def grow(folder):
+        system = System.create(tmp_path / folder, **TINY_ROOT)
+        system.add_task(blobs_task("t", n=90))
+        system.evolve(["t"], **settings)
+        path = system.manifest.retained()["t"]
+        shared = {slot: cid for slot, cid in path.components.items() if cid.startswith("root-")}
+        return shared, path.quality, system.store.test_logits("t", path)    # own ids are drawn per run
+
+    executors.shutdown_workers()
+    monkeypatch.setattr(executors, "prefill_floors", watched)
+    shared = grow("shared")
+    assert seen and all(seen)                  # every candidate read the one fill
+    executors.shutdown_workers()
+    monkeypatch.setattr(executors, "prefill_floors", lambda jobs, workers, threads: jobs)
+    own = grow("own")
+    executors.shutdown_workers()
+    assert shared[:2] == own[:2] and torch.equal(shared[2], own[2])

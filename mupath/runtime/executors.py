@@ -31,6 +31,7 @@ from mupath.runtime.attempt import (  # noqa: F401
     run_attempt,
 )
 from mupath.runtime.jobs import CandidateResult, RetryBook
+from mupath.runtime.prefill import prefill_floors
 from mupath.runtime.worker import run_job
 
 
@@ -107,6 +108,7 @@ class ProcessPoolExecutor:
         pool and with it every candidate in flight, so it is not known which one killed it: those
         candidates are retried once each, alone in a fresh pool, after the others; a candidate that
         kills its worker again then is dropped, and the innocent ones are never charged."""
+        jobs = prefill_floors(jobs, self.workers, self.threads)     # one floor fill for all the workers
         book = RetryBook(jobs, WORKER_RETRIES)
         texts = [job.to_json() for job in jobs]
 

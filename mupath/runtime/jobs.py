@@ -98,10 +98,13 @@ class ScoreRule:
 @dataclasses.dataclass(frozen=True)
 class CacheSpec:
     """The activation cache: `mb` megabytes per worker (0: off); `floor`: leading blocks no candidate
-    of the run can own (the checkpoint depth)."""
+    of the run can own (the checkpoint depth); `floor_file`: a safetensors file holding the floor's
+    activations for this job's data and image size, filled once for all workers (`runtime.prefill`),
+    or "" (each worker fills its own)."""
 
     mb: int = 0
     floor: int = 0
+    floor_file: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

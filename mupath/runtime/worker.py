@@ -22,7 +22,7 @@ from mupath.runtime.device import resolve_device
 from mupath.runtime.jobs import CandidateJob, CandidateResult, SlotJob, size_penalty
 from mupath.store.atomic import atomic_write_bytes
 from mupath.store.tensors import TensorSource, task_tensors, verified_bytes  # noqa: F401  (re-exported)
-from mupath.train.cache import frozen_prefix, process_cache
+from mupath.train.cache import frozen_prefix, load_floor, process_cache
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import has_augmentation, to_model_input
 
@@ -125,9 +125,10 @@ def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Modul
     ids = frozen_prefix(model, {id(m) for m in owned.values()}, keys)
     if ids is None:
         return None
+    preload = functools.partial(load_floor, job.cache.floor_file) if job.cache.floor_file else None
     return process_cache(cache_bytes).prefix(model, ids, job.task_blob + job.root + device,
                                              int(job.hparams["ds_image_size"]), data["train.x"], val_x,
-                                             floor=job.cache.floor)
+                                             floor=job.cache.floor, preload=preload)
 
 
 def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None,

@@ -6,9 +6,12 @@ every candidate with the same prefix (also a shorter cached prefix is extended r
 and the cache is bounded in bytes (least recently used entries go first)."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 
+import safetensors
 import torch
 
 from mupath.model.path_model import PathModel
@@ -70,12 +73,14 @@ class ActivationCache:
         self.entries[key] = value
 
     def prefix(self, model: PathModel, ids: tuple[str, ...], data_key: str, image_size: int,
-               train_x: torch.Tensor, val_x: torch.Tensor, *, floor: int = 0) -> Prefix | None:
+               train_x: torch.Tensor, val_x: torch.Tensor, *, floor: int = 0,
+               preload: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> Prefix | None:
         """Activations after the frozen prefix `ids` for the training images and the (preprocessed)
         validation images, computing only what no cached entry already covers. `floor`: body slots
         that no candidate of the run can own (the run's always-frozen bottom); a fill that passes it
         also keeps the activations there, so that candidates with a shorter prefix than this one
-        start from them instead of from the images."""
+        start from them instead of from the images. `preload`: the floor's activations computed
+        elsewhere (`fill_floor`, once for all the pool's workers), or None when they are not there."""
         n_embed = len(model.embed_slots)
         depth = len(ids) - n_embed                 # body slots in the prefix
         if depth < 1 or self.max_bytes <= 0:
@@ -92,6 +97,13 @@ class ActivationCache:
         else:
             k, train, val = -1, None, None
         self.misses += 1
+        loaded = preload() if preload is not None and k < floor <= depth else None
+        if loaded is not None:
+            train, val = loaded
+            self._store((data_key, image_size, ids[:n_embed + floor]), loaded, floor=True)
+            k = floor
+            if depth == floor:
+                return Prefix(depth, train, val)
         with torch.no_grad():
             if k < floor < depth:
                 train = _run(model, train, train_x, k, floor, image_size, raw=train is None)
@@ -105,26 +117,65 @@ class ActivationCache:
 
 
 def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k: int, depth: int,
-         image_size: int, *, raw: bool, preprocessed: bool = False) -> torch.Tensor:
-    """Body slots [k, depth) over `src` in chunks, written into one preallocated tensor (a list of
-    chunks and their concatenation would hold the activations twice at the peak)."""
+         image_size: int, *, raw: bool, preprocessed: bool = False, parallel: int = 1) -> torch.Tensor:
+    """Body slots [k, depth) over `src` in chunks of CHUNK rows, written into one preallocated tensor (a
+    list of chunks and their concatenation would hold the activations twice at the peak). `parallel`
+    > 1: that many chunks at once on Python threads, each at the caller's torch thread count, so the
+    bits are those of one chunk after another."""
     src = images if raw else tokens
     assert src is not None, "cached activations are needed unless the images run from the start"
-    out: torch.Tensor | None = None
-    for i in range(0, src.shape[0], CHUNK):
-        chunk = src[i:i + CHUNK]
-        if raw:
-            x = chunk if preprocessed else to_model_input(chunk, image_size)
-            x = model.embed(x)
-            start = 0
-        else:
-            x, start = chunk, k
-        for slot in model.body[start:depth]:
-            x = model.parts[slot](x)
-        if out is None:
-            out = torch.empty((src.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-        out[i:i + x.shape[0]] = x
-    return out if out is not None else torch.zeros(0)
+    starts = list(range(0, src.shape[0], CHUNK))
+    if not starts:
+        return torch.zeros(0)
+
+    def chunk_out(i: int) -> torch.Tensor:
+        with torch.no_grad():                 # grad mode is per thread
+            chunk = src[i:i + CHUNK]
+            if raw:
+                x = chunk if preprocessed else to_model_input(chunk, image_size)
+                x, start = model.embed(x), 0
+            else:
+                x, start = chunk, k
+            for slot in model.body[start:depth]:
+                x = model.parts[slot](x)
+            return x
+
+    first = chunk_out(starts[0])
+    out = torch.empty((src.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device)
+    out[:first.shape[0]] = first
+    rest = starts[1:]
+    if parallel > 1 and rest:
+        threads = torch.get_num_threads()
+        with concurrent.futures.ThreadPoolExecutor(min(parallel, len(rest)), initializer=torch.set_num_threads,
+                                                   initargs=(threads,)) as pool:
+            for i, x in zip(rest, pool.map(chunk_out, rest)):
+                out[i:i + x.shape[0]] = x
+    else:
+        for i in rest:
+            x = chunk_out(i)
+            out[i:i + x.shape[0]] = x
+    return out
+
+
+def fill_floor(model: PathModel, train_x: torch.Tensor, val_x: torch.Tensor, image_size: int, floor: int,
+               parallel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activations after the embeddings and the first `floor` body slots, for the training images
+    and the (preprocessed) validation images: what `ActivationCache.prefix` computes for a floor,
+    here on `parallel` threads at once (one process filling it for several workers)."""
+    train = _run(model, None, train_x, -1, floor, image_size, raw=True, parallel=parallel)
+    val = _run(model, None, val_x, -1, floor, image_size, raw=True, preprocessed=True, parallel=parallel)
+    return train, val
+
+
+def load_floor(path: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A floor fill written by `runtime.prefill`, or None when it is gone (the worker then fills its own)."""
+    from safetensors.torch import load_file
+
+    try:
+        data = load_file(path)
+    except (OSError, safetensors.SafetensorError):
+        return None
+    return data["train"], data["val"]
 
 
 _PROCESS_CACHE: ActivationCache | None = None
