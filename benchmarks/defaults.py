@@ -16,14 +16,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import environment, table, write_section
-from mupath import System, Task
-from mupath.search.settings import EvolveSettings
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.report import environment, table, write_section  # noqa: E402
+from mupath import System, Task  # noqa: E402
+from mupath.search.settings import EvolveSettings  # noqa: E402
 
 NAME = "font_digits"
 OLD_DEFAULT_ROOT = dict(root="vit_tiny_patch16_224", image_size=32)   #: `System.create`'s default before issue 25
