@@ -21,10 +21,10 @@ from safetensors.torch import save as save_tensors
 
 from mupath.runtime.device import resolve_device
 from mupath.runtime.jobs import CandidateJob
-from mupath.runtime.worker import materialise
+from mupath.runtime.worker import materialise, prefix_ids
 from mupath.store.atomic import atomic_write_bytes
 from mupath.store.tensors import TensorSource, task_tensors
-from mupath.train.cache import fill_floor, frozen_prefix
+from mupath.train.cache import fill_floor
 from mupath.train.evaluate import fixed_threads
 from mupath.train.pipeline import has_augmentation, to_model_input
 
@@ -42,8 +42,7 @@ def _with_floor_file(job: CandidateJob, workers: int) -> CandidateJob:
             or resolve_device(job.device) != "cpu"):
         return job
     model, owned = materialise(job, TensorSource(Path(job.store)), "cpu")
-    keys = {s.slot: job.refs[s.id].content_key() if not s.trainable else s.id for s in job.slots}
-    ids = frozen_prefix(model, {id(m) for m in owned.values()}, keys)
+    ids = prefix_ids(job, model, owned)
     n_embed = len(model.embed_slots)
     if ids is None or len(ids) - n_embed < job.cache.floor:
         return job

@@ -115,14 +115,20 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     return outcome, owned, owned_params, accounted, prefix
 
 
+def prefix_ids(job: CandidateJob, model: PathModel, owned: dict[str, nn.Module]) -> tuple[str, ...] | None:
+    """The content keys of the job's leading frozen slots (`cache.frozen_prefix`): what its cache
+    entries are keyed by, in a worker and in the parent's shared floor fill alike."""
+    keys = {s.slot: job.refs[s.id].content_key() if not s.trainable else s.id for s in job.slots}
+    return frozen_prefix(model, {id(m) for m in owned.values()}, keys)
+
+
 def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Module],
                   data: dict[str, torch.Tensor], val_x: torch.Tensor, device: str) -> Any:
     """The activation cache's prefix for this candidate (None: off, augmented, or nothing frozen)."""
     cache_bytes = int(job.cache.mb) << 20
     if cache_bytes <= 0 or has_augmentation(job.hparams):
         return None
-    keys = {s.slot: job.refs[s.id].content_key() if not s.trainable else s.id for s in job.slots}
-    ids = frozen_prefix(model, {id(m) for m in owned.values()}, keys)
+    ids = prefix_ids(job, model, owned)
     if ids is None:
         return None
     preload = functools.partial(load_floor, job.cache.floor_file) if job.cache.floor_file else None

@@ -6,7 +6,6 @@ every candidate with the same prefix (also a shorter cached prefix is extended r
 and the cache is bounded in bytes (least recently used entries go first)."""
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import safetensors
 import torch
 
 from mupath.model.path_model import PathModel
+from mupath.train.evaluate import map_batches
 from mupath.train.pipeline import to_model_input
 
 CHUNK = 250   #: images per forward when filling the cache (rows are computed independently)
@@ -124,9 +124,7 @@ def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k:
     bits are those of one chunk after another."""
     src = images if raw else tokens
     assert src is not None, "cached activations are needed unless the images run from the start"
-    starts = list(range(0, src.shape[0], CHUNK))
-    if not starts:
-        return torch.zeros(0)
+    starts = range(0, src.shape[0], CHUNK)
 
     def chunk_out(i: int) -> torch.Tensor:
         with torch.no_grad():                 # grad mode is per thread
@@ -140,21 +138,12 @@ def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k:
                 x = model.parts[slot](x)
             return x
 
-    first = chunk_out(starts[0])
-    out = torch.empty((src.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device)
-    out[:first.shape[0]] = first
-    rest = starts[1:]
-    if parallel > 1 and rest:
-        threads = torch.get_num_threads()
-        with concurrent.futures.ThreadPoolExecutor(min(parallel, len(rest)), initializer=torch.set_num_threads,
-                                                   initargs=(threads,)) as pool:
-            for i, x in zip(rest, pool.map(chunk_out, rest)):
-                out[i:i + x.shape[0]] = x
-    else:
-        for i in rest:
-            x = chunk_out(i)
-            out[i:i + x.shape[0]] = x
-    return out
+    out: torch.Tensor | None = None
+    for i, x in zip(starts, map_batches(chunk_out, starts, parallel)):
+        if out is None:
+            out = torch.empty((src.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+        out[i:i + x.shape[0]] = x
+    return out if out is not None else torch.zeros(0)
 
 
 def fill_floor(model: PathModel, train_x: torch.Tensor, val_x: torch.Tensor, image_size: int, floor: int,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from torch import nn
 from mupath.train.pipeline import to_model_input
 
 EVAL_BATCH = 250
+T = TypeVar("T")
 
 
 def cores() -> int:
@@ -43,7 +45,6 @@ def logits_of(model: nn.Module, images: torch.Tensor, image_size: int, *, batch:
     no-forgetting check uses it with 1 torch thread to keep its references exact and still use every
     core)."""
     model.eval()
-    starts = range(0, images.shape[0], batch)
 
     def one(start: int) -> torch.Tensor:
         with torch.inference_mode():          # grad mode is per thread: a pool thread starts with it on
@@ -51,16 +52,23 @@ def logits_of(model: nn.Module, images: torch.Tensor, image_size: int, *, batch:
             x = chunk if preprocessed else to_model_input(chunk, image_size)
             return model(x).float()
 
-    if parallel > 1 and len(starts) > 1:
-        threads = torch.get_num_threads()    # OpenMP's thread count is per thread: a new one starts with all
-        with concurrent.futures.ThreadPoolExecutor(min(parallel, len(starts)), initializer=torch.set_num_threads,
-                                                   initargs=(threads,)) as pool:
-            out = list(pool.map(one, starts))
-    else:
-        out = [one(start) for start in starts]
+    out = list(map_batches(one, range(0, images.shape[0], batch), parallel))
     if not out:
         return torch.zeros(0)
     return torch.cat(out)
+
+
+def map_batches(fn: Callable[[int], T], starts: Sequence[int], parallel: int) -> Iterator[T]:
+    """`fn(start)` for every start, in order. `parallel` > 1: that many calls at once on Python threads,
+    each at the caller's torch thread count (OpenMP's count is per thread: a new one starts with all
+    cores), so every result has the bits of a call made alone. `fn` must enter its own grad mode."""
+    if parallel <= 1 or len(starts) < 2:
+        yield from map(fn, starts)
+        return
+    threads = torch.get_num_threads()
+    with concurrent.futures.ThreadPoolExecutor(min(parallel, len(starts)), initializer=torch.set_num_threads,
+                                               initargs=(threads,)) as pool:
+        yield from pool.map(fn, starts)
 
 
 def accuracy_of(logits: torch.Tensor, labels: torch.Tensor) -> float:
