@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -102,8 +103,19 @@ def test_tasks_and_healthz(client, system):
         assert entry["test_accuracy"] == status[name].test_accuracy
         assert entry["params_owned"] == status[name].params_owned
         assert entry["reused_from"] == status[name].reused_from
-    assert client.get("/docs").status_code == 200
     assert client.get("/openapi.json").json()["paths"]["/v1/predict"]
+
+
+def test_docs_pages_need_no_network(client):
+    """/docs and /redoc name only this server's files (offline users get a page), and those files are served."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page)
+        assert html.status_code == 200
+        assets = re.findall(r'(?:src|href|url)\s*[:=]\s*["\']([^"\']+)["\']', html.text)
+        assert assets and not [a for a in assets if "://" in a or a.startswith("//")], assets
+        for asset in assets:
+            if asset.endswith((".js", ".css")):
+                assert client.get(asset).status_code == 200, asset
 
 
 def test_predict_equals_system_predict(client, system, digits_small):

@@ -18,6 +18,7 @@ import torch
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -63,8 +64,11 @@ def create_app(store_folder: str | os.PathLike, config: ServeConfig | None = Non
             batcher.stop()
             registry.stop()
 
-    app = FastAPI(title="mupath", version="1", lifespan=lifespan,
-                  description=f"Every task of the mupath store {registry.folder.name} (docs/serving.md).")
+    # FastAPIOffline: the same FastAPI app, but /docs and /redoc load Swagger UI and ReDoc from files
+    # in the fastapi-offline package (served under /static-offline-docs), not from a CDN: offline
+    # users get a working page.
+    app = FastAPIOffline(title="mupath", version="1", lifespan=lifespan,
+                         description=f"Every task of the mupath store {registry.folder.name} (docs/serving.md).")
     app.state.mupath = state
     _add_error_handlers(app)
     _add_routes(app, state)
