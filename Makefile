@@ -79,6 +79,12 @@ bench-quality-efficientnet: $(STAMP) fashion-data
 
 # What sharing a trained body costs on the quality stream (section "transfer"); needs bench-quality's run.
 .PHONY: bench-transfer
+# what blocks the pretrained-root targets: two evolved variants side by side (one core each), then the section
+bench-blockers: $(STAMP) fashion-data
+	$(VENV)/bin/python -m benchmarks.blockers --variant adapters-only --seeds 0,1,2 & \
+	$(VENV)/bin/python -m benchmarks.blockers --variant bound-lifted --seeds 0; wait
+	$(VENV)/bin/python -m benchmarks.blockers
+
 bench-transfer: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/transfer.py $(ARGS)
 
