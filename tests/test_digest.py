@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_ROOT, TINY_SETTINGS
+
 from mupath import System
 from mupath.store.records import ROOT_TASK
 
