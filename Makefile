@@ -77,14 +77,15 @@ bench-quality: $(STAMP) fashion-data
 bench-quality-efficientnet: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/quality.py --root efficientnet --seeds 0,1,2 $(ARGS)
 
-# What sharing a trained body costs on the quality stream (section "transfer"); needs bench-quality's run.
-.PHONY: bench-transfer
-# what blocks the pretrained-root targets: two evolved variants side by side (one core each), then the section
+# What blocks the pretrained-root targets: two evolved variants side by side (one core each), then the section
+.PHONY: bench-blockers
 bench-blockers: $(STAMP) fashion-data
 	$(VENV)/bin/python -m benchmarks.blockers --variant adapters-only --seeds 0,1,2 & \
 	$(VENV)/bin/python -m benchmarks.blockers --variant bound-lifted --seeds 0; wait
 	$(VENV)/bin/python -m benchmarks.blockers
 
+# What sharing a trained body costs on the quality stream (section "transfer"); needs bench-quality's run.
+.PHONY: bench-transfer
 bench-transfer: $(STAMP) fashion-data
 	$(VENV)/bin/python benchmarks/transfer.py $(ARGS)
 

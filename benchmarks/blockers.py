@@ -14,14 +14,13 @@ or tightens one bound of the search, so its result says how far that bound alone
   full backward pass at 64 px. How accurate is the search without the frozen bottom?
 
 Each (variant, seed) is one resumable store under OUT/VARIANT/seedN with its result in
-OUT/VARIANT-seedN.json; `--report` (or the end of any invocation) writes the section from every result
-present, so variants can run as separate processes, one per core.
+OUT/VARIANT-seedN.json; every invocation ends by writing the section from every result present (without
+`--variant` it only writes it), so variants can run as separate processes, one per core.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -30,10 +29,12 @@ from typing import Any
 import torch
 
 from benchmarks.quality import fmt_k, load_tasks, log, store_rows
-from benchmarks.quality_efficientnet import FULL, TASKS, finished_run, open_store, reused
+from benchmarks.quality_efficientnet import FULL, TASKS, finished_run, open_store, reused, seed_summary, spread
 from benchmarks.report import environment, table, write_section
+from mupath.cli.demo import FROZEN_BOTTOM
+from mupath.store.atomic import atomic_write_bytes
 
-TOP_BLOCKS = range(12, 16)        #: blocks the quality run's evolution may clone (stages 5-6 of lite0)
+TOP_BLOCKS = range(FROZEN_BOTTOM, 16)   #: the blocks of lite0's 16 the quality run's evolution may clone
 
 
 def variant_hparams(variant: str) -> dict[str, float]:
@@ -70,16 +71,8 @@ def run_one(out: Path, variant: str, seed: int) -> dict[str, Any]:
              "forgetting": 0.0 if sorted(checked) == sorted(TASKS) else None, "reused": reused(system),
              "root_params": system.root_params}
     system.close()
-    tmp = result.with_suffix(".tmp")
-    tmp.write_text(json.dumps(entry, indent=1, default=str))
-    os.replace(tmp, result)
+    atomic_write_bytes(result, json.dumps(entry, indent=1, default=str).encode())
     return entry
-
-
-def mean_range(xs: list[float], fmt: str = "{:.4f}") -> str:
-    if len(xs) == 1:
-        return fmt.format(xs[0])
-    return f"{fmt.format(statistics.mean(xs))} [{fmt.format(min(xs))}–{fmt.format(max(xs))}]"
 
 
 def write_report(out: Path) -> Path:
@@ -89,15 +82,14 @@ def write_report(out: Path) -> Path:
         runs = [e for e in entries if e["variant"] == variant]
         if not runs:
             continue
-        acc = [statistics.mean(r["test_accuracy"] for r in e["tasks"].values()) for e in runs]
-        par = [statistics.mean(r["accounted_params"] for r in e["tasks"].values()) for e in runs]
-        root = runs[0]["root_params"]
-        rows.append([f"`{variant}`", what, ", ".join(str(e["seed"]) for e in runs), mean_range(acc),
-                     fmt_k(statistics.mean(par)), f"{statistics.mean(par) / root:.2f}",
-                     mean_range([e["wall"] for e in runs], "{:.0f}"),
+        summaries = [seed_summary(e) for e in runs]
+        par = statistics.mean(s["params"] for s in summaries)
+        rows.append([f"`{variant}`", what, ", ".join(str(e["seed"]) for e in runs),
+                     spread([s["accuracy"] for s in summaries]), fmt_k(par), f"{par / runs[0]['root_params']:.2f}",
+                     spread([e["wall"] for e in runs], ".0f"),
                      "0 (measured)" if all(e["forgetting"] == 0.0 for e in runs) else "not checked"])
         for task in TASKS:
-            task_rows.append([task, f"`{variant}`", mean_range([e["tasks"][task]["test_accuracy"] for e in runs]),
+            task_rows.append([task, f"`{variant}`", spread([e["tasks"][task]["test_accuracy"] for e in runs]),
                               fmt_k(statistics.mean(e["tasks"][task]["accounted_params"] for e in runs)),
                               ", ".join(sorted({s for e in runs for s in e["reused"].get(task, [])})) or "-"])
     body = "\n\n".join([
