@@ -49,6 +49,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
+# The behaviour digest on this machine (tests/digest.py); `make digest REF=<commit>` checks a refactor: the working
+# tree against REF, bit for bit, here (digests from different machines never compare: float bits differ by CPU).
+.PHONY: digest
+digest: $(STAMP)
+	$(VENV)/bin/python tests/digest.py $(if $(REF),--against $(REF))
+
 # ruff (lint and import order) and mypy on the package; settings in pyproject.toml.
 .PHONY: lint docs-settings
 lint: $(STAMP)

@@ -12,14 +12,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from digest import TINY_ROOT, TINY_SETTINGS  # noqa: F401  (the tiny root and settings every test uses)
+from digest import tasks as digest_tasks
 
-from mupath.data import Task, load_task
+from mupath.data import Task
 from mupath.data.synthetic import quadrant_task
-
-TINY_ROOT = dict(root="vit_tiny_patch16_224", image_size=8, patch_size=4, depth=2, embed_dim=32,
-                 num_heads=2, seed=0)
-TINY_SETTINGS = dict(generations=2, candidates=2, steps_per_validation=15, validations=2, batch_size=32,
-                     val_limit=200)
 
 
 @pytest.fixture(autouse=True)
@@ -29,16 +26,13 @@ def _threads():
 
 @pytest.fixture(scope="session")
 def digits_small() -> Task:
-    return load_task("digits", max_train=400)
+    return digest_tasks()[0]
 
 
 @pytest.fixture(scope="session")
 def parity_task() -> Task:
     """A second real task on the same images: is the digit even?"""
-    d = load_task("digits", max_train=400)
-    return Task.from_arrays("parity", d.train.images, d.train.labels % 2,
-                            val=(d.validation.images, d.validation.labels % 2),
-                            test=(d.test.images, d.test.labels % 2), class_names=["even", "odd"])
+    return digest_tasks()[1]
 
 
 def free_port() -> int:

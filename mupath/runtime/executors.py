@@ -33,6 +33,7 @@ from mupath.runtime.attempt import (  # noqa: F401
 from mupath.runtime.jobs import CandidateResult, RetryBook
 from mupath.runtime.prefill import prefill_floors
 from mupath.runtime.worker import run_job
+from mupath.train.evaluate import cores
 
 
 class Executor(Protocol):
@@ -88,7 +89,7 @@ class ProcessPoolExecutor:
     threads so that the workers together do not oversubscribe the machine."""
 
     def __init__(self, workers: int, threads: int = 0, persistent: bool = False) -> None:
-        self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self.threads = threads or max(1, cores() // workers)
         self.workers = workers
         self.persistent = persistent
         self.closed = False
@@ -177,7 +178,7 @@ def shared_process_pool(workers: int, threads: int = 0) -> ProcessPoolExecutor:
     (blob sha), so one pool can serve several stores. Asking for another size replaces it, so at most
     one pool is alive; `shutdown_workers()` (also run at exit) stops it."""
     global _SHARED_POOL
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, cores() // workers)
     pool = _SHARED_POOL
     if pool is None or pool.closed or (pool.workers, pool.threads) != (workers, threads):
         if pool is not None and not pool.closed:

@@ -32,6 +32,7 @@ from mupath.errors import ConfigError
 from mupath.runtime.attempt import WORKER_RETRIES, Job, OnDone, OnStep, Result, died, run_attempt
 from mupath.runtime.device import check_device_name, wants_gpu
 from mupath.runtime.jobs import CandidateJob, CandidateResult, RetryBook
+from mupath.train.evaluate import cores
 
 PIP_HINT = "pip install 'mupath[ray]'"
 #: the store folder as shipped jobs name it: with ship_blobs a worker reads nothing from the store
@@ -130,7 +131,7 @@ class RayExecutor:
                     raise ConfigError(f"Ray cannot use the address '{address}' ({died(exc)}); give HOST:PORT, "
                                       "auto or ray://HOST:PORT as --ray-address") from None
             else:
-                threads = threads or max(1, (os.cpu_count() or 1) // workers)
+                threads = threads or max(1, cores() // workers)
                 ray.init(num_cpus=workers * threads, **quiet)
             self._owns = True
         largest = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
