@@ -2,13 +2,17 @@
 go to docs/benchmarks.md (section "serve").
 
     .venv/bin/python benchmarks/serve.py [--quick] [--requests N] [--seconds S] [--clients C]
+    .venv/bin/python benchmarks/serve.py --only overhead     # phase 2 alone (about a minute)
 
 1. Eight tasks whose paths share their first half (a 6-block ViT, 32 px: patch/class/position
    embeddings and blocks 0-2 shared, blocks 3-5, norm and head owned), mixed-task traffic (half the
    requests ask one task, half ask all eight): throughput and p50/p99 latency of the server (cross-task
    prefix trie) against one model per task with per-task batching, in the same run, and the bound
    prefix sharing allows for this mix, computed from in-process timings of the same models.
-2. HTTP overhead: one-image latency through the server against in-process `System.predict`.
+2. HTTP overhead: one-image latency through the server, by the v1 predict route and by the Open
+   Inference Protocol's `/v2/models/{task}/infer` (binary tensor data), against in-process
+   `System.predict`. `--only overhead` runs this phase alone and rewrites only its subsection of the
+   section (which then names its own date and command; the rest stays from the last full run).
 3. Under load while another process evolves two new tasks into the store: failed requests, answers
    that differ from the offline prediction of the version they name, time from commit to first answer.
 The load generator stops by itself: at most --requests requests and --seconds seconds per phase."""
@@ -20,6 +24,7 @@ import dataclasses
 import io
 import json
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -34,7 +39,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchmarks.report import environment, table, write_section  # noqa: E402
+from benchmarks.report import DOCS, environment, section_doc, table, write_section  # noqa: E402
 
 ROOT = dict(root="vit_tiny_patch16_224", image_size=32, patch_size=4, depth=6, embed_dim=192, num_heads=3, seed=0)
 TASKS = [f"t{i}" for i in range(8)]
@@ -371,14 +376,48 @@ def measure_throughput(folder: Path, payloads: list[bytes], offline: Offline, ar
     return rows
 
 
-def measure_overhead(folder: Path, images: np.ndarray, payloads: list[bytes], repeats: int) -> tuple[float, float]:
-    """(server, in-process) median seconds for one image of one task, one request at a time, the two
-    measured alternately."""
+V2_HEADER = "Inference-Header-Content-Length"
+
+
+def v2_payload(image: np.ndarray) -> tuple[bytes, int]:
+    """An Open Inference Protocol request for one image, binary tensor data both ways (as
+    `tritonclient.http` sends it): (body, length of its JSON header)."""
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, *image.shape],
+                                   "parameters": {"binary_data_size": image.size}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return head + image.tobytes(), len(head)
+
+
+def send_v2(client: httpx.Client, base: str, task: str, payload: tuple[bytes, int]) -> float:
+    """Seconds for one binary `/v2/models/{task}/infer`, the answer's class id decoded (as `send`
+    decodes the v1 JSON answer)."""
+    body, length = payload
+    t0 = time.perf_counter()
+    r = client.post(f"{base}/v2/models/{task}/infer", content=body, headers={V2_HEADER: str(length)})
+    r.raise_for_status()
+    head = int(r.headers[V2_HEADER])
+    sizes = [o["parameters"]["binary_data_size"] for o in json.loads(r.content[:head])["outputs"]]
+    np.frombuffer(r.content[head + sum(sizes[:2]):], "<i8")          # class_id, the last output
+    return time.perf_counter() - t0
+
+
+@dataclasses.dataclass(frozen=True)
+class Overhead:
+    """Median seconds for one image of one task, one request at a time."""
+
+    v1: float            #: POST /v1/tasks/{task}/predict, multipart .npy, JSON answer
+    v2: float            #: POST /v2/models/{task}/infer, binary tensor data in and out
+    local: float         #: in-process System.predict
+
+
+def measure_overhead(folder: Path, images: np.ndarray, payloads: list[bytes], repeats: int) -> Overhead:
+    """The three measured alternately, image after image, on one server (5 warm-up rounds dropped)."""
     from mupath import System
     system = System.open(folder, read_only=True)
     port = free_port()
     proc = start_server(folder, port, {})
-    served, local = [], []
+    v2_payloads = [v2_payload(img) for img in images]
+    v1, v2, local = [], [], []
     try:
         with httpx.Client(timeout=30) as client:
             base = f"http://127.0.0.1:{port}"
@@ -386,11 +425,12 @@ def measure_overhead(folder: Path, images: np.ndarray, payloads: list[bytes], re
                 t0 = time.perf_counter()
                 system.predict("t0", images[i % len(images)][None])
                 local.append(time.perf_counter() - t0)
-                served.append(send(client, base, Ask(("t0",), i % len(payloads)), payloads).latency)
+                v1.append(send(client, base, Ask(("t0",), i % len(payloads)), payloads).latency)
+                v2.append(send_v2(client, base, "t0", v2_payloads[i % len(v2_payloads)]))
     finally:
         stop_server(proc)
         system.close()
-    return statistics.median(served[5:]), statistics.median(local[5:])
+    return Overhead(statistics.median(v1[5:]), statistics.median(v2[5:]), statistics.median(local[5:]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,10 +506,44 @@ def commit_delays(folder: Path, outcomes: list[Outcome]) -> dict[str, float]:
 
 
 # ---- the report --------------------------------------------------------------------------------------
-def section(bound: Bound, rows: list[Throughput], overhead: tuple[float, float], load: UnderLoad, args,
+OVERHEAD_HEADING = "### HTTP overhead"
+
+
+def overhead_subsection(overhead: Overhead, alone: bool) -> str:
+    """Phase 2's subsection; measured `alone` (`--only overhead`), it names its own date and command."""
+    rows = [["through the server, `/v1/tasks/{task}/predict` (multipart .npy, JSON answer)",
+             f"{overhead.v1 * 1e3:.2f}"],
+            ["through the server, `/v2/models/{task}/infer` (Open Inference Protocol, binary tensor data)",
+             f"{overhead.v2 * 1e3:.2f}"],
+            ["in-process `System.predict`", f"{overhead.local * 1e3:.2f}"],
+            ["ratio v1 / in-process (target <= 2x)", f"**{overhead.v1 / overhead.local:.2f}x**"],
+            ["ratio v2 / in-process", f"**{overhead.v2 / overhead.local:.2f}x**"]]
+    note = ("Measured alone (`--only overhead`), after the rest of this section:\n\n" + environment() + "\n"
+            if alone else "")
+    return f"{OVERHEAD_HEADING}\n\n{note}" + table(["one image, one task", "median ms"], rows) + "\n"
+
+
+def replace_overhead(section_text: str, subsection: str) -> str:
+    """The section with its HTTP overhead subsection (up to the next ### heading) replaced."""
+    pattern = re.compile(re.escape(OVERHEAD_HEADING) + r"\n.*?(?=^### |\Z)", re.S | re.M)
+    if not pattern.search(section_text):
+        raise SystemExit(f"the serve section has no '{OVERHEAD_HEADING}' subsection: run the full benchmark")
+    return pattern.sub(lambda _: subsection + "\n", section_text, count=1)
+
+
+def current_section(quick: bool) -> str:
+    """The serve section the last run wrote (what `--only overhead` keeps but for its subsection)."""
+    path = DOCS / section_doc("benchmarks.md", quick)
+    found = re.search(r"<!-- serve:begin -->\n(.*?)<!-- serve:end -->", path.read_text() if path.exists() else "",
+                      re.S)
+    if not found:
+        raise SystemExit(f"{path} has no serve section yet: run the full benchmark first")
+    return found.group(1)
+
+
+def section(bound: Bound, rows: list[Throughput], overhead: Overhead, load: UnderLoad, args,
             t_start: float) -> str:
     exact, rowwise, per_task, per_request = rows
-    served, local = overhead
     analytic = 8 * 6 / (SHARED + 8 * (6 - SHARED))
     tput = table(["server", "requests", "failed", "task-images/s", "p50 ms", "p99 ms", "answers checked",
                   "bits differ", "classes differ"],
@@ -480,9 +554,6 @@ def section(bound: Bound, rows: list[Throughput], overhead: tuple[float, float],
                      f"**{round_ratio(a, b) / bound.mixed:.0%}**", f"{a.rate / b.rate:.2f}x"]
                     for a, b in ((rowwise, per_task), (exact, per_request), (exact, per_task))])
     delays = ", ".join(f"{t} {d:.1f} s" for t, d in load.commit_to_answer.items())
-    overhead_rows = [["through the server (multipart .npy, JSON answer)", f"{served * 1e3:.2f}"],
-                     ["in-process `System.predict`", f"{local * 1e3:.2f}"],
-                     ["ratio (target <= 2x)", f"**{served / local:.2f}x**"]]
     return ("## Serving: `mupath serve` on loopback\n\n" + environment()
             + f"- wall time: {time.perf_counter() - t_start:.0f} s; {args.clients} client threads, "
             f"--max-wait-ms {args.max_wait_ms:g}, one torch thread per server (CHECK_THREADS)\n\n"
@@ -501,8 +572,8 @@ def section(bound: Bound, rows: list[Throughput], overhead: tuple[float, float],
             "on this machine that changes low bits (MKL picks other kernels for other row counts), so the "
             "default (`--batching auto`) keeps each request in tensors of its own and is bit-identical; the "
             "last line is what that exactness costs against a per-task batching server.\n\n"
-            "### HTTP overhead\n\n" + table(["one image, one task", "median ms"], overhead_rows)
-            + "\n\n### Under load while another process evolves two new tasks\n\n"
+            + overhead_subsection(overhead, alone=False)
+            + "\n### Under load while another process evolves two new tasks\n\n"
             + table(["requests", "failed", "answers checked", "differ from the offline answer of their version",
                      "classes differ", "p50 ms", "p99 ms", "commit to first served answer"],
                     [[load.requests, f"**{load.failed}**", load.checked, f"**{load.bits_differ}**",
@@ -526,17 +597,21 @@ def main() -> None:
     parser.add_argument("--load-requests", type=int, default=20000, help="request limit of phase 3")
     parser.add_argument("--load-seconds", type=float, default=300, help="time limit of phase 3")
     parser.add_argument("--port", type=int, default=0, help="loopback port (0: a free one)")
+    parser.add_argument("--only", choices=["overhead"],
+                        help="run phase 2 alone and rewrite only its subsection of the section")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
     if args.quick:
         args.requests, args.seconds, args.load_seconds, args.rounds = 40, 20, 240, 2
+    if args.only == "overhead":
+        return overhead_only(args)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mupath-bench-serve-") as tmp:
         work = Path(tmp)
         build_store(work / "store")
-        images = np.random.default_rng(5).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+        images = bench_images()
         payloads = [npy_bytes(img) for img in images]
         bound = measure_bound(work / "store", images[0], 20 if args.quick else 50)
         print(bound, bound.mixed, flush=True)
@@ -546,6 +621,23 @@ def main() -> None:
         load = measure_under_load(work / "store", work, images, payloads, args, args.port or free_port())
         print(load, flush=True)
     body = section(bound, rows, overhead, load, args, t_start)
+    print(write_section("benchmarks.md", "serve", body, quick=args.quick))
+
+
+def bench_images() -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+
+
+def overhead_only(args) -> None:
+    """Phase 2 alone, on the store every run builds; its subsection replaces the one in the section."""
+    kept = current_section(args.quick)                 # before a minute of work: is there a section?
+    with tempfile.TemporaryDirectory(prefix="mupath-bench-serve-") as tmp:
+        build_store(Path(tmp) / "store")
+        images = bench_images()
+        overhead = measure_overhead(Path(tmp) / "store", images, [npy_bytes(img) for img in images],
+                                    20 if args.quick else 60)
+    print(overhead, flush=True)
+    body = replace_overhead(kept, overhead_subsection(overhead, alone=True))
     print(write_section("benchmarks.md", "serve", body, quick=args.quick))
 
 

@@ -6,9 +6,7 @@ the app's lifespan does. Other routes can be added to the returned app; `app.sta
 `ServerState` (registry, batcher, metrics, config) they can read."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,25 +20,20 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mupath.serve.answering import ServerState, answer_request, commit_headers, resolve
 from mupath.serve.batching import Batcher, JobAnswer, TaskAnswer
 from mupath.serve.config import ServeConfig
 from mupath.serve.errors import ServeError
 from mupath.serve.images import decode_part, usable_images
+from mupath.serve.inference_protocol import router as inference_protocol_router
 from mupath.serve.metrics import Metrics
 from mupath.serve.middleware import BearerAuth, BodyLimit, RequestMetrics
 from mupath.serve.page import router as page_router
-from mupath.serve.registry import Registry, ServedTask, Version
+from mupath.serve.registry import Registry, ServedTask
 from mupath.store.store import CHECK_THREADS
 
 FILES_HELP = "one or more images (PNG, JPEG, BMP, GIF, WebP) or .npy arrays (N, H, W[, C]), each a part named 'files'"
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerState:
-    config: ServeConfig
-    registry: Registry
-    batcher: Batcher
-    metrics: Metrics
+__all__ = ["ServerState", "create_app"]
 
 
 def create_app(store_folder: str | os.PathLike, config: ServeConfig | None = None) -> FastAPI:
@@ -73,6 +66,7 @@ def create_app(store_folder: str | os.PathLike, config: ServeConfig | None = Non
     _add_error_handlers(app)
     _add_routes(app, state)
     app.include_router(page_router)           # GET / (the page), /v1/graph, /v1/tasks/{task}/history
+    app.include_router(inference_protocol_router)   # /v2/...: the Open Inference Protocol (KServe v2, Triton)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.token:
         app.add_middleware(BearerAuth, token=config.token)
@@ -116,7 +110,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/tasks/{task}/predict", summary="Class ids, names and probabilities for one task")
     async def predict_task(request: Request, task: str,
                            files: list[UploadFile] | None = File(None, description=FILES_HELP)) -> JSONResponse:
-        names = _resolve(state.registry.current, [task])
+        names = resolve(state.registry.current, [task])
         answer = await _predict(request, state, names, files)
         return _respond(answer, _task_object(answer.answers[0]))
 
@@ -126,7 +120,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                            files: list[UploadFile] | None = File(None, description=FILES_HELP)) -> JSONResponse:
         version = state.registry.current
         asked = [t.strip() for t in (tasks or "").split(",") if t.strip()]
-        names = _resolve(version, list(dict.fromkeys(asked)) if asked else list(version.tasks))
+        names = resolve(version, list(dict.fromkeys(asked)) if asked else list(version.tasks))
         answer = await _predict(request, state, names, files)
         return _respond(answer, {"results": {a.task: _task_object(a) for a in answer.answers}})
 
@@ -136,34 +130,18 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return Response(state.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _resolve(version: Version, names: list[str]) -> list[str]:
-    """The asked tasks, or a 404 naming the served ones."""
-    if not names:
-        raise ServeError(404, "no task has been evolved yet in this store; nothing to serve")
-    for name in names:
-        if name not in version.tasks:
-            why = "has not been evolved yet" if name in version.pending else "is unknown"
-            raise ServeError(404, f"task '{name}' {why}; served tasks: {', '.join(version.tasks) or 'none yet'}")
-    return names
-
-
 async def _predict(request: Request, state: ServerState, tasks: list[str],
                    files: list[UploadFile] | None) -> JobAnswer:
     if not (request.headers.get("content-type") or "").lower().startswith("multipart/form-data"):
         raise ServeError(415, "send the images as multipart/form-data, one or more parts named 'files'")
     if not files:
         raise ServeError(422, "no images: send one or more parts named 'files' (PNG/JPEG images or .npy arrays)")
-    state.batcher.announce()
-    try:
-        datas = [await f.read() for f in files]
-        parts = await run_in_threadpool(_decode_all, datas, ", ".join(tasks), state.config.max_pixels)
-    except BaseException:
-        state.batcher.withdraw()
-        raise
-    answer: JobAnswer = await asyncio.wrap_future(state.batcher.submit(tasks, parts))
-    for a in answer.answers:
-        state.metrics.task_requests.labels(a.task).inc()
-        state.metrics.task_images.labels(a.task).inc(len(a.class_ids))
+    uploads = files
+
+    async def read() -> list[np.ndarray]:
+        datas = [await f.read() for f in uploads]
+        return await run_in_threadpool(_decode_all, datas, ", ".join(tasks), state.config.max_pixels)
+    _, answer = await answer_request(state, tasks, read, lambda parts: parts)
     return answer
 
 
@@ -173,7 +151,7 @@ def _decode_all(datas: list[bytes], label: str, max_pixels: int) -> list[np.ndar
 
 
 def _respond(answer: JobAnswer, body: dict[str, object]) -> JSONResponse:
-    return JSONResponse(body, headers={"x-mupath-commit": str(answer.commit_id)})
+    return JSONResponse(body, headers=commit_headers(answer))
 
 
 def _task_object(a: TaskAnswer) -> dict[str, object]:

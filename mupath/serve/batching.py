@@ -43,13 +43,15 @@ class Job:
 
 @dataclasses.dataclass(frozen=True)
 class TaskAnswer:
-    """One task's answer to one request: per image, logits' argmax and softmax probabilities."""
+    """One task's answer to one request: per image, the logits, their argmax and softmax probabilities
+    (the logits too, since the Open Inference Protocol route returns them)."""
 
     task: str
     version: str
     class_names: tuple[str, ...]
     class_ids: np.ndarray          #: (N,) int64
     probabilities: np.ndarray      #: (N, num_classes) float32
+    logits: np.ndarray             #: (N, num_classes) float32, `System.logits` bit for bit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +121,11 @@ class Batcher:
             self._run(jobs)
             if self._observe is not None:
                 self._observe(len(jobs), sum(j.images for j in jobs), time.perf_counter() - started)
+
+    @property
+    def running(self) -> bool:
+        """Whether the inference thread is up and taking jobs (the server's readiness)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop
 
     def announce(self) -> None:
         """A request has arrived and will submit soon (its images are being read and decoded): a
@@ -272,4 +279,5 @@ def _answer(version: Version, task: str, parts: list[torch.Tensor]) -> TaskAnswe
     served = version.tasks[task]
     ids = np.concatenate([p.argmax(dim=1).numpy().astype(np.int64) for p in parts])
     probs = np.concatenate([torch.softmax(p, dim=1).numpy() for p in parts])
-    return TaskAnswer(task, served.version, served.class_names, ids, probs)
+    logits = np.concatenate([p.numpy() for p in parts])
+    return TaskAnswer(task, served.version, served.class_names, ids, probs, logits)

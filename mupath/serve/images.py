@@ -34,10 +34,23 @@ def decode_part(data: bytes, index: int, max_pixels: int) -> np.ndarray:
 def usable_images(images: np.ndarray, index: int, label: str) -> np.ndarray:
     """`images` validated and converted the way `System.predict` does (uint8, N x H x W x C), so the
     server's answers are computed from exactly the same bytes."""
+    return checked_images(images, f"file {index}", label)
+
+
+def checked_images(images: np.ndarray, source: str, label: str, status: int = 422) -> np.ndarray:
+    """`usable_images` for any source of images (`source` names it in the error: "file 2", "input
+    'images'"); `status`: the code a refusal gets (the Open Inference Protocol answers 400)."""
     try:
         return prepare_images(images, label)
     except DataError as exc:
-        raise ServeError(422, f"file {index}: {exc}") from None
+        raise ServeError(status, f"{source}: {exc}") from None
+
+
+def check_pixels(height: int, width: int, max_pixels: int, source: str) -> None:
+    """A 413 for images over the pixel limit, from their announced size, before any pixel is read."""
+    if height * width > max_pixels:
+        raise ServeError(413, f"{source} has {height} x {width} pixel images, over the limit of "
+                         f"{max_pixels:,} pixels per image")
 
 
 def _decode_npy(data: bytes, index: int, max_pixels: int) -> np.ndarray:
@@ -56,9 +69,8 @@ def _decode_npy(data: bytes, index: int, max_pixels: int) -> np.ndarray:
         raise ServeError(422, f"file {index} has a damaged .npy header ({_first_line(exc)})") from None
     if dtype.hasobject or dtype.kind not in "uif":
         raise ServeError(422, f"file {index} holds {dtype} values; images must be numeric (uint8 or float)")
-    if len(shape) in (3, 4) and shape[1] * shape[2] > max_pixels:
-        raise ServeError(413, f"file {index} has {shape[1]} x {shape[2]} pixel images, over the limit of "
-                         f"{max_pixels:,} pixels per image")
+    if len(shape) in (3, 4):
+        check_pixels(shape[1], shape[2], max_pixels, f"file {index}")
     expected = math.prod(shape) * dtype.itemsize
     if expected != len(data) - buf.tell():
         raise ServeError(422, f"file {index}: its .npy header announces {expected:,} bytes of data but "

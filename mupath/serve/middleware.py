@@ -16,7 +16,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-OPEN_PATHS = frozenset({"/healthz", "/"})   #: never need the token (`/` is the page: no data, see serve/page.py)
+#: never need the token (`/` is the page: no data, see serve/page.py; `/v2` and `/v2/health/*` are the Open
+#: Inference Protocol's server metadata and health, as `/healthz`: what a platform's probes call)
+OPEN_PATHS = frozenset({"/healthz", "/", "/v2", "/v2/health/live", "/v2/health/ready"})
 
 
 async def send_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -35,7 +37,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class BearerAuth:
-    """Every route but /healthz needs `Authorization: Bearer TOKEN`. Both sides are hashed first, so
+    """Every route but OPEN_PATHS needs `Authorization: Bearer TOKEN`. Both sides are hashed first, so
     `hmac.compare_digest` compares equal lengths and the time taken says nothing about the token."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
