@@ -42,6 +42,8 @@ class TaskStatus:
     num_layers: int
     adapters: int
     path_id: str | None
+    scale_shifts: int = 0        #: blocks with a scale-and-shift before them
+    deltas: int = 0              #: blocks with a low-rank delta on their weights
 
     @property
     def val_quality(self) -> float | None:      # the name before issue 21
@@ -243,7 +245,8 @@ def task_statuses(store: Store) -> list[TaskStatus]:
             name, checks[name].test_accuracy if name in checks else None, path.quality, owned, shared,
             accounted_params(ids, name, users, sizes), len(reused),
             sorted({comps[c].task for c in reused}), int(path.hparams.get("num_layers", 0)),
-            len(path.hparams.get("adapter_layers", [])), path.id))
+            len(path.hparams.get("adapter_layers", [])), path.id, len(path.hparams.get("ssf_layers", [])),
+            len(path.hparams.get("lora_layers", []))))
     return out
 
 

@@ -131,6 +131,8 @@ def test_history_table_lines():
     assert mutation_summary({}) == "no mutation"
     assert mutation_summary({"cloned": ["block_0", "patch_embed"], "adapters_added": [1],
                              "opt_lr": [0.001, 0.002]}) == "clone block_0, patch_embed; +adapter 1; opt_lr 0.001->0.002"
+    assert mutation_summary({"loras_added": [0, 2], "ssfs_added": [1], "adapters_removed": [3],
+                             "lora_rank": [4, 8]}) == "-adapter 3; +ssf 1; +lora 0, 2; lora_rank 4->8"
     entry = TriedCandidate.from_json(dict(path="p1", generation=0, parent_task="a", mutations={}, best_val=0.5,
                                           owned_params=10, accounted_params=12.0, score=None, entered=False,
                                           retained=False))

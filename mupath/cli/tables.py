@@ -19,7 +19,7 @@ def status_table(system: System, times: dict[str, float] | None = None) -> Table
     """Per task: test accuracy, parameters owned / shared, components reused from other tasks."""
     table = Table(title=f"mupath system at {system.path}")
     for col in ("task", "test acc", "params owned", "params shared", "accounted", "reused comps",
-                "reused from", "layers", "adapters"):
+                "reused from", "layers", "adapters", "ssf", "lora"):
         table.add_column(col, justify="left" if col in ("task", "reused from") else "right")
     if times is not None:
         table.add_column("training time", justify="right")
@@ -27,22 +27,29 @@ def status_table(system: System, times: dict[str, float] | None = None) -> Table
         row = [st.task, "-" if st.test_accuracy is None else f"{st.test_accuracy:.4f}",
                fmt_params(st.params_owned), fmt_params(st.params_shared), fmt_params(st.accounted_params),
                str(st.reused_components), ", ".join(st.reused_from) or "-", str(st.num_layers),
-               str(st.adapters)]
+               str(st.adapters), str(st.scale_shifts), str(st.deltas)]
         if times is not None:
             row.append(f"{times.get(st.task, 0.0):.0f}s")
         table.add_row(*row)
     return table
 
 
+#: list-valued mutation records: module kinds inserted or removed at these block indices
+LIST_MUTATIONS = {f"{kind}s_{verb}": f"{'+' if verb == 'added' else '-'}{kind}"
+                  for kind in ("adapter", "ssf", "lora") for verb in ("added", "removed")}
+
+
 def mutation_summary(mutations: dict[str, Any]) -> str:
-    """A candidate's mutations in one short line: 'clone block_0, patch_embed; +adapter 1; opt_lr 0.001->0.002'."""
+    """A candidate's mutations in one short line:
+    'clone block_0, patch_embed; +adapter 1; +lora 0, 1; opt_lr 0.001->0.002'."""
     parts = []
     if mutations.get("cloned"):
         parts.append("clone " + ", ".join(mutations["cloned"]))
-    if mutations.get("adapters_added"):
-        parts.append("+adapter " + ", ".join(str(i) for i in mutations["adapters_added"]))
+    for key, label in LIST_MUTATIONS.items():
+        if mutations.get(key):
+            parts.append(f"{label} " + ", ".join(str(i) for i in mutations[key]))
     parts += [f"{k} {v[0]}->{v[1]}" for k, v in sorted(mutations.items())
-              if k not in ("cloned", "adapters_added") and isinstance(v, list) and len(v) == 2]
+              if k != "cloned" and k not in LIST_MUTATIONS and isinstance(v, list) and len(v) == 2]
     return "; ".join(parts) or "no mutation"
 
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mupath.export.spec import ExportedTask, ExportSpec, Preprocessing
-from mupath.model.components import ComponentSpec, load_component
+from mupath.model.components import ComponentSpec, is_body_slot, load_component
+from mupath.model.deltas import LowRankDelta
 from mupath.model.families import RootFamily
 
 
@@ -47,6 +48,15 @@ class ExportGraph(nn.Module):
         self.family: RootFamily = spec.root.family
         self.tasks: list[ExportedTask] = list(spec.tasks)
         self.parts = nn.ModuleDict({module_key(cid): components[cid] for cid in spec.components})
+        #: each (block, low-rank delta) pair of a path as one block with the delta merged into its weights
+        self.merged = nn.ModuleDict()
+        for t in self.tasks:
+            slots = dict(t.slots)
+            for slot, cid in t.slots:
+                delta = components[cid]
+                if isinstance(delta, LowRankDelta):
+                    block = slots[f"block_{slot[len('lora_'):]}"]
+                    self.merged[_merged_key(block, cid)] = delta.merged(components[block])
         self.eval()
 
     @property
@@ -85,11 +95,22 @@ class ExportGraph(nn.Module):
             else:
                 by_next.setdefault(body[depth][1], []).append(t)
         for cid, group in by_next.items():
-            self._branch(group, self.parts[module_key(cid)](tokens), depth + 1, out)
+            self._branch(group, self._module(group[0], depth, cid)(tokens), depth + 1, out)
+
+    def _module(self, task: ExportedTask, depth: int, cid: str) -> nn.Module:
+        """Body slot `depth` of `task`: its component, or for a block under a low-rank delta the block
+        with the delta merged. Every task of a group shares the prefix up to here, delta included."""
+        slot = _body(task)[depth][0]
+        delta = dict(task.slots).get(f"lora_{slot[len('block_'):]}") if slot.startswith("block_") else None
+        return self.merged[_merged_key(cid, delta)] if delta is not None else self.parts[module_key(cid)]
+
+
+def _merged_key(block: str, delta: str) -> str:
+    return f"{module_key(block)}__{module_key(delta)}"
 
 
 def _body(task: ExportedTask) -> list[tuple[str, str]]:
-    return [(s, c) for s, c in task.slots if s.startswith(("adapter_", "block_"))]
+    return [(s, c) for s, c in task.slots if is_body_slot(s)]
 
 
 def build_graph(spec: ExportSpec, tensors: Mapping[str, Mapping[str, torch.Tensor]]) -> ExportGraph:

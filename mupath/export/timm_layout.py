@@ -30,9 +30,10 @@ class TimmPlan:
 def timm_plan(spec: ExportSpec, task: ExportedTask) -> TimmPlan | str:
     """The plan for a plain path, or one line saying why the path is not a plain timm model."""
     kinds = {slot: spec.components[cid].kind for slot, cid in task.slots}
-    adapters = sorted(s for s in kinds if s.startswith("adapter_"))
+    adapters = sorted(s for s in kinds if s.startswith(("adapter_", "ssf_", "lora_")))
     if adapters:
-        return f"the path has adapters ({', '.join(adapters)}), which timm models do not have"
+        return (f"the path has adapters, scale-and-shift or low-rank deltas ({', '.join(adapters)}), "
+                "which timm models do not have")
     blocks = [s for s in kinds if s.startswith("block_")]
     if blocks != [f"block_{i}" for i in range(len(blocks))]:
         return "the path's blocks are not the root's first blocks in order"

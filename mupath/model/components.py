@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from typing import Any
 
 import torch
 from torch import nn
 
+from mupath.model.deltas import LowRankDelta, ScaleShift, delta_targets
 from mupath.model.families import EFFICIENTNET, VIT, RootFamily, family_of
 from mupath.model.root import RootSpec, create_root
 
 #: Kinds a component can be, per family, in forward order.
-KINDS = ("patch_embed", "cls_token", "pos_embed", "stem", "adapter", "conv_adapter", "block", "norm",
-         "neck", "head")
+KINDS = ("patch_embed", "cls_token", "pos_embed", "stem", "adapter", "conv_adapter", "ssf", "lora", "block",
+         "norm", "neck", "head")
+#: kinds a mutation creates from scratch (identity or zero initialised); every other kind is cut from the root
+FRESH_KINDS = ("head", "adapter", "conv_adapter", "ssf", "lora")
+#: body slot prefixes in their order within one depth: adapter_i, ssf_i, lora_i, block_i
+BODY_PREFIXES = ("adapter", "ssf", "lora", "block")
 _TEMPLATE_FREE: dict[str, RootFamily] = {"cls_token": VIT, "pos_embed": VIT, "conv_adapter": EFFICIENTNET}
 _FIXED_ORDER = {"patch_embed": (0, 0), "cls_token": (1, 0), "pos_embed": (2, 0), "stem": (0, 0),
                 "norm": (4, 0), "neck": (4, 0), "head": (5, 0)}
@@ -32,13 +38,19 @@ class ComponentSpec:
 
 
 def slot_order(slot: str) -> tuple[int, int]:
-    """Sort key putting slots in forward order: embeddings, (adapter_i, block_i)..., neck, head."""
+    """Sort key putting slots in forward order: embeddings, (adapter_i, ssf_i, lora_i, block_i)..., neck,
+    head."""
     if slot in _FIXED_ORDER:
         return _FIXED_ORDER[slot]
-    match = re.fullmatch(r"(adapter|block)_(\d+)", slot)
+    match = re.fullmatch(r"(adapter|ssf|lora|block)_(\d+)", slot)
     if not match:
         raise ValueError(f"unknown slot {slot}")
-    return 3, 2 * int(match.group(2)) + (0 if match.group(1) == "adapter" else 1)
+    return 3, len(BODY_PREFIXES) * int(match.group(2)) + BODY_PREFIXES.index(match.group(1))
+
+
+def is_body_slot(slot: str) -> bool:
+    """A slot of the body (run one after another on the activations), as opposed to embeddings and head."""
+    return slot.startswith(tuple(f"{p}_" for p in BODY_PREFIXES))
 
 
 class ResidualAdapter(nn.Module):
@@ -74,6 +86,11 @@ def build_component(spec: ComponentSpec, root: RootSpec) -> nn.Module:
         return ResidualAdapter(cfg["dim"], cfg["width"])
     if kind == "head":
         return nn.Linear(cfg["dim"], cfg["num_classes"])
+    if kind == "ssf":
+        return ScaleShift(int(cfg["channels"]), int(cfg["axis"]))
+    if kind == "lora":           # a delta on the weights of the block whose config it carries
+        block = build_component(ComponentSpec("block", dict(cfg["block"])), root)
+        return LowRankDelta(delta_targets(block), int(cfg["rank"]), float(cfg.get("scale", 1.0)))
     if kind in _TEMPLATE_FREE:              # their shapes are all in the config
         return _TEMPLATE_FREE[kind].build(kind, cfg, None)
     return family_of(root.name).build(kind, cfg, _templates(root.to_json()))
@@ -89,11 +106,19 @@ def load_component(spec: ComponentSpec, root: RootSpec, tensors: dict[str, torch
     return module
 
 
-def new_component_tensors(spec: ComponentSpec, seed: int) -> dict[str, torch.Tensor]:
+def new_component_tensors(spec: ComponentSpec, seed: int, root: RootSpec | None = None) -> dict[str, torch.Tensor]:
     """Fresh tensors for a component created by a mutation: a zero-initialised head (vit_jax init),
-    or an identity adapter (random down projection, zero up projection)."""
-    if spec.kind not in ("head", "adapter", "conv_adapter"):
+    an identity adapter (random down projection, zero up projection), an identity scale-and-shift, or
+    an identity low-rank delta (random down, zero up). `root`: the root a delta's block comes from."""
+    if spec.kind not in FRESH_KINDS:
         raise ValueError(f"a new {spec.kind} is never created from scratch")
+    if spec.kind == "lora":
+        module = build_component(spec, root or RootSpec())      # may build the root's template (draws)
+        torch.manual_seed(seed)
+        assert isinstance(module, LowRankDelta)
+        for p in module.down.values():
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
     torch.manual_seed(seed)
     module = build_component(spec, RootSpec())
     if spec.kind == "head":

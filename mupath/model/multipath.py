@@ -37,4 +37,4 @@ def _branch(tasks: list[str], tokens: torch.Tensor, depth: int, models: Mapping[
             by_next.setdefault(slot_ids[task][body[depth]], []).append(task)
     for group in by_next.values():
         first = models[group[0]]
-        _branch(group, first.parts[first.body[depth]](tokens), depth + 1, models, slot_ids, out)
+        _branch(group, first.run(first.body[depth], tokens), depth + 1, models, slot_ids, out)

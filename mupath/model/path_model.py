@@ -6,14 +6,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mupath.model.components import ComponentSpec, build_component, new_component_tensors, slot_order
+from mupath.model.components import ComponentSpec, build_component, is_body_slot, new_component_tensors, slot_order
+from mupath.model.deltas import LowRankDelta, run_block
 from mupath.model.families import RootFamily, family_for_slots
 from mupath.model.root import RootSpec, create_root, cut_root
 
 
 class PathModel(nn.Module):
-    """Forward over a path's components: the family's embedding slots, then (adapter_i, block_i)... in
-    order, then the family's neck, pooling and head."""
+    """Forward over a path's components: the family's embedding slots, then the body slots
+    (adapter_i, ssf_i, lora_i, block_i)... in order, then the family's neck, pooling and head. Every body
+    slot runs through `run`, which applies a low-rank delta `lora_i` to the weights of `block_i`."""
 
     def __init__(self, modules: dict[str, nn.Module], family: RootFamily | None = None) -> None:
         super().__init__()
@@ -22,7 +24,14 @@ class PathModel(nn.Module):
         self.slots = slots
         self.parts = nn.ModuleDict({s: modules[s] for s in slots})
         self.embed_slots = [s for s in self.family.embed_slots if s in modules]
-        self.body = [s for s in slots if s.startswith(("adapter_", "block_"))]
+        self.body = [s for s in slots if is_body_slot(s)]
+        #: block slot -> the low-rank delta on its weights
+        self.deltas: dict[str, LowRankDelta] = {
+            f"block_{s[len('lora_'):]}": m for s, m in self.parts.items() if isinstance(m, LowRankDelta)}
+
+    def run(self, slot: str, x: torch.Tensor) -> torch.Tensor:
+        """One body slot on the activations: a block with its delta, if the path has one."""
+        return run_block(self.parts[slot], self.deltas.get(slot), x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.family.embed(self.parts, x)
@@ -31,7 +40,7 @@ class PathModel(nn.Module):
         """Run body slots from index `start` on embedded activations (used by prefix caching)."""
         x = self.family.activations(x)
         for slot in self.body[start:]:
-            x = self.parts[slot](x)
+            x = self.run(slot, x)
         return x
 
     def head_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,8 @@ def _initial_tensors(slot: SlotJob, job: CandidateJob, source: TensorSource) -> 
     if init.kind == "resample":
         assert init.grid is not None
         return {"pos_embed": resample_pos_embed(source.get(job.refs[str(init.source)])["pos_embed"], init.grid)}
-    return new_component_tensors(ComponentSpec(slot.kind, slot.config), int(init.seed or 0))
+    return new_component_tensors(ComponentSpec(slot.kind, slot.config), int(init.seed or 0),
+                                 RootSpec.from_json(job.root))
 
 
 def materialise(job: CandidateJob, source: TensorSource,

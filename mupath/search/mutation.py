@@ -18,9 +18,19 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mupath.model.components import FRESH_KINDS
 from mupath.model.families import VIT, RootFamily
+from mupath.model.families.base import BodyLayout
 from mupath.runtime.jobs import SlotInit, SlotJob
-from mupath.search.space import SearchSpace, action_mu, is_data_key, is_model_key
+from mupath.search.space import (
+    LORA_RANK_DEFAULT,
+    LORA_RANK_VALUES,
+    SearchSpace,
+    action_mu,
+    is_data_key,
+    is_model_key,
+    kind_mu,
+)
 from mupath.store.records import CandidateComponent, ComponentRecord, PathRecord
 
 CompInfo = CandidateComponent     #: the name before issue 21
@@ -129,11 +139,21 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
     num_layers = int(hp["num_layers"])
     adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)
     if mutate_adapters and mutate:
-        for i in range(num_layers):
-            if i not in adapters and rng.random() < action_mu(space, f"add:adapter_{i}", mu):
-                adapters.append(i)
-                changed.setdefault("adapters_added", []).append(i)
+        adapters = mutate_layers(adapters, "adapter", num_layers, space=space, hp=hp, mu=mu, rng=rng,
+                                 changed=changed)
     hp["adapter_layers"] = sorted(adapters)
+    for kind in ("ssf", "lora"):
+        layers = sorted(i for i in hp.get(f"{kind}_layers", []) if i < num_layers)
+        if mutate:
+            layers = mutate_layers(layers, kind, num_layers, space=space, hp=hp, mu=mu, rng=rng, changed=changed)
+        if layers or f"{kind}_layers" in hp:     # a path without the kind records nothing of it
+            hp[f"{kind}_layers"] = layers
+    if mutate and hp.get("lora_layers") and rng.random() < mu:
+        ranks = list(space.ranges.get("lora_rank", LORA_RANK_VALUES))
+        rank = incremental(int(hp.get("lora_rank", LORA_RANK_DEFAULT)), ranks, rng)
+        if rank != hp.get("lora_rank", LORA_RANK_DEFAULT):
+            changed["lora_rank"] = [hp.get("lora_rank", LORA_RANK_DEFAULT), rank]
+        hp["lora_rank"] = rank
     wanted = wanted_slots(hp, num_classes, lineage)
     chain = lineage.chain(parent)
     slots: list[SlotPlan] = []
@@ -144,7 +164,7 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
             slots.append(fresh_slot(slot, kind, config, lineage, rng))
             continue
         comp = lineage.comps[found]
-        clone_mu = action_mu(space, f"clone:{slot}", mu)
+        clone_mu = action_mu(space, f"clone:{slot}", mu, hp)
         if (lineage.trainable(found) or slot in lineage.family.force_clone
                 or (found in lineage.always_clone and clone_mu > 0) or (mutate and rng.random() < clone_mu)):
             if not lineage.trainable(found):
@@ -160,11 +180,28 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
     return ChildPlan(child, slots, changed)
 
 
+def mutate_layers(layers: list[int], kind: str, num_layers: int, *, space: SearchSpace, hp: Mapping[str, Any],
+                  mu: float, rng: random.Random, changed: dict[str, Any]) -> list[int]:
+    """Insert `kind` before each block that lacks it and remove it where it is, each at its own
+    probability (`kind_mu`); a probability of 0 draws nothing, so a kind that is off leaves the random
+    stream, and every choice after it, as they were. The adapters' record keys keep their names."""
+    out = list(layers)
+    for i in range(num_layers):
+        verb = "drop" if i in out else "add"
+        p = kind_mu(space, verb, kind, i, mu, hp)
+        if (p > 0 or (kind == "adapter" and verb == "add")) and rng.random() < p:
+            if verb == "add":
+                out.append(i)
+            else:
+                out.remove(i)
+            changed.setdefault(f"{kind}s_{'added' if verb == 'add' else 'removed'}", []).append(i)
+    return sorted(out)
+
+
 def wanted_slots(hp: Mapping[str, Any], num_classes: int, lineage: Lineage) -> dict[str, tuple[str, dict[str, Any]]]:
     """{slot: (kind, config)} of a path with hyperparameters `hp` (the family's layout; the root's
     numbers, e.g. its patch size, come from `lineage.meta`)."""
-    return lineage.family.wanted_slots(int(hp["num_layers"]), list(hp.get("adapter_layers", [])),
-                                       int(hp["adapter_dim"]), num_classes, int(hp["ds_image_size"]),
+    return lineage.family.wanted_slots(BodyLayout.of(hp), num_classes, int(hp["ds_image_size"]),
                                        root=lineage.root_configs(), meta=dict(lineage.meta))
 
 
@@ -189,6 +226,6 @@ def fresh_slot(slot: str, kind: str, config: dict[str, Any], lineage: Lineage, r
     resample = lineage.family.resample_source(slot, kind, config, lineage.root_path.components)
     if resample is not None:
         return SlotPlan(slot, lineage.new_id("c"), kind, config, True, SlotInit.resample(*resample))
-    if kind in (lineage.family.adapter_kind, "head"):
+    if kind in FRESH_KINDS:
         return SlotPlan(slot, lineage.new_id("c"), kind, config, True, SlotInit.fresh(rng.randrange(2 ** 31)))
     raise ValueError(f"no ancestor has a component for slot {slot}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mupath.errors import ConfigError
@@ -24,35 +24,65 @@ AREA_VALUES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 ASPECT_VALUES = [0.25, 0.5, 0.75, 1.0]
 DELTA_VALUES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
 ADAPTER_VALUES = [8, 16, 32, 64, 128]
+LORA_RANK_VALUES = [1, 2, 4, 8, 16, 32]
+LORA_RANK_DEFAULT = 4
+#: kinds a mutation inserts at a block (and may remove), with the probability of each insertion when no
+#: `_mu_|add:<kind>` or `_mu_|add:<kind>_<i>` says otherwise: adapters at µ (the reference); the newer
+#: kinds off until a setting turns them on (so the reference's search is the default search)
+INSERTED_KINDS = {"adapter": None, "ssf": 0.0, "lora": 0.0}
+#: hyperparameters a path has only once a kind is in it (a path written before has none: the layout
+#: reads them as empty), so they are known keys without being defaults
+OPTIONAL_KEYS = {"ssf_layers": [], "lora_layers": [], "lora_rank": LORA_RANK_DEFAULT}
 
 #: keys mutated per child with probability µ (reference: `_mu_`, `num_layers`, `adapter_dim`, `opt_*`)
 def is_model_key(key: str) -> bool:
-    return key in ("_mu_", "num_layers", "adapter_dim") or key.startswith("opt_")
+    """Keys a child moves with probability µ when they have a range; a mutation action's own
+    probability (`_mu_|add:lora`) is one once a range is given for it: µ2Net+'s self-tuning."""
+    return key in ("_mu_", "num_layers", "adapter_dim") or key.startswith("opt_") or is_action_key(key)
 
 
 MU_ACTION_PREFIX = "_mu_|"
-_ACTION = re.compile(r"(clone:[a-z_]+(_\d+)?|add:adapter_\d+)")
+_ACTION = re.compile(r"(clone:[a-z_]+(_\d+)?|(add|drop):(adapter|ssf|lora)(_\d+)?)")
 
 
 def is_action_key(key: str) -> bool:
-    """`_mu_|clone:<slot>` / `_mu_|add:adapter_<i>`: the probability of one mutation action."""
+    """`_mu_|clone:<slot>`, `_mu_|add:<kind>[_<i>]` or `_mu_|drop:<kind>[_<i>]` (kind: adapter, ssf or
+    lora; without `_<i>`: at every block): the probability of one mutation action."""
     return key.startswith(MU_ACTION_PREFIX) and bool(_ACTION.fullmatch(key[len(MU_ACTION_PREFIX):]))
 
 
-def action_mu(space: SearchSpace, action: str, mu: float) -> float:
-    """Probability of one mutation action: its `_mu_|action` default when set, else µ."""
-    return float(space.defaults.get(MU_ACTION_PREFIX + action, mu))
+def action_mu(space: SearchSpace, action: str, mu: float, hp: Mapping[str, Any] | None = None) -> float:
+    """Probability of one mutation action: the child's own `_mu_|action` (`hp`, where a range lets it
+    self-tune), else its default when set, else µ."""
+    key = MU_ACTION_PREFIX + action
+    if hp is not None and key in hp:
+        return float(hp[key])
+    return float(space.defaults.get(key, mu))
+
+
+def kind_mu(space: SearchSpace, verb: str, kind: str, index: int, mu: float,
+            hp: Mapping[str, Any] | None = None) -> float:
+    """Probability of inserting (`verb` add) or removing (drop) a `kind` at block `index`:
+    `_mu_|<verb>:<kind>_<index>`, else `_mu_|<verb>:<kind>`, else the kind's default (µ for an adapter's
+    insertion, 0 for the newer kinds' and for every removal)."""
+    default = INSERTED_KINDS[kind]
+    fallback = 0.0 if verb == "drop" else mu if default is None else default
+    return action_mu(space, f"{verb}:{kind}_{index}", action_mu(space, f"{verb}:{kind}", fallback, hp), hp)
 
 
 def frozen_floor(space: SearchSpace, embed_slots: tuple[str, ...], depth: int, adapters: bool) -> int:
     """How many leading blocks no candidate can clone or adapt (their per-action probabilities are 0),
     provided no embedding slot can be cloned either: the run's always-frozen bottom, a checkpoint for
     the activation cache."""
-    if any(action_mu(space, f"clone:{slot}", 1.0) > 0 for slot in embed_slots):
+    def never(action: str, probability: float) -> bool:     # at its default and anywhere in its range
+        return probability == 0 and not any(space.ranges.get(MU_ACTION_PREFIX + action, []))
+
+    if not all(never(f"clone:{slot}", action_mu(space, f"clone:{slot}", 1.0)) for slot in embed_slots):
         return 0
     n = 0
-    while n < depth and action_mu(space, f"clone:block_{n}", 1.0) == 0 and (
-            not adapters or action_mu(space, f"add:adapter_{n}", 1.0) == 0):
+    while n < depth and never(f"clone:block_{n}", action_mu(space, f"clone:block_{n}", 1.0)) and all(
+            never(f"add:{kind}_{n}", kind_mu(space, "add", kind, n, 1.0)) and never(f"add:{kind}", 0.0)
+            for kind in INSERTED_KINDS if kind != "adapter" or adapters):
         n += 1
     return n
 
@@ -160,14 +190,18 @@ def _number(lo: float, hi: float, *, integer: bool = False, lo_open: bool = Fals
 
 
 _BOOL = ("true or false", lambda v: isinstance(v, bool))
+_BLOCKS = ("a list of block indices", lambda v: isinstance(v, list) and all(
+    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v))
 _UNIT = _number(0, 1)
 #: what each hyperparameter's values may be: checked before a run starts, so a bad --hparam/--range is a
 #: one-line error instead of a failure inside every candidate after the training budget is spent
 VALUE_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "_mu_": _UNIT,
     "adapter_dim": _number(1, 4096, integer=True),
-    "adapter_layers": ("a list of block indices", lambda v: isinstance(v, list) and all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)),
+    "adapter_layers": _BLOCKS,
+    "ssf_layers": _BLOCKS,
+    "lora_layers": _BLOCKS,
+    "lora_rank": _number(1, 1024, integer=True),
     "opt_name": ("sgd or adamw", lambda v: v in ("sgd", "adamw")),
     "opt_lr": _number(0, 10, lo_open=True),
     "opt_lr_schedule": ("cosine or constant", lambda v: v in ("cosine", "constant")),
@@ -209,8 +243,17 @@ def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
     """A copy of `space` with user overrides; unknown keys and values outside a key's domain
     (`VALUE_RULES`) are an error naming the known ones."""
     new = SearchSpace({k: list(v) for k, v in space.ranges.items()}, dict(space.defaults))
-    known = set(space.defaults) | set(space.ranges)
+    known = set(space.defaults) | set(space.ranges) | set(OPTIONAL_KEYS)
     for key, values in (ranges or {}).items():
+        if is_action_key(key):
+            if not isinstance(values, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+                raise ConfigError(f"the range of mutation probability {key} must be a list of numbers in [0, 1], "
+                                  f"got {values!r}")
+            if values:
+                new.ranges[key] = sorted(float(v) for v in values)
+                new.defaults.setdefault(key, new.ranges[key][0])    # no default given: start at the lowest
+            continue
         if key not in known:
             raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
         if not isinstance(values, (list, tuple)):
@@ -228,8 +271,8 @@ def customise(space: SearchSpace, defaults: dict[str, Any] | None = None,
             new.defaults[key] = float(value)
             continue
         if key.startswith(MU_ACTION_PREFIX):
-            raise ConfigError(f"unknown mutation action in '{key}'; use _mu_|clone:<slot> or "
-                              "_mu_|add:adapter_<i>")
+            raise ConfigError(f"unknown mutation action in '{key}'; use _mu_|clone:<slot>, "
+                              "_mu_|add:<kind>[_<i>] or _mu_|drop:<kind>[_<i>] (kind: adapter, ssf or lora)")
         if key not in known:
             raise ConfigError(f"unknown hyperparameter '{key}'; known: {', '.join(sorted(known))}")
         check_value(key, value, space)

@@ -47,7 +47,7 @@ def _descend(tasks: list[str], acts: torch.Tensor, have: list[int], depth: int, 
         first = models[group[0]]
         need = _union(rows, group)
         sub = _select(acts, have, need, first)
-        _descend(group, first.parts[first.body[depth]](sub), need, depth + 1, models=models, slot_ids=slot_ids,
+        _descend(group, first.run(first.body[depth], sub), need, depth + 1, models=models, slot_ids=slot_ids,
                  rows=rows, out=out)
 
 

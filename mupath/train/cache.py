@@ -135,7 +135,7 @@ def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k:
             else:
                 x, start = chunk, k
             for slot in model.body[start:depth]:
-                x = model.parts[slot](x)
+                x = model.run(slot, x)
             return x
 
     out: torch.Tensor | None = None

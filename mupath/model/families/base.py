@@ -4,6 +4,7 @@ change the input size. The search, the training loop, the cache and the store on
 through this interface, so a new family (another timm architecture) is one new module."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +20,29 @@ TimmModel = Any
 #: A path's modules by slot: an nn.ModuleDict (no typing Mapping) or a dict. Untyped for the reason
 #: TimmModel is: the families read their parts' own attributes (`.token`, `.pos_embed`).
 Parts = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class BodyLayout:
+    """Which body slots a path has, read from its hyperparameters: the depth, and the blocks that get an
+    adapter, a scale-and-shift before them, or a low-rank delta on their weights."""
+
+    num_layers: int
+    adapters: tuple[int, ...] = ()
+    adapter_dim: int = 32
+    ssf: tuple[int, ...] = ()
+    lora: tuple[int, ...] = ()
+    lora_rank: int = 4
+
+    @classmethod
+    def of(cls, hp: Mapping[str, Any]) -> BodyLayout:
+        """The layout of a path with hyperparameters `hp` (keys a path written before a kind existed
+        lacks mean none of that kind)."""
+        return cls(int(hp["num_layers"]), tuple(hp.get("adapter_layers", ())), int(hp.get("adapter_dim", 32)),
+                   tuple(hp.get("ssf_layers", ())), tuple(hp.get("lora_layers", ())), int(hp.get("lora_rank", 4)))
+
+
+Slots = dict[str, tuple[str, dict[str, Any]]]
 
 
 class RootFamily:
@@ -74,9 +98,8 @@ class RootFamily:
         """Body output -> logits: the head on `features`."""
         return parts["head"](self.features(parts, x))
 
-    def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
-                     image_size: int, *, root: Mapping[str, Mapping[str, Any]],
-                     meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
+    def wanted_slots(self, layout: BodyLayout, num_classes: int, image_size: int, *,
+                     root: Mapping[str, Mapping[str, Any]], meta: Mapping[str, int]) -> Slots:
         """{slot: (kind, config)} of a path with these hyperparameters, in forward order. `root` maps
         the root path's slots to their component configs."""
         raise NotImplementedError
@@ -112,13 +135,19 @@ def detached_state(module: nn.Module) -> dict[str, torch.Tensor]:
             if not k.endswith("num_batches_tracked")}
 
 
-def body_slots(num_layers: int, adapters: list[int],
-               adapter: Callable[[int], tuple[str, dict[str, Any]]] | None,
-               block: Callable[[int], tuple[str, dict[str, Any]]]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """(adapter_i, block_i) slots for i < num_layers; `adapter(i)` and `block(i)` give (kind, config)."""
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for i in range(num_layers):
-        if adapter is not None and i in adapters:
+def body_slots(layout: BodyLayout, adapter: Callable[[int], tuple[str, dict[str, Any]]],
+               block: Callable[[int], tuple[str, dict[str, Any]]], channels: Callable[[int], int],
+               axis: int) -> Slots:
+    """(adapter_i, ssf_i, lora_i, block_i) slots for i < num_layers, each where the layout has one:
+    `adapter(i)` and `block(i)` give (kind, config); `channels(i)` is the width entering block i, and
+    `axis` the channel axis of the activations (what a scale-and-shift scales)."""
+    out: Slots = {}
+    for i in range(layout.num_layers):
+        if i in layout.adapters:
             out[f"adapter_{i}"] = adapter(i)
+        if i in layout.ssf:
+            out[f"ssf_{i}"] = ("ssf", {"channels": channels(i), "axis": axis})
+        if i in layout.lora:
+            out[f"lora_{i}"] = ("lora", {"block": block(i)[1], "rank": layout.lora_rank})
         out[f"block_{i}"] = block(i)
     return out

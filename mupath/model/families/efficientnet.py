@@ -19,7 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from mupath.errors import ConfigError
-from mupath.model.families.base import Part, Parts, RootFamily, TimmModel, body_slots, detached_state
+from mupath.model.families.base import (
+    BodyLayout,
+    Part,
+    Parts,
+    RootFamily,
+    Slots,
+    TimmModel,
+    body_slots,
+    detached_state,
+)
 
 
 class ConvBN(nn.Module):
@@ -135,14 +144,13 @@ class EfficientNetFamily(RootFamily):
     def features(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(parts["neck"](x), 1).flatten(1)
 
-    def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
-                     image_size: int, *, root: Mapping[str, Mapping[str, Any]],
-                     meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
-        wanted: dict[str, tuple[str, dict[str, Any]]] = {"stem": ("stem", dict(root["stem"]))}
+    def wanted_slots(self, layout: BodyLayout, num_classes: int, image_size: int, *,
+                     root: Mapping[str, Mapping[str, Any]], meta: Mapping[str, int]) -> Slots:
+        wanted: Slots = {"stem": ("stem", dict(root["stem"]))}
         wanted.update(body_slots(
-            num_layers, adapters,
-            lambda i: ("conv_adapter", {"channels": int(root[f"block_{i}"]["in"]), "width": adapter_dim}),
-            lambda i: ("block", dict(root[f"block_{i}"]))))
+            layout,
+            lambda i: ("conv_adapter", {"channels": int(root[f"block_{i}"]["in"]), "width": layout.adapter_dim}),
+            lambda i: ("block", dict(root[f"block_{i}"])), lambda i: int(root[f"block_{i}"]["in"]), axis=1))
         wanted["neck"] = ("neck", dict(root["neck"]))
         wanted["head"] = ("head", {"dim": self.head_dim(root), "num_classes": num_classes})
         return wanted

@@ -10,7 +10,16 @@ import torch
 from torch import nn
 
 from mupath.errors import ConfigError
-from mupath.model.families.base import Part, Parts, RootFamily, TimmModel, body_slots, detached_state
+from mupath.model.families.base import (
+    BodyLayout,
+    Part,
+    Parts,
+    RootFamily,
+    Slots,
+    TimmModel,
+    body_slots,
+    detached_state,
+)
 
 
 class PatchEmbed(nn.Module):
@@ -136,18 +145,17 @@ class ViTFamily(RootFamily):
     def features(self, parts: Parts, x: torch.Tensor) -> torch.Tensor:
         return parts["norm"](x[:, 0])
 
-    def wanted_slots(self, num_layers: int, adapters: list[int], adapter_dim: int, num_classes: int,
-                     image_size: int, *, root: Mapping[str, Mapping[str, Any]],
-                     meta: Mapping[str, int]) -> dict[str, tuple[str, dict[str, Any]]]:
+    def wanted_slots(self, layout: BodyLayout, num_classes: int, image_size: int, *,
+                     root: Mapping[str, Mapping[str, Any]], meta: Mapping[str, int]) -> Slots:
         dim = int(root["cls_token"]["dim"])
         patch = int(meta["patch_size"])
-        wanted: dict[str, tuple[str, dict[str, Any]]] = {
+        wanted: Slots = {
             "patch_embed": ("patch_embed", {"dim": dim}),
             "cls_token": ("cls_token", {"dim": dim}),
             "pos_embed": ("pos_embed", {"dim": dim, "grid": [image_size // patch, image_size // patch]}),
         }
-        wanted.update(body_slots(num_layers, adapters, lambda i: ("adapter", {"dim": dim, "width": adapter_dim}),
-                                 lambda i: ("block", {"dim": dim})))
+        wanted.update(body_slots(layout, lambda i: ("adapter", {"dim": dim, "width": layout.adapter_dim}),
+                                 lambda i: ("block", {"dim": dim}), lambda i: dim, axis=-1))
         wanted["norm"] = ("norm", {"dim": dim})
         wanted["head"] = ("head", {"dim": self.head_dim(root), "num_classes": num_classes})
         return wanted

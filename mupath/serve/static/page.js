@@ -217,7 +217,8 @@ function focusGraph() {
 }
 
 // ---- history: one <details> per task, its commits loaded when opened ----
-const LIST_MUTATIONS = new Set(["cloned", "adapters_added"]);   // the others are [parent's value, child's]
+// the others are [parent's value, child's]
+const LIST_MUTATIONS = new Set(["cloned", ...["adapter", "ssf", "lora"].flatMap((k) => [`${k}s_added`, `${k}s_removed`])]);
 
 function fmtMoves(moves) {
   return Object.entries(moves || {}).map(([k, v]) => {
