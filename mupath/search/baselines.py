@@ -7,6 +7,9 @@ images the evolution spent on that task, several validations and best-snapshot s
   blocks < X are the frozen root components, shared;
 - `adapters:D`: an identity-initialised residual adapter of width D before every block; only the
   adapters, the final norm and the head train, everything else is the frozen root;
+- `deltas:R`: mupath's own low-rank delta of rank R (`lora_i`) on every block's linear and pointwise
+  layers; only the deltas, the final norm and the head train: what a path of the search's new kinds
+  can reach, checked against peft's `lora:R` (docs/benchmarks.md, "modules");
 - `sequential`: one shared model (the root cloned once) with one head per task, fine-tuned task after
   task (body + current head), every earlier task re-tested after each later one: the forgetting
   baseline. It has no store path; see `run_sequential`.
@@ -59,7 +62,7 @@ from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
 from mupath.train.loop import TrainConfig, TrainOutcome, train_path
 from mupath.train.pipeline import to_model_input
 
-STORE_METHODS = ("finetune-all", "freeze-bottom", "adapters")   #: methods committed into a store
+STORE_METHODS = ("finetune-all", "freeze-bottom", "adapters", "deltas")   #: methods committed into a store
 SEQUENTIAL = "sequential"
 LORA = "lora"
 DEFAULT_VALIDATIONS = 8   #: validations of a baseline candidate when no steps_per_validation is given
@@ -67,26 +70,29 @@ DEFAULT_VALIDATIONS = 8   #: validations of a baseline candidate when no steps_p
 
 # ---- methods and budgets ---------------------------------------------------------------------
 def parse_method(method: str, depth: int | None = None) -> tuple[str, int | None]:
-    """'finetune-all' | 'freeze-bottom:X' | 'adapters:D' | 'lora:R' | 'sequential' -> (kind, argument)."""
-    match = re.fullmatch(r"(finetune-all|sequential|freeze-bottom|adapters|lora)(?::(\d+))?", str(method).strip())
+    """'finetune-all' | 'freeze-bottom:X' | 'adapters:D' | 'deltas:R' | 'lora:R' | 'sequential' ->
+    (kind, argument)."""
+    match = re.fullmatch(r"(finetune-all|sequential|freeze-bottom|adapters|deltas|lora)(?::(\d+))?",
+                         str(method).strip())
     if not match:
         raise ConfigError(f"unknown baseline '{method}'; use finetune-all, freeze-bottom:X, adapters:D, "
-                          "lora:R or sequential")
+                          "deltas:R, lora:R or sequential")
     kind, arg = match.group(1), match.group(2)
     if kind in ("finetune-all", SEQUENTIAL):
         if arg is not None:
             raise ConfigError(f"baseline '{kind}' takes no argument, got '{method}'")
         return kind, None
     if arg is None:
-        example = {"freeze-bottom": "freeze-bottom:2", "adapters": "adapters:32", LORA: "lora:8"}[kind]
+        example = {"freeze-bottom": "freeze-bottom:2", "adapters": "adapters:32", "deltas": "deltas:8",
+                   LORA: "lora:8"}[kind]
         raise ConfigError(f"baseline '{kind}' needs an argument, e.g. {example}")
     value = int(arg)
     if kind == "freeze-bottom" and depth is not None and value > depth:
         raise ConfigError(f"freeze-bottom:{value} freezes more blocks than the root has ({depth})")
     if kind == "adapters" and value < 1:
         raise ConfigError("adapters:D needs a width D >= 1")
-    if kind == LORA and value < 1:
-        raise ConfigError("lora:R needs a rank R >= 1")
+    if kind in (LORA, "deltas") and value < 1:
+        raise ConfigError(f"{kind}:R needs a rank R >= 1")
     return kind, value
 
 
@@ -149,12 +155,15 @@ class BaselineResult:
 
 def baseline_hparams(store: Store, task: str, kind: str, arg: int | None,
                      settings: EvolveSettings) -> dict[str, Any]:
-    """The search space's defaults, with adapters on every layer for `adapters:D`."""
+    """The search space's defaults, with adapters on every layer for `adapters:D` and deltas on every
+    block for `deltas:R`."""
     hp = dict(search_space(store, settings).defaults)
     hp["num_classes"] = store.task_record(task).num_classes
     hp["adapter_layers"] = list(range(int(hp["num_layers"]))) if kind == "adapters" else []
     if kind == "adapters":
         hp["adapter_dim"] = int(arg or 0)
+    if kind == "deltas":
+        hp["lora_layers"], hp["lora_rank"] = list(range(int(hp["num_layers"]))), int(arg or 0)
     return hp
 
 
