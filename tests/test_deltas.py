@@ -240,3 +240,16 @@ def test_unknown_actions_and_bad_ranges_are_one_line_errors():
     with pytest.raises(ConfigError, match="lora_rank"):
         customise(space, {"lora_rank": 0})
     assert customise(space, {"_mu_|add:lora_1": 0.5, "lora_layers": [0]}).defaults["lora_layers"] == [0]
+
+
+def test_the_deltas_baseline_puts_a_delta_before_every_block(grown):
+    from mupath.search.baselines import parse_method, plan_baseline
+    system, _ = grown
+    assert parse_method("deltas:4") == ("deltas", 4)
+    counter = iter(range(10 ** 6))
+    plan = plan_baseline(system.store, "parity", "deltas:4", EvolveSettings(**TINY_SETTINGS),
+                         lambda p: f"{p}{next(counter):016x}", random.Random(0))
+    slots = {s.slot: s for s in plan.slots}
+    assert [s for s in slots if s.startswith("lora_")] == ["lora_0", "lora_1"]
+    assert all(slots[f"lora_{i}"].trainable and slots[f"lora_{i}"].config["rank"] == 4 for i in (0, 1))
+    assert not any(slots[f"block_{i}"].trainable for i in (0, 1))
