@@ -5,6 +5,7 @@ commit every other task is re-run and must give bit-identical logits."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from typing import Any, Protocol
@@ -12,9 +13,10 @@ from typing import Any, Protocol
 from mupath.errors import MupathError
 from mupath.runtime.executors import Executor, make_executor
 from mupath.runtime.jobs import CandidateJob, CandidateResult
+from mupath.search.halving import SLACK, first_rung_size, next_rung, per_step_seconds
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
-from mupath.search.task_search import TaskSearch
+from mupath.search.task_search import Child, TaskSearch
 from mupath.search.tracking import CandidateEvent, CommitEvent, Tracker
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import Store
@@ -103,22 +105,22 @@ def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettin
     """One task iteration: generations of candidates, then the best path committed and checked."""
     started = time.perf_counter()
     search = TaskSearch(store, task, iteration, settings, run_id)
-    if progress:
-        progress.task_started(task, iteration, search.candidates)
-    for generation in range(settings.generations):
-        if generation:
-            search.adopt_new_parents()
-        children = search.plan_generation(generation)
-        jobs = pin_blobs(store, run_id, [search.job(child) for child in children])
-        on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
-        on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
-        for child, res in zip(children, executor.run(jobs, on_done=on_done, on_step=on_step)):
-            search.absorb(child, res)
-            tracker.candidate(CandidateEvent(task, iteration, generation, child.index, child.plan.path.id,
-                                             child.parent.task, child.plan.mutations, res))
+    run = CandidateRunner(search, executor, progress, tracker)
+    if settings.halving:
+        run_rungs(search, run, started)
+    else:
+        if progress:
+            progress.task_started(task, iteration, search.candidates)
+        for generation in range(settings.generations):
+            if generation:
+                search.adopt_new_parents()
+            run(search.plan_generation(generation))
     best = search.best()
     if best is None:
         failures = search.log.failures
+        if failures and all("over the cap" in f for f in failures):
+            raise MupathError(f"no candidate for task '{task}' fits under max_params={settings.max_params} "
+                              f"({failures[0].split(': ', 1)[1]}); raise --max-params")
         raise MupathError(f"no candidate for task '{task}' trained successfully "
                           f"({failures[0] if failures else 'no candidates'}); lower the learning rate "
                           "or check the task's data")
@@ -137,6 +139,80 @@ def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettin
     if progress:
         progress.task_done(entry)
     return entry
+
+
+@dataclasses.dataclass
+class CandidateRunner:
+    """Trains planned children on the executor and hands each result to the search, the progress
+    display and the tracker: what a generation and a rung do alike."""
+
+    search: TaskSearch
+    executor: Executor
+    progress: Progress | None
+    tracker: Tracker
+
+    def __call__(self, children: list[Child], steps: int | None = None,
+                 validations: int | None = None) -> list[CandidateResult]:
+        search, progress = self.search, self.progress
+        jobs = pin_blobs(search.store, search.run_id, [search.job(c, steps, validations) for c in children])
+        on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
+        on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
+        results = list(self.executor.run(jobs, on_done=on_done, on_step=on_step))
+        for child, res in zip(children, results):
+            search.absorb(child, res)
+            self.tracker.candidate(CandidateEvent(search.task, search.iteration, child.generation, child.index,
+                                                  child.plan.path.id, child.parent.task, child.plan.mutations, res))
+        return results
+
+
+def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
+    """Successive halving within `settings.time_budget` (see `mupath.search.halving`): a first wave
+    (the recipes, else mutated children, one per worker at least), the rest of rung 0 sized from its
+    measured step time, then rungs of the best 1/eta trained eta times longer from their own weights."""
+    settings = search.settings
+    workers, eta, s0 = max(1, settings.workers), settings.halving_rate, settings.steps_per_validation
+    deadline = started + float(settings.time_budget or 0) * (1 - SLACK)
+    first = search.recipes()
+    first += search.mutated(max(0, workers - len(first)), 0)
+    _rung_started(run.progress, search, 0, len(first), s0, deadline, first=True)
+    results = run(first, s0, 1)
+    step_s = per_step_seconds(results)
+    left = deadline - time.perf_counter() - search.reserve_seconds()
+    n0 = first_rung_size(left + sum(r.wall_time for r in results) / workers, step_s * s0, eta, workers)
+    entrants = list(results)
+    _rung_started(run.progress, search, 0, max(n0, len(first)), s0, deadline)
+    while len(entrants) < n0 and time.perf_counter() + step_s * s0 < deadline - search.reserve_seconds():
+        wave = search.mutated(min(workers, n0 - len(entrants)), 0)
+        entrants += run(wave, s0, 1)
+    rung_paths = search.ranked([p for p in search.population if p.metrics.get("generation") == 0])
+    for k in range(1, 64):
+        keep = math.ceil(len(rung_paths) / eta) if len(rung_paths) > 1 else len(rung_paths)
+        left = deadline - time.perf_counter() - search.reserve_seconds()
+        rung = next_rung(k, keep, s0, eta, step_seconds=per_step_seconds(results) or step_s, seconds_left=left,
+                         workers=workers)
+        if rung is None or not rung_paths:
+            break
+        survivors = rung_paths[:rung.candidates]
+        _rung_started(run.progress, search, k, len(survivors), rung.steps, deadline)
+        children = search.continuations(survivors, k)
+        results = run(children, rung.steps, min(settings.validations, rung.steps))
+        rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
+                                    else c.parent for c, r in zip(children, results)])
+        if len(survivors) == 1:
+            break
+
+
+def _rung_started(progress: Progress | None, search: TaskSearch, rung: int, candidates: int, steps: int,
+                  deadline: float, *, first: bool = False) -> None:
+    """Tell a progress display that knows rungs (`rung_started`) which one starts; every display hears
+    the task start once (`first`), with the first wave's size."""
+    if progress is None:
+        return
+    left = max(0.0, deadline - time.perf_counter())
+    if first:
+        progress.task_started(search.task, search.iteration, candidates)
+    if hasattr(progress, "rung_started"):
+        progress.rung_started(rung, candidates, steps, left)
 
 
 def commit_event(store: Store, entry: TaskReport, step: int) -> CommitEvent:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,24 @@ class EvolveSettings:
         "a new head (and the ViT's always-cloned final norm), so every costlier "
         "candidate must beat it by more than its size penalty. µ2Net samples every child's mutations; with a "
         "handful of candidates per task a cheap child may never be drawn (the 69-task stream uses it).")
+    time_budget: float | None = setting(
+        None, help="wall-clock seconds per task iteration (90, 90s, 10m): successive halving sized to fit it; "
+        "none = the fixed schedule of generations x candidates",
+        details="The whole task iteration (candidates, commit and no-forgetting check) is planned to end within "
+        "it: a first rung of cheap candidates (the family's known-good recipes beside mutated children of the "
+        "other tasks' paths), sized from their measured step times, then rungs that keep the best "
+        "1/`halving_rate` and train them `halving_rate` times longer from their own weights, until one is "
+        "left or the time is spent (docs/design.md, \"Search\"). `generations` and `candidates` are then "
+        "unused; `steps_per_validation` is the first rung's training steps. The API and the CLI accept "
+        "seconds or a string with a unit (s, m, h).")
+    halving_rate: int = setting(3, help="successive halving (with --time-budget): each rung keeps the best 1/N "
+                                "of its candidates and trains them N times longer")
+    max_params: float | None = setting(
+        None, help="hard cap on a task's accounted parameters, as a fraction of the root's (0.3 = 30%); none = "
+        "only the score's soft penalty",
+        details="A child over the cap is redrawn before it trains (up to 20 draws), and a trained candidate over "
+        "it never joins the population, so the committed path is always under it (the root path itself, a "
+        "new head on the frozen root, always fits any cap the head fits).")
     check_immutability: bool = setting(True, flag="--check/--no-check",
                                        help="re-run other tasks after each commit and require bit-identical "
                                        "logits")
@@ -142,6 +161,7 @@ class EvolveSettings:
         check_device_name(self.device)
         self._check_overrides()
         self._check_log()
+        self._check_budget()
 
     def _check_counts(self) -> None:
         positive = ("iterations", "generations", "candidates", "workers", "batch_size",
@@ -202,6 +222,22 @@ class EvolveSettings:
             raise ConfigError("log_dir is set but logging is off (log=False / --no-log); drop one of them")
         object.__setattr__(self, "log_dir", str(self.log_dir))
 
+    def _check_budget(self) -> None:
+        """A time budget given as text ("10m") is kept as seconds, so the settings stay comparable."""
+        if self.time_budget is not None:
+            object.__setattr__(self, "time_budget", parse_duration(self.time_budget))
+        if not isinstance(self.halving_rate, int) or isinstance(self.halving_rate, bool) or self.halving_rate < 2:
+            raise ConfigError(f"halving_rate must be an integer >= 2, got {self.halving_rate!r}")
+        if self.max_params is not None and (isinstance(self.max_params, bool) or not isinstance(
+                self.max_params, (int, float)) or not 0 < self.max_params):
+            raise ConfigError(f"max_params must be a fraction of the root's parameters > 0 (e.g. 0.3), "
+                              f"got {self.max_params!r}")
+
+    @property
+    def halving(self) -> bool:
+        """Does a task iteration run successive halving under a time budget (else the fixed schedule)?"""
+        return self.time_budget is not None
+
     @property
     def uses_ray(self) -> bool:
         return self.executor == "ray" or (self.executor == "auto" and bool(self.ray_address))
@@ -231,6 +267,24 @@ class EvolveSettings:
                   "check_scope", "device", "log", "log_dir"):
             data.pop(k)
         return json.dumps({"settings": data, "tasks": tasks}, sort_keys=True)
+
+
+_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 90, 90.5, "90", "90s", "10m" or "1.5h"; a one-line ConfigError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-z]*)\s*", str(value).lower())
+        if not match or match.group(2) not in _UNITS:
+            raise ConfigError(f"time budget '{value}' is not a duration; give seconds or a number with a unit, "
+                              "e.g. 90, 90s, 10m or 1.5h")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"time budget must be more than 0 seconds, got {value!r}")
+    return seconds
 
 
 SETTING_FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(EvolveSettings)}

@@ -6,6 +6,7 @@ commits its best path; the baselines absorb their one result the same way."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import time
@@ -23,6 +24,7 @@ from mupath.search.space import SearchSpace, frozen_floor, search_space
 from mupath.store.log import TriedCandidate
 from mupath.store.records import ROOT_TASK, CandidateComponent, PathRecord
 from mupath.store.store import CommitRequest, Store
+from mupath.train.evaluate import cores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +83,14 @@ class TaskSearch:
         self.lineage = Lineage(self.paths, self.comps, lambda cid: not self.users.get(cid), root_path, new_id,
                                store.family, store.root_meta, always_cloned(store, settings, root_path))
         self.scratch = store.scratch_dir(run_id)
+        self.planned = 0
+        self._forward_s: float | None = None
+        self.ds_hp: dict[str, Any] | None = None      #: a halving iteration's data hyperparameters
 
     @property
     def candidates(self) -> int:
-        return self.settings.generations * self.settings.candidates
+        """Candidates of this task iteration: planned so far under a time budget, else the fixed count."""
+        return self.planned if self.settings.halving else self.settings.generations * self.settings.candidates
 
     def rescore(self, path: PathRecord) -> float:
         return score(path.quality, accounted_params(path.components.values(), self.task, self.users, self.sizes),
@@ -119,15 +125,111 @@ class TaskSearch:
             children.append(Child(plan, parent, generation, i, data_moves(parent.hparams, ds_hp, self.space.defaults)))
         return children
 
-    def job(self, child: Child) -> CandidateJob:
+    # ---- successive halving (a time budget) -----------------------------------------------------
+    def recipes(self) -> list[Child]:
+        """The family's known-good starting points, children of the best-ranked other path (the probe's
+        first when `seed_order` is probe): a new head on it as it is, and low-rank deltas,
+        scale-and-shift and adapters before every block. Only for a task's first visit (a revisit
+        starts from its own path) and only kinds whose insertion a setting has not switched off."""
+        if self.task in self.retained or not self.parent_pool:
+            return []
+        parent = self.parent_pool[0]
+        kinds = [()] + [(k,) for k in ("lora", "ssf", "adapter") if self._allowed(k)]
+        return [self._child(parent, 0, mutate=False, everywhere=k) for k in kinds]
+
+    def _allowed(self, kind: str) -> bool:
+        """May this run insert `kind`? Not when its per-kind probability is pinned to 0 by the user
+        (`_mu_|add:<kind>=0`) or, for adapters, when adapter mutations are off."""
+        if kind == "adapter" and not self.settings.mutate_adapters:
+            return False
+        return self.settings.hparams.get(f"_mu_|add:{kind}", 1.0) != 0
+
+    def mutated(self, count: int, rung: int) -> list[Child]:
+        """`count` mutated children, parents drawn as in a generation (µ2Net PPDecay)."""
+        out = []
+        for _ in range(count):
+            parent = select_parent(self.population, self.scores, self.parent_pool, self.offspring, self.task, self.rng)
+            self.offspring[(parent.id, self.task)] += 1
+            self.new_offspring[(parent.id, self.task)] += 1
+            out.append(self._child(parent, rung))
+        return out
+
+    def continuations(self, survivors: list[PathRecord], rung: int) -> list[Child]:
+        """Each survivor trained further from its own weights: its unmutated child (the µ2Net
+        inheritance), kept only if it beats the survivor's score."""
+        return [self._child(p, rung, mutate=False) for p in survivors]
+
+    def ranked(self, paths: list[PathRecord]) -> list[PathRecord]:
+        """`paths` best score first (ties: the later one, as `best`)."""
+        order = {p.id: i for i, p in enumerate(paths)}
+        return sorted(paths, key=lambda p: (-self.scores[p.id], -order[p.id]))
+
+    def _child(self, parent: PathRecord, rung: int, *, mutate: bool = True,
+               everywhere: tuple[str, ...] = ()) -> Child:
+        if self.ds_hp is None:
+            best = self.best()
+            self.ds_hp = sample_ds_hparams(best.hparams if best else None, self.space, self.rng)
+        ds_hp = self.ds_hp if parent.task != self.task else {k: v for k, v in parent.hparams.items()
+                                                                if k.startswith("ds_")}
+        plan = self._within_cap(lambda: make_child(
+            parent, self.task, self.record.num_classes, ds_hp, self.space, self.lineage, rng=self.rng,
+            mutate_adapters=self.settings.mutate_adapters, mutate=mutate, everywhere=everywhere))
+        self.planned += 1
+        return Child(plan, parent, rung, self.planned - 1, data_moves(parent.hparams, ds_hp, self.space.defaults))
+
+    def _within_cap(self, draw: Any) -> ChildPlan:
+        """A child under `max_params` (redrawn up to 20 times; the last draw when none fits: it is then
+        refused after training, `absorb`)."""
+        plan = draw()
+        for _ in range(20):
+            if self.fits(plan):
+                break
+            plan = draw()
+        return plan
+
+    def fits(self, plan: ChildPlan) -> bool:
+        """Is the child's accounted size under the hard cap (always, without one)?"""
+        if self.settings.max_params is None:
+            return True
+        return self.planned_params(plan) <= self.settings.max_params * self.store.root_params
+
+    def planned_params(self, plan: ChildPlan) -> float:
+        """The child's accounted parameters before it trains: shared parts split among their users, its
+        own parts counted whole (a copy has its source's size, a fresh part its module's)."""
+        frozen = [s.id for s in plan.slots if not s.trainable]
+        owned = sum(self.sizes[s.init.source] if s.init is not None and s.init.source in self.sizes
+                    else fresh_size(s.kind, s.config, self.store) for s in plan.slots if s.trainable)
+        return accounted_params(frozen, self.task, self.users, self.sizes) + owned
+
+    def reserve_seconds(self) -> float:
+        """Seconds to keep for the commit and the no-forgetting check: this task's test images and every
+        other committed task's, at the root's measured forward cost per image (a path costs about what
+        the root does), on every core, with a margin."""
+        if self._forward_s is None:
+            self._forward_s = _forward_seconds(self.store, int(self.space.defaults["ds_image_size"]))
+        records = [self.store.task_record(t) for t in self.retained if t not in (ROOT_TASK, self.task)]
+        others = sum(r.sizes.get("test", 0) for r in records) if self.settings.check_immutability else 0
+        images = self.record.sizes.get("test", 0) + others
+        return 1.5 * self._forward_s * images / cores() + 2.0
+
+    def job(self, child: Child, steps: int | None = None, validations: int | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
         all siblings as in the reference: they are compared on the same batches."""
         seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation)
-        return candidate_job(self.store, child.plan, self.record.data_blob, self.settings, self, seed,
+        settings = self.settings
+        if steps is not None:             # a rung's own length (successive halving)
+            settings = dataclasses.replace(settings, steps_per_validation=max(1, steps // (validations or 1)),
+                                           validations=validations or 1)
+        return candidate_job(self.store, child.plan, self.record.data_blob, settings, self, seed,
                              cache_floor=self.cache_floor)
 
     def absorb(self, child: Child, res: CandidateResult) -> None:
-        """Log a candidate's result; one that beat its bar joins the population with its score."""
+        """Log a candidate's result; one that beat its bar joins the population with its score, unless it
+        is over the hard parameter cap (then it is logged as a failure saying so)."""
+        cap = self.settings.max_params
+        if res.improved and cap is not None and res.accounted_params > cap * self.store.root_params:
+            res = res.replace(improved=False, failure=f"{res.accounted_params:.0f} accounted parameters, over the "
+                              f"cap of {cap:g} x the root's")
         self.log.tried.append(tried_entry(child.plan, res, child.generation, child.data))
         self.log.train_images += int(res.images)
         self.log.train_time += float(res.train_time)
@@ -295,6 +397,35 @@ def candidate_job(store: Store, plan: ChildPlan, data_blob: str, settings: Evolv
                         settings.scale_factor, bar),
         cache=CacheSpec(settings.cache_mb, cache_floor), seed=seed, device=settings.device,
         scratch_file=str(tables.scratch / f"{plan.path.id}.safetensors"))
+
+
+def _forward_seconds(store: Store, image_size: int, images: int = 64) -> float:
+    """Seconds per image of the root's features at `image_size` on CHECK_THREADS threads (what the
+    commit's test logits and the check's re-runs cost per image, the head aside)."""
+    import torch
+
+    from mupath.store.store import CHECK_THREADS
+    from mupath.train.evaluate import fixed_threads
+    model = store.build_model(store.manifest.retained()[ROOT_TASK])
+    x = torch.zeros(images, 3, image_size, image_size)
+    with torch.inference_mode(), fixed_threads(CHECK_THREADS):
+        model.features(x[:2])                      # warm-up: first-call allocations
+        t0 = time.perf_counter()
+        model.features(x)
+        return (time.perf_counter() - t0) / images
+
+
+def fresh_size(kind: str, config: dict[str, Any], store: Store) -> int:
+    """Parameters of a component a mutation creates (a head, an adapter, a delta): its module's."""
+    from mupath.model.components import ComponentSpec, build_component
+    key = (kind, json.dumps(config, sort_keys=True))
+    if key not in _FRESH_SIZES:
+        module = build_component(ComponentSpec(kind, config), store.root_spec)
+        _FRESH_SIZES[key] = sum(p.numel() for p in module.parameters())
+    return _FRESH_SIZES[key]
+
+
+_FRESH_SIZES: dict[tuple[str, str], int] = {}
 
 
 @dataclasses.dataclass

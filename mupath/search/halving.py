@@ -1,0 +1,80 @@
+"""Successive halving under a wall-clock budget (issue 32): how many candidates a task iteration can
+afford and how long each rung trains, from step times measured in this very iteration.
+
+The budget model (Hyperband's, each rung costing about the same): rung 0 trains n0 candidates s0 steps
+each; rung k keeps the best ceil(n / eta) of rung k-1 and trains each survivor eta^k * s0 steps more,
+starting from its own trained weights (an unmutated child of it: the µ2Net inheritance). With c the
+measured seconds of one s0-step candidate, rung k costs about n0 * c, so K rungs cost K * n0 * c; n0 is
+the largest count that fits what is left after the first wave and the commit's reserve. Every rung is
+re-planned from the step times measured so far, so a slower machine gets fewer candidates, never a
+late finish: a rung that no longer fits is cut to the survivors that do, or skipped."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Sequence
+
+from mupath.runtime.jobs import CandidateResult
+
+#: fraction of the budget kept free for what no rung measures (scheduling, logging, the CLI's tables)
+SLACK = 0.05
+#: the first rung never has fewer candidates than this (the recipes plus some mutated children)
+MIN_FIRST_RUNG = 4
+#: nor more than this (beyond it a task iteration on a fast machine is better spent on longer rungs)
+MAX_FIRST_RUNG = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+    """One rung's plan: its index, how many candidates, how many training steps each (beyond what it
+    inherited), and the seconds it is expected to take."""
+
+    index: int
+    candidates: int
+    steps: int
+    seconds: float
+
+
+def rung_counts(n0: int, eta: int) -> list[int]:
+    """Candidates per rung: n0, ceil(n0/eta), ... down to 1."""
+    counts = [max(1, n0)]
+    while counts[-1] > 1:
+        counts.append(math.ceil(counts[-1] / eta))
+    return counts
+
+
+def per_step_seconds(results: Sequence[CandidateResult]) -> float:
+    """Median wall seconds per training step of the candidates that trained (build, cache fill and
+    validation included: what a candidate of the next rung pays per step, at worst)."""
+    rates = [r.wall_time / r.steps for r in results if r.steps > 0 and r.wall_time > 0]
+    return statistics.median(rates) if rates else 0.0
+
+
+def first_rung_size(seconds_left: float, candidate_seconds: float, eta: int, workers: int) -> int:
+    """The largest n0 whose whole schedule (every rung at about n0 candidate-costs, `workers` at a
+    time) fits `seconds_left`; at least MIN_FIRST_RUNG, at most MAX_FIRST_RUNG."""
+    if candidate_seconds <= 0:
+        return MIN_FIRST_RUNG
+    best = MIN_FIRST_RUNG
+    for n0 in range(MIN_FIRST_RUNG, MAX_FIRST_RUNG + 1):
+        cost = sum(math.ceil(n / workers) * candidate_seconds * eta ** k
+                   for k, n in enumerate(rung_counts(n0, eta)))
+        if cost <= seconds_left:
+            best = n0
+    return best
+
+
+def next_rung(index: int, survivors: int, base_steps: int, eta: int, *, step_seconds: float,
+              seconds_left: float, workers: int) -> Rung | None:
+    """Rung `index` for up to `survivors` candidates: eta^index * base_steps steps each, cut to the
+    survivors that fit `seconds_left` (None when not even one does at a tenth of those steps)."""
+    steps = base_steps * eta ** index
+    for n in range(survivors, 0, -1):
+        seconds = math.ceil(n / workers) * steps * step_seconds
+        if seconds <= seconds_left:
+            return Rung(index, n, steps, seconds)
+    fitting = int(seconds_left / step_seconds) if step_seconds > 0 else 0
+    if fitting >= max(1, steps // 10):
+        return Rung(index, 1, fitting, fitting * step_seconds)
+    return None

@@ -1,0 +1,133 @@
+"""Successive halving under a wall-clock budget (issue 32): the schedule's arithmetic, the budget's
+spelling, and a task iteration run as rungs (recipes first, survivors trained on from their own
+weights), with the hard parameter cap. No assertion here times anything: the rung structure is
+checked, never how long it took (benchmarks measure that)."""
+from __future__ import annotations
+
+import pytest
+from conftest import TINY_ROOT, TINY_SETTINGS
+from typer.testing import CliRunner
+
+from mupath import System
+from mupath.cli.main import app
+from mupath.errors import ConfigError, MupathError
+from mupath.search import halving
+from mupath.search.halving import first_rung_size, next_rung, rung_counts
+from mupath.search.settings import EvolveSettings, parse_duration
+
+
+def test_rung_counts_halve_down_to_one():
+    assert rung_counts(9, 3) == [9, 3, 1]
+    assert rung_counts(10, 3) == [10, 4, 2, 1]
+    assert rung_counts(1, 2) == [1]
+
+
+def test_first_rung_is_the_largest_whose_schedule_fits():
+    # 1 s per first-rung candidate, eta 3, one worker: n0 = 9 costs 9 + 3*3 + 1*9 = 27 s
+    assert first_rung_size(27.0, 1.0, 3, 1) == 9
+    assert first_rung_size(26.9, 1.0, 3, 1) < 9
+    assert first_rung_size(15.0, 1.0, 3, 3) == 9                    # three workers: 3 + 3 + 9 s
+    assert first_rung_size(0.0, 1.0, 3, 1) == halving.MIN_FIRST_RUNG
+    assert first_rung_size(1e9, 1.0, 3, 1) == halving.MAX_FIRST_RUNG
+
+
+def test_a_rung_is_cut_to_what_fits():
+    full = next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=100.0, workers=1)
+    assert full is not None and (full.candidates, full.steps) == (3, 30)
+    cut = next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=6.5, workers=1)  # 3 s per survivor: two fit
+    assert cut is not None and cut.candidates == 2
+    short = next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=5.0, workers=1)  # 90 steps do not fit: 50 do
+    assert short is not None and (short.candidates, short.steps) == (1, 50)
+    assert next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=0.5, workers=1) is None  # not even a tenth
+
+
+@pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90", 90.0), ("90s", 90.0), ("10m", 600.0),
+                                          ("1.5h", 5400.0), (" 2 min ", 120.0)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+    assert EvolveSettings(time_budget=text).time_budget == seconds
+
+
+@pytest.mark.parametrize("bad", ["ten minutes", "10x", "-5", 0, "0s", True])
+def test_bad_durations_are_one_line_errors(bad):
+    with pytest.raises(ConfigError, match="time budget"):
+        EvolveSettings(time_budget=bad)
+
+
+def test_cli_rejects_a_bad_budget_in_one_line(tmp_path, digits_small):
+    System.create(tmp_path / "s", **TINY_ROOT).add_task(digits_small)
+    result = CliRunner().invoke(app, ["evolve", str(tmp_path / "s"), "--time-budget", "soon"])
+    assert result.exit_code != 0 and "time budget 'soon' is not a duration" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("bad,match", [(dict(halving_rate=1), "halving_rate"), (dict(max_params=0), "max_params"),
+                                       (dict(max_params="a lot"), "max_params")])
+def test_bad_halving_settings(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        EvolveSettings(**bad)
+
+
+# ---- a task iteration as rungs -----------------------------------------------------------------------
+SETTINGS = dict(TINY_SETTINGS, steps_per_validation=5, time_budget=120, clone_root="mutation")
+CAP = 0.6     #: of the tiny root's: a new head on digits' path fits, the recipes with a delta or adapter do not
+
+
+@pytest.fixture(scope="module")
+def halved(tmp_path_factory, digits_small, parity_task):
+    """digits, then parity, each one task iteration of successive halving with a first rung of at most
+    6 (so that the budget, generous for the tiny root, bounds nothing on any machine)."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(halving, "MAX_FIRST_RUNG", 6)
+    try:
+        system = System.create(tmp_path_factory.mktemp("halving") / "store", **TINY_ROOT)
+        system.add_task(digits_small)
+        system.add_task(parity_task)
+        system.evolve(["digits"], **SETTINGS)
+        system.evolve(["parity"], **SETTINGS, max_params=CAP)
+    finally:
+        patch.undo()
+    return system
+
+
+def _tried(system: System, task: str):
+    (commit,) = system.history(task)
+    return commit, commit.info.tried
+
+
+def test_the_first_rung_starts_with_the_recipes(halved):
+    _, tried = _tried(halved, "digits")
+    first = [t for t in tried if t.generation == 0]
+    assert len(first) == 6
+    recipes = [t.mutations for t in first[:4]]
+    assert recipes[0] == {} or set(recipes[0]) <= {"cloned"}               # a new head on the parent as it is
+    assert recipes[1]["loras_added"] == [0, 1] and recipes[2]["ssfs_added"] == [0, 1]
+    assert recipes[3]["adapters_added"] == [0, 1]
+
+
+def test_survivors_train_on_from_their_own_weights(halved):
+    commit, tried = _tried(halved, "digits")
+    rungs = sorted({t.generation for t in tried})
+    assert rungs == [0, 1, 2]                                                   # 6 -> 2 -> 1
+    assert [sum(t.generation == k for t in tried) for k in rungs] == [6, 2, 1]
+    later = [t for t in tried if t.generation > 0]
+    assert all(not t.mutations and t.parent_task == "digits" for t in later)   # unmutated children
+    assert commit.info.candidates == len(tried) == 9
+    retained = halved.store.retained_path("digits")
+    assert retained.id in {t.path for t in tried}
+    assert halved.evaluate("digits") > 0
+
+
+def test_no_candidate_under_the_cap_is_a_one_line_error(tmp_path, digits_small):
+    system = System.create(tmp_path / "s", **TINY_ROOT)
+    system.add_task(digits_small)
+    with pytest.raises(MupathError, match="fits under max_params=0.01.*raise --max-params"):
+        system.evolve(["digits"], **dict(TINY_SETTINGS, generations=1, candidates=1), max_params=0.01)
+
+
+def test_the_parameter_cap_holds(halved):
+    _, tried = _tried(halved, "parity")
+    retained = halved.store.retained_path("parity")
+    assert retained.metrics["accounted_params"] <= CAP * halved.root_params
+    over = [t for t in tried if t.accounted_params > CAP * halved.root_params]
+    assert over and all(not t.retained and not t.entered for t in over)          # the cap was tested
