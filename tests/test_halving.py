@@ -131,3 +131,21 @@ def test_the_parameter_cap_holds(halved):
     assert retained.metrics["accounted_params"] <= CAP * halved.root_params
     over = [t for t in tried if t.accounted_params > CAP * halved.root_params]
     assert over and all(not t.retained and not t.entered for t in over)          # the cap was tested
+
+
+def test_a_newcomer_evolve_runs_under_the_default_budget(tmp_path, digits_small, monkeypatch):
+    """`mupath evolve STORE` without --time-budget, --generations or --candidates: successive halving
+    within NEWCOMER_BUDGET (shortened here); with --generations the fixed schedule, as before."""
+    import mupath.cli.main as cli
+    monkeypatch.setattr(cli, "NEWCOMER_BUDGET", "20s")
+    monkeypatch.setattr(halving, "MAX_FIRST_RUNG", 4)
+    system = System.create(tmp_path / "s", **TINY_ROOT)
+    system.add_task(digits_small)
+    quick = ["--steps-per-validation", "5", "--batch-size", "32", "--val-limit", "200", "--no-log"]
+    result = CliRunner().invoke(app, ["evolve", str(tmp_path / "s"), *quick])
+    assert result.exit_code == 0, result.output
+    assert "time budget: 20s per task iteration" in result.output and "rung 1:" in result.output
+    (commit,) = System.open(tmp_path / "s").history("digits")
+    assert max(t.generation for t in commit.info.tried) >= 1
+    fixed = CliRunner().invoke(app, ["evolve", str(tmp_path / "s"), *quick, "--generations", "1", "--candidates", "1"])
+    assert fixed.exit_code == 0 and "time budget" not in fixed.output and "rung" not in fixed.output

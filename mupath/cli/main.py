@@ -130,6 +130,10 @@ def evolve(ctx: typer.Context, store: Path,
     from mupath.search.space import parse_key_values, parse_value
     from mupath.track import LOGS
     settings = {name: ctx.params[name] for name in SETTING_NAMES}
+    if not any(_given(ctx, name) for name in ("time_budget", "generations", "candidates")):
+        settings["time_budget"] = NEWCOMER_BUDGET
+        console.print(f"time budget: {NEWCOMER_BUDGET} per task iteration (the default when neither --time-budget "
+                      "nor --generations / --candidates is given)")
     settings["hparams"] = {k: parse_value(v) for k, v in parse_key_values(hparams, "--hparam").items()}
     settings["ranges"] = {k: [parse_value(x) for x in v.split(",") if x.strip()]
                           for k, v in parse_key_values(ranges, "--range").items()}
@@ -144,6 +148,16 @@ def evolve(ctx: typer.Context, store: Path,
         root = Path(log_dir) if log_dir else system.path / LOGS
         console.print(f"TensorBoard logs: {root / report.run_id} (watch: tensorboard --logdir {root})")
     console.print(status_table(system))
+
+
+#: `mupath evolve STORE` with no schedule options: successive halving in this much time per task iteration
+NEWCOMER_BUDGET = "3m"
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Was option `name` given on the command line (or by an environment variable), not defaulted?"""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _handle_sigterm() -> None:
