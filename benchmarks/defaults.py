@@ -63,6 +63,12 @@ def font_digits(n: int, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.n
     return images, labels.astype(np.int64)
 
 
+def font_task(n: int) -> Task:
+    """The font-digits task of `n` images (carved 70/10/20)."""
+    x, y = font_digits(n)
+    return Task.from_arrays(NAME, x, y, class_names=[str(d) for d in range(10)])
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     root: str
@@ -98,8 +104,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-defaults"))
     args = parser.parse_args()
     n = 300 if args.quick else args.images
-    x, y = font_digits(n)
-    task = Task.from_arrays(NAME, x, y, class_names=[str(d) for d in range(10)])
+    task = font_task(n)
     runs = [("default (no root named)", None), ("old default (vit_tiny_patch16_224, random, 32 px)",
                                                OLD_DEFAULT_ROOT)]
     rows: list[list[object]] = []

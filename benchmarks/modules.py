@@ -42,7 +42,7 @@ from mupath.train.pipeline import to_model_input
 DELTAS_METHOD = "deltas:8"
 BUDGET = 15_360                     #: training images per task: the pretrained-root quality run's
 DEPTHS = [0, 3, 6, 9, 12, 15]       #: blocks a candidate is patched at (Lite0 has 16)
-BATCH, WARMUP, TIMED = 64, 3, 12
+BATCH, WARMUP, TIMED = 64, 5, 30
 DEFAULT_CACHE_MB = 1024             #: EvolveSettings.cache_mb's default (per worker)
 
 
@@ -146,6 +146,7 @@ def report(out: Path) -> None:
                          fmt_k(r["trainable"]), f"{r['bytes_per_image'] / 1024:.0f} KiB", f"{fits:,}"])
         parts += [f"### Step time of a candidate patched at block k (batch {steps['batch']}, "
                   f"{steps['threads']} threads; finetune-all step {1e3 * steps['finetune_all_s']:.0f} ms)", "",
+                  "Measured by `python -m benchmarks.modules steps` (nothing else running). "
                   "A rank-8 delta before block k and a new head train; the stem and blocks below k are frozen and "
                   "served by the activation cache (\"cached\") or run from the images (\"uncached\"). The cache "
                   f"keeps a prefix's activations while they fit its bound ({DEFAULT_CACHE_MB} MiB per worker by "
@@ -169,7 +170,11 @@ def report(out: Path) -> None:
         if all(both):
             gap = statistics.mean(both[0]["tasks"][t]["test_accuracy"] for t in TASKS) - statistics.mean(
                 both[1]["tasks"][t]["test_accuracy"] for t in TASKS)
-            parts.append(f"deltas:8 - lora:8 = {100 * gap:+.2f} points (target: within 0.5).")
+            parts.append(f"deltas:8 - lora:8 = {100 * gap:+.2f} points (target: within 0.5). Run by "
+                         f"`python -m benchmarks.modules sanity` on this machine (deltas:8 "
+                         f"{both[0]['phase_wall']:.0f} s, lora:8 {both[1]['phase_wall']:.0f} s, 2 workers). deltas:8 "
+                         "also trains the neck (0.41M, as every store baseline does), where peft's lora:8 puts a "
+                         "LoRA on the neck's conv: hence its larger size.")
     write_section("benchmarks.md", "modules", "\n".join(parts))
 
 
