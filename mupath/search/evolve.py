@@ -167,15 +167,20 @@ class CandidateRunner:
 
 def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     """Successive halving within `settings.time_budget` (see `mupath.search.halving`): a first wave
-    (the recipes, else mutated children, one per worker at least), the rest of rung 0 sized from its
-    measured step time, then rungs of the best 1/eta trained eta times longer from their own weights."""
+    (the recipes, else mutated children, one per worker at least; a recipe is skipped once the costliest
+    candidate so far would not fit), the rest of rung 0 sized from its measured step time, then rungs of
+    the best 1/eta trained eta times longer from their own weights."""
     settings = search.settings
     workers, eta, s0 = max(1, settings.workers), settings.halving_rate, settings.steps_per_validation
     deadline = started + float(settings.time_budget or 0) * (1 - SLACK)
     first = search.recipes()
     first += search.mutated(max(0, workers - len(first)), 0)
     _rung_started(run.progress, search, 0, len(first), s0, deadline, first=True)
-    results = run(first, s0, 1)
+    results: list[CandidateResult] = []
+    for i in range(0, len(first), workers):       # a short budget may not fit every recipe
+        if results and time.perf_counter() + max(r.wall_time for r in results) > deadline - search.reserve_seconds():
+            break
+        results += run(first[i:i + workers], s0, 1)
     step_s = per_step_seconds(results)
     left = deadline - time.perf_counter() - search.reserve_seconds()
     n0 = first_rung_size(left + sum(r.wall_time for r in results) / workers, step_s * s0, eta, workers)

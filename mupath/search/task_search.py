@@ -89,8 +89,8 @@ class TaskSearch:
 
     @property
     def candidates(self) -> int:
-        """Candidates of this task iteration: planned so far under a time budget, else the fixed count."""
-        return self.planned if self.settings.halving else self.settings.generations * self.settings.candidates
+        """Candidates of this task iteration: trained so far under a time budget, else the fixed count."""
+        return len(self.log.tried) if self.settings.halving else self.settings.generations * self.settings.candidates
 
     def rescore(self, path: PathRecord) -> float:
         return score(path.quality, accounted_params(path.components.values(), self.task, self.users, self.sizes),
