@@ -189,18 +189,24 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     while len(entrants) < n0 and time.perf_counter() + step_s * s0 < deadline - search.reserve_seconds():
         wave = search.mutated(min(workers, n0 - len(entrants)), 0)
         entrants += run(wave, s0, 1)
+    rates = {p.id: float(p.metrics.get("wall_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
+             for p in search.population}              #: each trained path's own wall seconds per step
     rung_paths = search.ranked([p for p in search.population if p.metrics.get("generation") == 0])
     for k in range(1, 64):
         keep = math.ceil(len(rung_paths) / eta) if len(rung_paths) > 1 else len(rung_paths)
         left = deadline - time.perf_counter() - search.reserve_seconds()
-        rung = next_rung(k, keep, s0, eta, step_seconds=per_step_seconds(results) or step_s, seconds_left=left,
-                         workers=workers)
+        rate = max([rates.get(p.id, 0.0) for p in rung_paths[:keep]] + [0.0]) or step_s
+        rung = next_rung(k, keep, s0, eta, step_seconds=rate, seconds_left=left, workers=workers)
         if rung is None or not rung_paths:
             break
+        if rung.candidates == 1:         # the last rung: the time that is left, up to eta times its steps
+            rung = dataclasses.replace(rung, steps=max(rung.steps, min(eta * rung.steps, int(left / rate))))
         survivors = rung_paths[:rung.candidates]
         _rung_started(run.progress, search, k, len(survivors), rung.steps, deadline)
         children = search.continuations(survivors, k)
         results = run(children, rung.steps, min(settings.validations, rung.steps))
+        for c, r in zip(children, results):
+            rates[c.plan.path.id] = r.wall_time / max(1, r.steps)
         rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
                                     else c.parent for c, r in zip(children, results)])
         if len(survivors) == 1:
