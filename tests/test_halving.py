@@ -149,3 +149,30 @@ def test_a_newcomer_evolve_runs_under_the_default_budget(tmp_path, digits_small,
     assert max(t.generation for t in commit.info.tried) >= 1
     fixed = CliRunner().invoke(app, ["evolve", str(tmp_path / "s"), *quick, "--generations", "1", "--candidates", "1"])
     assert fixed.exit_code == 0 and "time budget" not in fixed.output and "rung" not in fixed.output
+
+
+def test_a_continuation_starts_from_its_parents_optimizer_state():
+    """`train_path` returns the optimiser's state at the best snapshot, and a continuation given it
+    goes on counting AdamW's steps from there; state saved for other shapes is refused."""
+    import torch
+    from torch import nn
+
+    from mupath.train.loop import TrainConfig, load_optimizer_tensors, optimizer_tensors, train_path
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 3, 8, 8), torch.randint(0, 3, (64,))
+    hp = {"ds_image_size": 8, "opt_name": "adamw", "opt_lr": 1e-2, "opt_momentum": 0.9, "opt_nesterov": False,
+          "opt_lr_warmup_ratio": 0.1}
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    cfg = TrainConfig(steps_per_validation=5, validations=2, batch_size=16, seed=0)
+    kw = dict(score_of=lambda q: q, bar=float("-inf"))
+    first = train_path(model, {"m": model}, hp, cfg, (x, y), (x, y), **kw)
+    state = first.best_optimizer
+    assert state and {k.split(".", 1)[1] for k in state} == {"step", "exp_avg", "exp_avg_sq"}
+    best_step = float(state["0.step"])
+    assert best_step in (5.0, 10.0)                          # the state at the best validation
+    again = train_path(model, {"m": model}, hp, cfg, (x, y), (x, y), optimizer_state=state, **kw)
+    assert float(again.best_optimizer["0.step"]) in (best_step + 5, best_step + 10)
+    other = nn.Linear(4, 3)
+    opt = torch.optim.AdamW(other.parameters())
+    assert not load_optimizer_tensors(opt, list(other.parameters()), state) and not opt.state
+    assert optimizer_tensors(opt, list(other.parameters())) == {}

@@ -68,6 +68,11 @@ class SlotJob:
         return self.id if not self.trainable else (self.init.source if self.init else None)
 
 
+#: the key in `CandidateJob.refs` of the optimiser state a continuation starts from (a survivor's scratch
+#: file, tensors under this prefix): shipped and pinned like the components' tensors
+OPTIMIZER_REF = "__optimizer__"
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """How long a candidate trains and how it is validated."""
@@ -76,6 +81,9 @@ class Budget:
     validations: int
     batch_size: int
     val_limit: int
+    #: keep the optimiser's state beside the best snapshot in the scratch file (successive halving: a
+    #: survivor's continuation starts from it)
+    keep_optimizer: bool = False
 
 
 def size_penalty(accounted: float, root_params: int, scale_factor: float) -> float:

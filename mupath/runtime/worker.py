@@ -19,7 +19,7 @@ from mupath.model.components import ComponentSpec, load_component, new_component
 from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, resample_pos_embed
 from mupath.runtime.device import resolve_device
-from mupath.runtime.jobs import CandidateJob, CandidateResult, SlotJob, size_penalty
+from mupath.runtime.jobs import OPTIMIZER_REF, CandidateJob, CandidateResult, SlotJob, size_penalty
 from mupath.store.atomic import atomic_write_bytes
 from mupath.store.tensors import TensorSource, task_tensors, verified_bytes  # noqa: F401  (re-exported)
 from mupath.train.cache import frozen_prefix, load_floor, process_cache
@@ -111,8 +111,10 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)
     prefix = _cache_prefix(job, model, owned, data, val_x, device)
+    resume = job.refs.get(OPTIMIZER_REF)
     outcome = train_path(model, owned, hp, cfg, (data["train.x"], data["train.y"]), (val_x, val_y),
-                         score_of=lambda q: q * penalty, bar=bar, on_step=on_step, prefix=prefix)
+                         score_of=lambda q: q * penalty, bar=bar, on_step=on_step, prefix=prefix,
+                         optimizer_state=source.get(resume) if resume is not None else None)
     return outcome, owned, owned_params, accounted, prefix
 
 
@@ -157,6 +159,8 @@ def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None
     scratch = None
     if outcome.improved and outcome.best_state is not None:
         flat = {f"{cid}/{k}": v.contiguous() for cid, state in outcome.best_state.items() for k, v in state.items()}
+        if job.budget.keep_optimizer:
+            flat.update({f"{OPTIMIZER_REF}/{k}": v for k, v in (outcome.best_optimizer or {}).items()})
         atomic_write_bytes(Path(job.scratch_file), save_tensors(flat))
         scratch = job.scratch_file
     return CandidateResult(

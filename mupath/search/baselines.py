@@ -394,17 +394,19 @@ def run_sequential(store: Store, tasks: list[str], budgets: Mapping[str, int], s
 
 
 def _train_in_memory(store: Store, task: str, model: nn.Module, owned: dict[str, nn.Module], hp: dict[str, Any],
-                     budget: int, *, base: EvolveSettings, validations: int | None, what: str) -> TrainOutcome:
+                     budget: int, *, base: EvolveSettings, validations: int | None, what: str,
+                     deadline: float | None = None) -> TrainOutcome:
     """Train `owned` (modules held in memory, not a store path) on `task` with the store baselines'
-    schedule (`budget` training images, validations every `steps_per_validation` steps), then load the
-    best snapshot into them and freeze them, as every candidate keeps its best snapshot."""
+    schedule (`budget` training images, validations every `steps_per_validation` steps, no step after
+    `deadline`), then load the best snapshot into them and freeze them, as every candidate keeps its
+    best snapshot."""
     data = store.task_data(task)
     limit = int(base.val_limit)
     val_x = to_model_input(data["validation.x"][:limit], int(hp["ds_image_size"]))
     spv, v = split_budget(int(budget), base.batch_size, base.steps_per_validation, validations)
     run_seed = seed_for(base.seed, "baseline", task)
     torch.manual_seed(run_seed)
-    outcome = train_path(model, owned, hp, TrainConfig(spv, v, base.batch_size, run_seed),
+    outcome = train_path(model, owned, hp, TrainConfig(spv, v, base.batch_size, run_seed, deadline=deadline),
                          (data["train.x"], data["train.y"]), (val_x, data["validation.y"][:limit]),
                          score_of=lambda q: q, bar=float("-inf"))
     if not outcome.improved or outcome.best_state is None:

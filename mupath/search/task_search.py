@@ -13,7 +13,15 @@ import time
 from collections import Counter
 from typing import Any
 
-from mupath.runtime.jobs import Budget, CacheSpec, CandidateJob, CandidateResult, ScoreRule, TensorRef
+from mupath.runtime.jobs import (
+    OPTIMIZER_REF,
+    Budget,
+    CacheSpec,
+    CandidateJob,
+    CandidateResult,
+    ScoreRule,
+    TensorRef,
+)
 from mupath.search.ids import id_stream, seed_for
 from mupath.search.mutation import ChildPlan, Lineage, committed_infos, make_child, sample_ds_hparams
 from mupath.search.probe import probe_scores, rank_paths
@@ -84,6 +92,7 @@ class TaskSearch:
                                store.family, store.root_meta, always_cloned(store, settings, root_path))
         self.scratch = store.scratch_dir(run_id)
         self.planned = 0
+        self.scratch_files: dict[str, str] = {}        #: path id -> its candidate's scratch file
         self._forward_s: float | None = None
         self.ds_hp: dict[str, Any] | None = None      #: a halving iteration's data hyperparameters
 
@@ -220,8 +229,16 @@ class TaskSearch:
         if steps is not None:             # a rung's own length (successive halving)
             settings = dataclasses.replace(settings, steps_per_validation=max(1, steps // (validations or 1)),
                                            validations=validations or 1)
-        return candidate_job(self.store, child.plan, self.record.data_blob, settings, self, seed,
-                             cache_floor=self.cache_floor)
+        job = candidate_job(self.store, child.plan, self.record.data_blob, settings, self, seed,
+                            cache_floor=self.cache_floor)
+        if not self.settings.halving:
+            return job
+        budget = dataclasses.replace(job.budget, keep_optimizer=True)
+        parent = child.parent
+        if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
+            refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}
+            return job.replace(budget=budget, refs=refs)          # a continuation: the survivor's moments
+        return job.replace(budget=budget)
 
     def absorb(self, child: Child, res: CandidateResult) -> None:
         """Log a candidate's result; one that beat its bar joins the population with its score, unless it
@@ -238,6 +255,8 @@ class TaskSearch:
         if not res.improved:
             return
         self.log.improved += 1
+        if res.scratch_file:
+            self.scratch_files[child.plan.path.id] = res.scratch_file
         path = admit(self, child.plan, res)
         path.metrics.update({"generation": child.generation, "iteration": self.iteration, "run_id": self.run_id})
         self.population.append(path)

@@ -25,6 +25,9 @@ class TrainConfig:
     batch_size: int
     seed: int
     clip_norm: float = 1.0
+    #: `time.perf_counter()` after which no training step starts (the interval then ends with its
+    #: validation): a wall-clock bound for baselines given the evolution's time; None: no bound
+    deadline: float | None = None
 
 
 @dataclasses.dataclass
@@ -39,23 +42,32 @@ class TrainOutcome:
     train_time: float
     eval_time: float
     failure: str | None = None
+    #: the optimiser's state when the best snapshot was taken (`optimizer_tensors`): what a continuation
+    #: of this candidate starts from (successive halving)
+    best_optimizer: dict[str, torch.Tensor] | None = None
 
 
 def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: TrainConfig,
                train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
                score_of: Callable[[float], float], bar: float,
-               on_step: Callable[[int, int], None] | None = None, prefix: Prefix | None = None) -> TrainOutcome:
+               on_step: Callable[[int, int], None] | None = None, prefix: Prefix | None = None,
+               optimizer_state: dict[str, torch.Tensor] | None = None) -> TrainOutcome:
     """Train `owned` components of `model` and keep the best snapshot whose score reaches `bar`.
 
     `val_x` is already preprocessed (float, the path's image size). `score_of(quality)` applies the
     parameter penalty; `bar` is the parent's score for a same-task parent, else -inf. With `prefix`
-    (frozen-prefix activations, no augmentation) only the suffix of the path runs."""
+    (frozen-prefix activations, no augmentation) only the suffix of the path runs. `optimizer_state`:
+    a parent's `best_optimizer`, loaded when it fits these parameters (a continuation of a trained
+    candidate keeps its moments; the schedule restarts, warm-up included)."""
     (train_x, train_y), (val_x, val_y) = train, val
     image_size = int(hp["ds_image_size"])
     params = [p for m in owned.values() for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)
     optimizer = make_optimizer(params, hp)
+    if optimizer_state:
+        load_optimizer_tensors(optimizer, params, optimizer_state)
+    best_optimizer: dict[str, torch.Tensor] | None = None
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = batch_iterator(train_x.shape[0], cfg.batch_size, gen)
     total = cfg.steps_per_validation * cfg.validations
@@ -69,7 +81,11 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
     model.eval()  # no dropout anywhere; eval mode keeps any norm statistics fixed
     for _ in range(cfg.validations):
         t0 = time.perf_counter()
+        if cfg.deadline is not None and t0 >= cfg.deadline and evals:
+            break
         for _ in range(cfg.steps_per_validation):
+            if cfg.deadline is not None and time.perf_counter() >= cfg.deadline:
+                break
             idx = next(batches)
             logits = _batch_logits(model, train_x, idx, hp, gen=gen if augmenting else None, prefix=prefix)
             for group in optimizer.param_groups:
@@ -95,8 +111,40 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
         if score >= best_score and math.isfinite(score):
             best_score, best_quality = score, quality
             best = _snapshot(owned)
+            best_optimizer = optimizer_tensors(optimizer, params)
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
-                        step * cfg.batch_size, train_time, eval_time)
+                        step * cfg.batch_size, train_time, eval_time, best_optimizer=best_optimizer)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The optimiser's per-parameter state as flat CPU tensors `<parameter index>.<name>` (AdamW's
+    step and moments, SGD's momentum buffer), in the order of `params`."""
+    out: dict[str, torch.Tensor] = {}
+    for i, p in enumerate(params):
+        for name, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor):
+                out[f"{i}.{name}"] = value.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                           tensors: dict[str, torch.Tensor]) -> bool:
+    """Give `optimizer` the state `optimizer_tensors` saved, when it was saved for parameters of these
+    shapes (else leave it fresh and say so with False)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, _, name = key.partition(".")
+        if not index.isdigit() or int(index) >= len(params):
+            return False
+        state.setdefault(int(index), {})[name] = value
+    for i, entries in state.items():
+        shaped = [v for n, v in entries.items() if v.dim() > 0]
+        if any(v.shape != params[i].shape for v in shaped):
+            return False
+    for i, entries in state.items():
+        optimizer.state[params[i]] = {n: v.to(params[i].device).clone() if v.dim() else v.clone()
+                                      for n, v in entries.items()}     # a step count stays on the CPU
+    return True
 
 
 def _batch_logits(model: nn.Module, train_x: torch.Tensor, idx: torch.Tensor, hp: dict, *,

@@ -1,0 +1,177 @@
+"""The method's claim at equal wall-clock on a task outside the built-in set (issue 32, items 5-6, one
+seed): the evolved task against one fine-tuned model and one peft LoRA, each given the wall time the
+evolution spent on the task, at a learning rate chosen on validation from a small grid.
+
+    .venv/bin/python -m benchmarks.wallclock [--budget 180] [--images 3000] [--seed 0]
+
+- evolved: a new store from the default root (the pretrained EfficientNet-Lite0 at 64 px) with the
+  font-digits task of benchmarks/defaults.py, `evolve(time_budget=BUDGET)` with every other setting at
+  its default; W = the task iteration's wall time (candidates, commit and no-forgetting check).
+- finetune-all (lr 1e-3, 3e-3) and lora:8 (peft on every plain conv and linear layer, lr 1e-3, 3e-3,
+  1e-2): each learning rate gets W seconds from model build to test accuracy. The step count is sized
+  from three timed steps (forward, backward, update) and the forward cost of validation and test, and
+  no step starts after the deadline; validations every `steps_per_validation` steps keep the best
+  snapshot. The learning rate with the best validation accuracy is reported, with its test accuracy;
+  the grid's extra cost (the other learning rates' time) is reported beside it. Never tuned on test.
+Section "wallclock" of docs/benchmarks.md. Results are kept in OUT/results.json (resumable).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.defaults import NAME, font_task
+from benchmarks.report import environment, table, write_section
+from mupath import System
+from mupath.model.path_model import PathModel
+from mupath.search.baselines import (
+    _new_head,
+    _root_body,
+    _test_accuracy,
+    _train_in_memory,
+    baseline_hparams,
+    lora_model,
+)
+from mupath.search.ids import seed_for
+from mupath.search.settings import EvolveSettings
+from mupath.store.store import Store
+from mupath.system import MANIFEST
+from mupath.train.pipeline import to_model_input
+
+GRID = {"finetune-all": [1e-3, 3e-3], "lora:8": [1e-3, 3e-3, 1e-2]}
+CALIBRATION_STEPS = 3
+
+
+def evolved(folder: Path, images: int, budget: float, seed: int) -> dict[str, Any]:
+    system = System.open(folder) if (folder / MANIFEST).exists() else System.create(folder)
+    if NAME not in system.tasks:
+        system.add_task(font_task(images))
+    report = system.evolve([NAME], time_budget=budget, seed=seed, log=False)
+    status = {s.task: s for s in system.status()}[NAME]
+    entry = report.tasks[0]
+    return {"wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
+            "accounted": status.accounted_params, "root_params": system.root_params,
+            "candidates": entry.candidates}
+
+
+def _model(store: Store, method: str, num_classes: int, seed: int) -> tuple[nn.Module, dict[str, nn.Module],
+                                                                            dict[str, nn.Module]]:
+    """(model, modules by slot, owned modules) of a baseline, freshly built."""
+    if method == "lora:8":
+        built = lora_model(store, 8, num_classes, seed)
+        return built.model, built.modules, built.owned
+    body = _root_body(store, trainable=True)
+    modules = {**body, "head": _new_head(store, num_classes, seed)}
+    return PathModel(modules, store.family), modules, dict(modules)
+
+
+def _seconds_per_step(model: nn.Module, owned: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                      lr: float) -> float:
+    """Median-free estimate: the mean of CALIBRATION_STEPS timed AdamW steps on a copy (the first
+    untimed), so the baseline itself starts untouched."""
+    model, owned = copy.deepcopy((model, owned))
+    params = [p for m in owned.values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr)
+    times = []
+    for i in range(CALIBRATION_STEPS + 1):
+        t0 = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)
+
+
+def baseline(store: Store, method: str, lr: float, seconds: float, seed: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    base = EvolveSettings(seed=seed)
+    hp = baseline_hparams(store, NAME, "finetune-all", None, base)
+    hp["opt_lr"] = lr
+    size = int(hp["ds_image_size"])
+    model, modules, owned = _model(store, method, int(hp["num_classes"]), seed_for(seed, method, NAME))
+    data = store.task_data(NAME)
+    x = to_model_input(data["train.x"][:base.batch_size], size)
+    step_s = _seconds_per_step(model, owned, x, data["train.y"][:base.batch_size], lr)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model.eval()(x)
+        forward_per_image = (time.perf_counter() - t0) / x.shape[0]
+    val_images = min(base.val_limit, len(data["validation.y"]))
+    test_s = forward_per_image * len(data["test.y"])
+    left = seconds - (time.perf_counter() - started) - test_s
+    steps = max(1, int(left / (step_s + forward_per_image * val_images / base.steps_per_validation)))
+    outcome = _train_in_memory(store, NAME, model, owned, hp, steps * base.batch_size, base=base, validations=None,
+                               what=method, deadline=started + seconds - test_s)
+    test = _test_accuracy(store, modules, NAME, size)
+    trained = sum(p.numel() for m in owned.values() for p in m.parameters())
+    return {"method": method, "lr": lr, "val": outcome.quality, "test": test, "steps": outcome.steps,
+            "planned_steps": steps, "wall": time.perf_counter() - started, "trainable": trained}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=180.0)
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/wallclock"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def save() -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, path)
+
+    if "evolved" not in results:
+        results["evolved"] = evolved(args.out / "evolved", args.images, args.budget, args.seed)
+        save()
+    seconds = float(results["evolved"]["wall"])
+    store = Store.open(args.out / "evolved", read_only=True)
+    for method, grid in GRID.items():
+        for lr in grid:
+            key = f"{method}@{lr:g}"
+            if key not in results:
+                results[key] = baseline(store, method, lr, seconds, args.seed)
+                save()
+                print(key, results[key], flush=True)
+    report(results, args)
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    ev = results["evolved"]
+    rows: list[list[object]] = [["evolved", f"time budget {args.budget:g} s", f"{ev['val']:.4f}",
+                                 f"**{ev['test']:.4f}**", f"{ev['wall']:.0f}", "-", f"{ev['accounted'] / 1e3:,.1f}k"]]
+    for method, grid in GRID.items():
+        runs = [results[f"{method}@{lr:g}"] for lr in grid]
+        best = max(runs, key=lambda r: r["val"])
+        grid_cost = sum(r["wall"] for r in runs) - best["wall"]
+        tried = ", ".join(f"{r['lr']:g}: {r['val']:.4f}" for r in runs)
+        rows.append([method, f"lr {best['lr']:g} (val {tried})", f"{best['val']:.4f}", f"**{best['test']:.4f}**",
+                     f"{best['wall']:.0f}", f"+{grid_cost:.0f}", f"{best['trainable'] / 1e3:,.1f}k"])
+    body = "\n".join([
+        "## Equal wall-clock on a task outside the built-in set (one seed)", "", environment().rstrip(), "",
+        f"{NAME} ({args.images} images rendered from matplotlib's fonts, never seen by mupath), seed {args.seed}, "
+        f"from the default root (EfficientNet-Lite0, ImageNet-pretrained, 64 px). The evolved task's wall time "
+        "(candidates, commit, no-forgetting check) is every baseline's, per learning rate; the learning rate is "
+        "chosen on validation, and the other rates' time is the grid's extra cost. Parameters: the evolved task's "
+        "accounted parameters (µ2Net rule), a baseline's trainable ones (finetune-all: its whole model).", "",
+        table(["method", "learning rate", "val acc", "test acc", "wall s", "grid extra s", "params"], rows)])
+    write_section("benchmarks.md", "wallclock", body)
+
+
+if __name__ == "__main__":
+    main()
