@@ -57,24 +57,17 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
     `val_x` is already preprocessed (float, the path's image size). `score_of(quality)` applies the
     parameter penalty; `bar` is the parent's score for a same-task parent, else -inf. With `prefix`
     (frozen-prefix activations, no augmentation) only the suffix of the path runs. `optimizer_state`:
-    a parent's `best_optimizer`, loaded when it fits these parameters (a continuation of a trained
-    candidate keeps its moments; the schedule restarts, warm-up included)."""
+    see `_optimizer`."""
     (train_x, train_y), (val_x, val_y) = train, val
     image_size = int(hp["ds_image_size"])
-    params = [p for m in owned.values() for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = make_optimizer(params, hp)
-    if optimizer_state:
-        load_optimizer_tensors(optimizer, params, optimizer_state)
-    best_optimizer: dict[str, torch.Tensor] | None = None
+    optimizer, params = _optimizer(owned, hp, optimizer_state)
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = batch_iterator(train_x.shape[0], cfg.batch_size, gen)
     total = cfg.steps_per_validation * cfg.validations
     augmenting = has_augmentation(hp)
-    loss_fn = nn.CrossEntropyLoss()
     evals: list[float] = []
     best: dict[str, dict[str, torch.Tensor]] | None = None
+    best_optimizer: dict[str, torch.Tensor] | None = None
     best_quality, best_score = float("-inf"), bar
     train_time = eval_time = 0.0
     step = 0
@@ -90,7 +83,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             logits = _batch_logits(model, train_x, idx, hp, gen=gen if augmenting else None, prefix=prefix)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, hp)
-            loss = loss_fn(logits, train_y[idx])
+            loss = nn.functional.cross_entropy(logits, train_y[idx])
             if not torch.isfinite(loss):
                 return TrainOutcome(False, best_quality, best_score, evals, None, step,
                                     step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,
@@ -114,6 +107,20 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             best_optimizer = optimizer_tensors(optimizer, params)
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
                         step * cfg.batch_size, train_time, eval_time, best_optimizer=best_optimizer)
+
+
+def _optimizer(owned: dict[str, nn.Module], hp: dict,
+               state: dict[str, torch.Tensor] | None) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """The optimiser of the owned parameters (made trainable), in their order. `state`: a parent's
+    `best_optimizer`, loaded when it fits these parameters (a continuation of a trained candidate
+    keeps its moments; the schedule restarts, warm-up included)."""
+    params = [p for m in owned.values() for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = make_optimizer(params, hp)
+    if state:
+        load_optimizer_tensors(optimizer, params, state)
+    return optimizer, params
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
