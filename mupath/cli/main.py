@@ -130,17 +130,18 @@ def evolve(ctx: typer.Context, store: Path,
     from mupath.search.space import parse_key_values, parse_value
     from mupath.track import LOGS
     settings = {name: ctx.params[name] for name in SETTING_NAMES}
+    note = None
     if not any(_given(ctx, name) for name in ("time_budget", "generations", "candidates")):
         settings["time_budget"] = NEWCOMER_BUDGET
-        console.print(f"time budget: {NEWCOMER_BUDGET} per task iteration (the default when neither --time-budget "
-                      "nor --generations / --candidates is given)")
+        note = (f"time budget: {NEWCOMER_BUDGET} per task iteration (the default when neither --time-budget nor "
+                "--generations / --candidates is given)")
     settings["hparams"] = {k: parse_value(v) for k, v in parse_key_values(hparams, "--hparam").items()}
     settings["ranges"] = {k: [parse_value(x) for x in v.split(",") if x.strip()]
                           for k, v in parse_key_values(ranges, "--range").items()}
     system = _open(store)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     _handle_sigterm()
-    with RichProgress(console) as progress:
+    with RichProgress(console, note) as progress:
         report = system.evolve(names, progress=progress, **settings)
     if report.resumed:
         console.print(f"resumed run {report.run_id}")

@@ -10,8 +10,9 @@ from mupath.runtime.jobs import CandidateResult
 
 
 class RichProgress:
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, note: str | None = None) -> None:
         self.console = console
+        self.note = note          #: said once, when the first task starts (a bad input fails before it)
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), console=console, transient=False)
         self.search_bar: Any = None
@@ -25,6 +26,9 @@ class RichProgress:
         self.bars.__exit__(*exc)
 
     def task_started(self, task: str, iteration: int, candidates: int) -> None:
+        if self.note:
+            self.console.print(self.note)
+            self.note = None
         if self.search_bar is not None:
             self.bars.remove_task(self.search_bar)
         self.search_bar = self.bars.add_task(f"[bold]{task}[/] iteration {iteration + 1}: candidates",
