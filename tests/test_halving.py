@@ -176,3 +176,17 @@ def test_a_continuation_starts_from_its_parents_optimizer_state():
     opt = torch.optim.AdamW(other.parameters())
     assert not load_optimizer_tensors(opt, list(other.parameters()), state) and not opt.state
     assert optimizer_tensors(opt, list(other.parameters())) == {}
+
+
+def test_recipes_keep_a_pinned_bottom_frozen(tmp_path, digits_small):
+    """A block the user keeps frozen (`_mu_|clone:block_0=0`, or no insertion there) gets no recipe
+    module; `--no-adapters` drops the adapter recipe."""
+    from mupath.search.task_search import TaskSearch
+    system = System.create(tmp_path / "s", **TINY_ROOT)
+    system.add_task(digits_small)
+    settings = EvolveSettings(**SETTINGS, hparams={"_mu_|clone:block_0": 0.0, "_mu_|add:ssf_1": 0.0},
+                              mutate_adapters=False)
+    recipes = TaskSearch(system.store, "digits", 0, settings, "r").recipes()
+    added = [{k: v for k, v in r.plan.mutations.items() if k.endswith("_added")} for r in recipes]
+    assert added == [{}, {"loras_added": [1]}]     # no ssf recipe: block 0 frozen, block 1 pinned
+    assert "lora_0" not in recipes[1].plan.path.components and "lora_1" in recipes[1].plan.path.components

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mupath.model.components import FRESH_KINDS
@@ -125,12 +125,12 @@ class Lineage:
 
 def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[str, Any],
                space: SearchSpace, lineage: Lineage, *, rng: random.Random, mutate_adapters: bool,
-               mutate: bool = True, everywhere: tuple[str, ...] = ()) -> ChildPlan:
+               mutate: bool = True, insert: Mapping[str, Sequence[int]] | None = None) -> ChildPlan:
     """A mutated child of `parent` for `task` (see module docstring). `mutate=False` gives the
     unmutated child (`head_first`): the parent's model hyperparameters and body, sharing every frozen
     component it may share, with only what must be new (a head for another task's parent, the
-    family's always-cloned slots, a random-init root's components). `everywhere`: module kinds
-    (adapter, ssf, lora) put before every block as well, the family's known-good recipes."""
+    family's always-cloned slots, a random-init root's components). `insert`: module kinds (adapter,
+    ssf, lora) put before these blocks as well: the family's known-good recipes."""
     base = {k: v for k, v in space.defaults.items()}
     base.update(parent.hparams)
     base.update(ds_hp)
@@ -149,9 +149,10 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
             layers = mutate_layers(layers, kind, num_layers, space=space, hp=hp, mu=mu, rng=rng, changed=changed)
         if layers or f"{kind}_layers" in hp:     # a path without the kind records nothing of it
             hp[f"{kind}_layers"] = layers
-    for kind in everywhere:
-        hp[f"{kind}_layers"] = list(range(num_layers))
-        changed[f"{kind}s_added"] = sorted(set(range(num_layers)) - set(base.get(f"{kind}_layers", [])))
+    for kind, blocks in (insert or {}).items():
+        added = sorted({i for i in blocks if i < num_layers} - set(hp.get(f"{kind}_layers", [])))
+        hp[f"{kind}_layers"] = sorted(set(hp.get(f"{kind}_layers", [])) | set(added))
+        changed[f"{kind}s_added"] = added
     if mutate and hp.get("lora_layers") and rng.random() < mu:
         ranks = list(space.ranges.get("lora_rank", LORA_RANK_VALUES))
         rank = incremental(int(hp.get("lora_rank", LORA_RANK_DEFAULT)), ranks, rng)

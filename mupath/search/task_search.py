@@ -143,15 +143,24 @@ class TaskSearch:
         if self.task in self.retained or not self.parent_pool:
             return []
         parent = self.parent_pool[0]
-        kinds = [()] + [(k,) for k in ("lora", "ssf", "adapter") if self._allowed(k)]
-        return [self._child(parent, 0, mutate=False, everywhere=k) for k in kinds]
+        inserts: list[dict[str, list[int]]] = [{}]
+        for kind in ("lora", "ssf", "adapter"):
+            blocks = self._allowed(kind)
+            if blocks:
+                inserts.append({kind: blocks})
+        return [self._child(parent, 0, mutate=False, insert=i) for i in inserts]
 
-    def _allowed(self, kind: str) -> bool:
-        """May this run insert `kind`? Not when its per-kind probability is pinned to 0 by the user
-        (`_mu_|add:<kind>=0`) or, for adapters, when adapter mutations are off."""
+    def _allowed(self, kind: str) -> list[int]:
+        """The blocks a recipe may put `kind` before: all but those whose insertion the user pinned to 0
+        (`_mu_|add:<kind>_<i>=0`, or `_mu_|add:<kind>=0` for every block: a frozen bottom stays frozen);
+        none for adapters when adapter mutations are off."""
         if kind == "adapter" and not self.settings.mutate_adapters:
-            return False
-        return self.settings.hparams.get(f"_mu_|add:{kind}", 1.0) != 0
+            return []
+        pinned = self.settings.hparams
+        if pinned.get(f"_mu_|add:{kind}", 1.0) == 0:
+            return []
+        return [i for i in range(self.store.depth) if pinned.get(f"_mu_|add:{kind}_{i}", 1.0) != 0
+                and pinned.get(f"_mu_|clone:block_{i}", 1.0) != 0]
 
     def mutated(self, count: int, rung: int) -> list[Child]:
         """`count` mutated children, parents drawn as in a generation (µ2Net PPDecay)."""
@@ -174,7 +183,7 @@ class TaskSearch:
         return sorted(paths, key=lambda p: (-self.scores[p.id], -order[p.id]))
 
     def _child(self, parent: PathRecord, rung: int, *, mutate: bool = True,
-               everywhere: tuple[str, ...] = ()) -> Child:
+               insert: dict[str, list[int]] | None = None) -> Child:
         if self.ds_hp is None:
             best = self.best()
             self.ds_hp = sample_ds_hparams(best.hparams if best else None, self.space, self.rng)
@@ -182,7 +191,7 @@ class TaskSearch:
                                                                 if k.startswith("ds_")}
         plan = self._within_cap(lambda: make_child(
             parent, self.task, self.record.num_classes, ds_hp, self.space, self.lineage, rng=self.rng,
-            mutate_adapters=self.settings.mutate_adapters, mutate=mutate, everywhere=everywhere))
+            mutate_adapters=self.settings.mutate_adapters, mutate=mutate, insert=insert))
         self.planned += 1
         return Child(plan, parent, rung, self.planned - 1, data_moves(parent.hparams, ds_hp, self.space.defaults))
 
