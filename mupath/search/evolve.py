@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from mupath.errors import MupathError
 from mupath.runtime.executors import Executor, make_executor
 from mupath.runtime.jobs import CandidateJob, CandidateResult
-from mupath.search.halving import SLACK, first_rung_size, next_rung, per_step_seconds
+from mupath.search.halving import SLACK, first_rung_size, first_rung_steps, next_rung, per_step_seconds
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
 from mupath.search.task_search import Child, TaskSearch
@@ -171,7 +171,8 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     candidate so far would not fit), the rest of rung 0 sized from its measured step time, then rungs of
     the best 1/eta trained eta times longer from their own weights."""
     settings = search.settings
-    workers, eta, s0 = max(1, settings.workers), settings.halving_rate, settings.steps_per_validation
+    workers, eta = max(1, settings.workers), settings.halving_rate
+    s0 = first_rung_steps(settings.steps_per_validation, eta)
     deadline = started + float(settings.time_budget or 0) * (1 - SLACK)
     first = search.recipes()
     first += search.mutated(max(0, workers - len(first)), 0)

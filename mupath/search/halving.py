@@ -36,6 +36,17 @@ class Rung:
     seconds: float
 
 
+#: the first rung never trains a candidate fewer steps than this (below it a validation says little)
+MIN_FIRST_RUNG_STEPS = 10
+
+
+def first_rung_steps(steps_per_validation: int, eta: int) -> int:
+    """Training steps of a first-rung candidate: `steps_per_validation` / eta, at least
+    MIN_FIRST_RUNG_STEPS (never more than `steps_per_validation`), so that the survivors' second rung
+    trains as long as one validation interval of the fixed schedule and exploring costs a third of it."""
+    return min(steps_per_validation, max(MIN_FIRST_RUNG_STEPS, steps_per_validation // eta))
+
+
 def rung_counts(n0: int, eta: int) -> list[int]:
     """Candidates per rung: n0, ceil(n0/eta), ... down to 1."""
     counts = [max(1, n0)]
