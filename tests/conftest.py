@@ -7,7 +7,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +43,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def two_task_store(folder: Path, digits: Task, parity: Task, **settings) -> Path:
+    """A store at `folder` with digits and parity evolved on the tiny root (`settings` override
+    TINY_SETTINGS), closed: what the serving tests serve."""
+    from mupath import System
+    system = System.create(folder, **TINY_ROOT)
+    system.add_task(digits)
+    system.add_task(parity)
+    system.evolve(["digits", "parity"], workers=1, **dict(TINY_SETTINGS, **settings))
+    system.close()
+    return folder
+
+
+@contextlib.contextmanager
+def uvicorn_server(store: Path, config) -> Iterator[str]:
+    """`create_app(store, config)` on a real uvicorn server (a thread of this process) at 127.0.0.1 and
+    `config.port`; yields "127.0.0.1:PORT" and stops the server after."""
+    import uvicorn
+
+    from mupath.serve import create_app
+    server = uvicorn.Server(uvicorn.Config(create_app(store, config), host="127.0.0.1", port=config.port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def npy(images: np.ndarray) -> bytes:

@@ -9,15 +9,13 @@ import contextlib
 import json
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ROOT, TINY_SETTINGS, free_port
+from conftest import TINY_ROOT, TINY_SETTINGS, free_port, uvicorn_server
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -55,28 +53,15 @@ def store(tmp_path_factory, digits_small, parity_task) -> Path:
 
 
 @contextlib.contextmanager
-def uvicorn_server(store: Path, token: str | None = None) -> Iterator[str]:
+def page_server(store: Path, token: str | None = None) -> Iterator[str]:
     """The app on a real uvicorn server (in a thread of this process) at the returned base URL."""
-    import uvicorn
-    port = free_port()
-    app = create_app(store, ServeConfig(port=port, token=token, poll_s=0.2, max_wait_ms=2))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with uvicorn_server(store, ServeConfig(port=free_port(), token=token, poll_s=0.2, max_wait_ms=2)) as address:
+        yield f"http://{address}"
 
 
 @pytest.fixture(scope="module")
 def url(store) -> Iterator[str]:
-    with uvicorn_server(store) as base:
+    with page_server(store) as base:
         yield base
 
 
@@ -207,7 +192,7 @@ def test_error_answer_shows_the_error_line(page, url, tmp_path):
 
 
 def test_token_is_asked_once_and_sent_as_a_header(browser, store):
-    with uvicorn_server(store, token=TOKEN) as base:
+    with page_server(store, token=TOKEN) as base:
         context = browser.new_context()
         page = context.new_page()
         sent: list[tuple[str, str | None]] = []

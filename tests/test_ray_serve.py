@@ -14,7 +14,7 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is not installed (the dev extra has it): Ray Serve is not tested")
 serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'ray[serve]')")
 
-from conftest import TINY_ROOT, TINY_SETTINGS, free_port, npy  # noqa: E402
+from conftest import free_port, npy, two_task_store  # noqa: E402
 
 from mupath import System  # noqa: E402
 from mupath.serve import ServeConfig  # noqa: E402
@@ -25,13 +25,8 @@ TOKEN = "ray-token"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, digits_small, parity_task) -> Path:
-    folder = tmp_path_factory.mktemp("rayserve") / "store"
-    system = System.create(folder, **TINY_ROOT)
-    system.add_task(digits_small)
-    system.add_task(parity_task)
-    system.evolve(["digits", "parity"], workers=1, **dict(TINY_SETTINGS, generations=1))   # the serving is tested
-    system.close()
-    return folder
+    return two_task_store(tmp_path_factory.mktemp("rayserve") / "store", digits_small, parity_task,
+                          generations=1)                                  # the serving is tested
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ROOT, TINY_SETTINGS, free_port, npy
+from conftest import free_port, npy, two_task_store
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -38,13 +38,7 @@ MUPATH = [sys.executable, "-m", "mupath.cli.main"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, digits_small, parity_task) -> Path:
     """digits and parity evolved on the tiny root (parity may reuse digits' components)."""
-    folder = tmp_path_factory.mktemp("serve") / "store"
-    system = System.create(folder, **TINY_ROOT)
-    system.add_task(digits_small)
-    system.add_task(parity_task)
-    system.evolve(["digits", "parity"], workers=1, **TINY_SETTINGS)
-    system.close()
-    return folder
+    return two_task_store(tmp_path_factory.mktemp("serve") / "store", digits_small, parity_task)
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,16 @@ guards everything but the health routes; every bad request is a one-line 4xx and
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ROOT, TINY_SETTINGS, free_port, npy
+from conftest import free_port, npy, two_task_store, uvicorn_server
 from fastapi.testclient import TestClient
 from test_serve import files, one_line_error
 
@@ -31,37 +29,12 @@ HEADER = "Inference-Header-Content-Length"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, digits_small, parity_task) -> Path:
     """digits and parity evolved on the tiny root: two models, two retained paths."""
-    folder = tmp_path_factory.mktemp("serve-v2") / "store"
-    system = System.create(folder, **TINY_ROOT)
-    system.add_task(digits_small)
-    system.add_task(parity_task)
-    system.evolve(["digits", "parity"], workers=1, **TINY_SETTINGS)
-    system.close()
-    return folder
+    return two_task_store(tmp_path_factory.mktemp("serve-v2") / "store", digits_small, parity_task)
 
 
 @pytest.fixture(scope="module")
 def system(store) -> System:
     return System.open(store, read_only=True)
-
-
-@contextlib.contextmanager
-def uvicorn_server(store: Path, config: ServeConfig) -> Iterator[str]:
-    """The app on a real uvicorn server (a thread of this process); yields "127.0.0.1:PORT"."""
-    import uvicorn
-    server = uvicorn.Server(uvicorn.Config(create_app(store, config), host="127.0.0.1", port=config.port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
