@@ -154,6 +154,8 @@ def test_a_newcomer_evolve_runs_under_the_default_budget(tmp_path, digits_small,
 def test_a_continuation_starts_from_its_parents_optimizer_state():
     """`train_path` returns the optimiser's state at the best snapshot, and a continuation given it
     goes on counting AdamW's steps from there; state saved for other shapes is refused."""
+    import dataclasses
+
     import torch
     from torch import nn
 
@@ -163,9 +165,11 @@ def test_a_continuation_starts_from_its_parents_optimizer_state():
     hp = {"ds_image_size": 8, "opt_name": "adamw", "opt_lr": 1e-2, "opt_momentum": 0.9, "opt_nesterov": False,
           "opt_lr_warmup_ratio": 0.1}
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
-    cfg = TrainConfig(steps_per_validation=5, validations=2, batch_size=16, seed=0)
+    cfg = TrainConfig(steps_per_validation=5, validations=2, batch_size=16, seed=0, keep_optimizer=True)
     kw = dict(score_of=lambda q: q, bar=float("-inf"))
     first = train_path(model, {"m": model}, hp, cfg, (x, y), (x, y), **kw)
+    assert train_path(model, {"m": model}, hp, dataclasses.replace(cfg, keep_optimizer=False), (x, y), (x, y),
+                      **kw).best_optimizer is None                    # kept only when asked for
     state = first.best_optimizer
     assert state and {k.split(".", 1)[1] for k in state} == {"step", "exp_avg", "exp_avg_sq"}
     best_step = float(state["0.step"])

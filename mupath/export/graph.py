@@ -15,7 +15,7 @@ from torch import nn
 
 from mupath.export.spec import ExportedTask, ExportSpec, Preprocessing
 from mupath.model.components import ComponentSpec, is_body_slot, load_component
-from mupath.model.deltas import LowRankDelta
+from mupath.model.deltas import LowRankDelta, block_slot, delta_slot
 from mupath.model.families import RootFamily
 
 
@@ -55,7 +55,7 @@ class ExportGraph(nn.Module):
             for slot, cid in t.slots:
                 delta = components[cid]
                 if isinstance(delta, LowRankDelta):
-                    block = slots[f"block_{slot[len('lora_'):]}"]
+                    block = slots[block_slot(slot)]
                     self.merged[_merged_key(block, cid)] = delta.merged(components[block])
         self.eval()
 
@@ -101,7 +101,7 @@ class ExportGraph(nn.Module):
         """Body slot `depth` of `task`: its component, or for a block under a low-rank delta the block
         with the delta merged. Every task of a group shares the prefix up to here, delta included."""
         slot = _body(task)[depth][0]
-        delta = dict(task.slots).get(f"lora_{slot[len('block_'):]}") if slot.startswith("block_") else None
+        delta = dict(task.slots).get(delta_slot(slot)) if slot.startswith("block_") else None
         return self.merged[_merged_key(cid, delta)] if delta is not None else self.parts[module_key(cid)]
 
 

@@ -54,6 +54,16 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+def delta_slot(block_slot: str) -> str:
+    """The slot of the low-rank delta on block slot `block_slot` (`block_3` -> `lora_3`)."""
+    return "lora_" + block_slot.removeprefix("block_")
+
+
+def block_slot(delta_slot: str) -> str:
+    """The block slot a delta slot changes (`lora_3` -> `block_3`)."""
+    return "block_" + delta_slot.removeprefix("lora_")
+
+
 class LowRankDelta(nn.Module):
     """`scale * up @ down` added to each target weight of one block: `down` (rank, in) starts random as
     in LoRA, `up` (out, rank) starts at zero. Its own forward is the identity; `run_block` applies it."""

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mupath.model.components import ComponentSpec, build_component, is_body_slot, new_component_tensors, slot_order
-from mupath.model.deltas import LowRankDelta, run_block
+from mupath.model.deltas import LowRankDelta, block_slot, run_block
 from mupath.model.families import RootFamily, family_for_slots
 from mupath.model.root import RootSpec, create_root, cut_root
 
@@ -27,7 +27,7 @@ class PathModel(nn.Module):
         self.body = [s for s in slots if is_body_slot(s)]
         #: block slot -> the low-rank delta on its weights
         self.deltas: dict[str, LowRankDelta] = {
-            f"block_{s[len('lora_'):]}": m for s, m in self.parts.items() if isinstance(m, LowRankDelta)}
+            block_slot(s): m for s, m in self.parts.items() if isinstance(m, LowRankDelta)}
 
     def run(self, slot: str, x: torch.Tensor) -> torch.Tensor:
         """One body slot on the activations: a block with its delta, if the path has one."""

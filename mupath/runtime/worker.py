@@ -107,7 +107,8 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     owned_params = sum(p.numel() for m in owned.values() for p in m.parameters())
     accounted = float(job.score.frozen_accounted) + owned_params
     penalty = size_penalty(accounted, job.score.root_params, float(job.score.scale_factor))
-    cfg = TrainConfig(job.budget.steps_per_validation, job.budget.validations, job.budget.batch_size, job.seed)
+    cfg = TrainConfig(job.budget.steps_per_validation, job.budget.validations, job.budget.batch_size, job.seed,
+                      keep_optimizer=job.budget.keep_optimizer)
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)
     prefix = _cache_prefix(job, model, owned, data, val_x, device)
@@ -159,8 +160,7 @@ def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None
     scratch = None
     if outcome.improved and outcome.best_state is not None:
         flat = {f"{cid}/{k}": v.contiguous() for cid, state in outcome.best_state.items() for k, v in state.items()}
-        if job.budget.keep_optimizer:
-            flat.update({f"{OPTIMIZER_REF}/{k}": v for k, v in (outcome.best_optimizer or {}).items()})
+        flat.update({f"{OPTIMIZER_REF}/{k}": v for k, v in (outcome.best_optimizer or {}).items()})
         atomic_write_bytes(Path(job.scratch_file), save_tensors(flat))
         scratch = job.scratch_file
     return CandidateResult(

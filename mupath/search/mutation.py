@@ -189,7 +189,9 @@ def mutate_layers(layers: list[int], kind: str, num_layers: int, *, space: Searc
                   mu: float, rng: random.Random, changed: dict[str, Any]) -> list[int]:
     """Insert `kind` before each block that lacks it and remove it where it is, each at its own
     probability (`kind_mu`); a probability of 0 draws nothing, so a kind that is off leaves the random
-    stream, and every choice after it, as they were. The adapters' record keys keep their names."""
+    stream, and every choice after it, as they were. The one exception is the reference's own move,
+    inserting an adapter: it draws even at 0, as it always did, so that a `_mu_|add:adapter_<i>=0`
+    override keeps the stream of a run without it (docs/design.md, "Search")."""
     out = list(layers)
     for i in range(num_layers):
         verb = "drop" if i in out else "add"

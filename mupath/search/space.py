@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mupath.errors import ConfigError
+from mupath.model.families.base import BodyLayout
 from mupath.model.root import MAX_IMAGE_SIZE
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ ASPECT_VALUES = [0.25, 0.5, 0.75, 1.0]
 DELTA_VALUES = [0.0, 0.01, 0.02, 0.05, 0.1, 0.2]
 ADAPTER_VALUES = [8, 16, 32, 64, 128]
 LORA_RANK_VALUES = [1, 2, 4, 8, 16, 32]
-LORA_RANK_DEFAULT = 4
+LORA_RANK_DEFAULT = BodyLayout.lora_rank     #: what a path without `lora_rank` is built with
 #: kinds a mutation inserts at a block (and may remove), with the probability of each insertion when no
 #: `_mu_|add:<kind>` or `_mu_|add:<kind>_<i>` says otherwise: adapters at µ (the reference); the newer
 #: kinds off until a setting turns them on (so the reference's search is the default search)

@@ -93,7 +93,7 @@ class TaskSearch:
         self.scratch = store.scratch_dir(run_id)
         self.planned = 0
         self.scratch_files: dict[str, str] = {}        #: path id -> its candidate's scratch file
-        self._forward_s: float | None = None
+        self._reserve: float | None = None
         self.ds_hp: dict[str, Any] | None = None      #: a halving iteration's data hyperparameters
 
     @property
@@ -223,12 +223,13 @@ class TaskSearch:
         """Seconds to keep for the commit and the no-forgetting check: this task's test images and every
         other committed task's, at the root's measured forward cost per image (a path costs about what
         the root does), on every core, with a margin."""
-        if self._forward_s is None:
-            self._forward_s = _forward_seconds(self.store, int(self.space.defaults["ds_image_size"]))
-        records = [self.store.task_record(t) for t in self.retained if t not in (ROOT_TASK, self.task)]
-        others = sum(r.sizes.get("test", 0) for r in records) if self.settings.check_immutability else 0
-        images = self.record.sizes.get("test", 0) + others
-        return 1.5 * self._forward_s * images / cores() + 2.0
+        if self._reserve is None:        # measured once: the tasks a commit re-checks do not change meanwhile
+            forward_s = _forward_seconds(self.store, int(self.space.defaults["ds_image_size"]))
+            records = [self.store.task_record(t) for t in self.retained if t not in (ROOT_TASK, self.task)]
+            others = sum(r.sizes.get("test", 0) for r in records) if self.settings.check_immutability else 0
+            images = self.record.sizes.get("test", 0) + others
+            self._reserve = 1.5 * forward_s * images / cores() + 2.0
+        return self._reserve
 
     def job(self, child: Child, steps: int | None = None, validations: int | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by

@@ -28,6 +28,9 @@ class TrainConfig:
     #: `time.perf_counter()` after which no training step starts (the interval then ends with its
     #: validation): a wall-clock bound for baselines given the evolution's time; None: no bound
     deadline: float | None = None
+    #: snapshot the optimiser's state with the best weights (`TrainOutcome.best_optimizer`): only a
+    #: candidate whose survivors may continue (successive halving) needs it
+    keep_optimizer: bool = False
 
 
 @dataclasses.dataclass
@@ -104,7 +107,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
         if score >= best_score and math.isfinite(score):
             best_score, best_quality = score, quality
             best = _snapshot(owned)
-            best_optimizer = optimizer_tensors(optimizer, params)
+            best_optimizer = optimizer_tensors(optimizer, params) if cfg.keep_optimizer else None
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
                         step * cfg.batch_size, train_time, eval_time, best_optimizer=best_optimizer)
 

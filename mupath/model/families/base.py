@@ -38,8 +38,9 @@ class BodyLayout:
     def of(cls, hp: Mapping[str, Any]) -> BodyLayout:
         """The layout of a path with hyperparameters `hp` (keys a path written before a kind existed
         lacks mean none of that kind)."""
-        return cls(int(hp["num_layers"]), tuple(hp.get("adapter_layers", ())), int(hp.get("adapter_dim", 32)),
-                   tuple(hp.get("ssf_layers", ())), tuple(hp.get("lora_layers", ())), int(hp.get("lora_rank", 4)))
+        return cls(int(hp["num_layers"]), tuple(hp.get("adapter_layers", ())),
+                   int(hp.get("adapter_dim", cls.adapter_dim)), tuple(hp.get("ssf_layers", ())),
+                   tuple(hp.get("lora_layers", ())), int(hp.get("lora_rank", cls.lora_rank)))
 
 
 Slots = dict[str, tuple[str, dict[str, Any]]]
