@@ -75,7 +75,7 @@ def _model(store: Store, method: str, num_classes: int, seed: int) -> tuple[nn.M
 
 def _seconds_per_step(model: nn.Module, owned: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
                       lr: float) -> float:
-    """Median-free estimate: the mean of CALIBRATION_STEPS timed AdamW steps on a copy (the first
+    """Seconds per step: the mean of CALIBRATION_STEPS timed AdamW steps on a copy (the first
     untimed), so the baseline itself starts untouched."""
     model, owned = copy.deepcopy((model, owned))
     params = [p for m in owned.values() for p in m.parameters()]
