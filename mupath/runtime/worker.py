@@ -22,7 +22,7 @@ from mupath.runtime.device import resolve_device
 from mupath.runtime.jobs import OPTIMIZER_REF, CandidateJob, CandidateResult, SlotJob, size_penalty
 from mupath.store.atomic import atomic_write_bytes
 from mupath.store.tensors import TensorSource, task_tensors, verified_bytes  # noqa: F401  (re-exported)
-from mupath.train.cache import frozen_prefix, load_floor, process_cache
+from mupath.train.cache import fill_pays, frozen_prefix, load_floor, process_cache
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import has_augmentation, to_model_input
 
@@ -135,10 +135,14 @@ def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Modul
     ids = prefix_ids(job, model, owned)
     if ids is None:
         return None
+    budget = job.budget       # a short candidate on a large task: a fill would cost more than it saves
+    fill = bool(job.cache.floor) or fill_pays(int(data["train.x"].shape[0]), int(val_x.shape[0]),
+                                              budget.steps_per_validation * budget.validations * budget.batch_size,
+                                              budget.validations)
     preload = functools.partial(load_floor, job.cache.floor_file) if job.cache.floor_file else None
     return process_cache(cache_bytes).prefix(model, ids, job.task_blob + job.root + device,
                                              int(job.hparams["ds_image_size"]), data["train.x"], val_x,
-                                             floor=job.cache.floor, preload=preload)
+                                             floor=job.cache.floor, preload=preload, fill=fill)
 
 
 def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None,

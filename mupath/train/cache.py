@@ -43,6 +43,20 @@ def frozen_prefix(model: PathModel, owned_ids: set[int], slot_ids: dict[str, str
     return tuple(ids)
 
 
+#: a fill above the run's floor must be read back at least this many times over (in draws of training
+#: images and validation passes) by the candidate that makes it, counting one more candidate of the
+#: same prefix, else the candidate runs its frozen prefix per batch instead
+FILL_PAYBACK = 2
+
+
+def fill_pays(train_rows: int, val_rows: int, draws: int, validations: int) -> bool:
+    """Is filling an entry (every training and validation image through the prefix) cheaper than
+    running the prefix on what the candidate reads: `draws` training images and `validations` passes
+    over the validation images, FILL_PAYBACK times over? A 33-step first-rung candidate on a
+    54,000-image task reads 2,112 images: its fill would cost 25 times its training."""
+    return train_rows + val_rows <= FILL_PAYBACK * (draws + validations * val_rows)
+
+
 class ActivationCache:
     """Byte-bounded LRU of prefix activations, keyed by (data key, image size, prefix ids)."""
 
@@ -74,13 +88,15 @@ class ActivationCache:
 
     def prefix(self, model: PathModel, ids: tuple[str, ...], data_key: str, image_size: int,
                train_x: torch.Tensor, val_x: torch.Tensor, *, floor: int = 0,
-               preload: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> Prefix | None:
+               preload: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+               fill: bool = True) -> Prefix | None:
         """Activations after the frozen prefix `ids` for the training images and the (preprocessed)
         validation images, computing only what no cached entry already covers. `floor`: body slots
         that no candidate of the run can own (the run's always-frozen bottom); a fill that passes it
         also keeps the activations there, so that candidates with a shorter prefix than this one
         start from them instead of from the images. `preload`: the floor's activations computed
-        elsewhere (`fill_floor`, once for all the pool's workers), or None when they are not there."""
+        elsewhere (`fill_floor`, once for all the pool's workers), or None when they are not there.
+        `fill` False: only an entry already there is used (None on a miss; see `fill_pays`)."""
         n_embed = len(model.embed_slots)
         depth = len(ids) - n_embed                 # body slots in the prefix
         if depth < 1 or self.max_bytes <= 0:
@@ -96,6 +112,8 @@ class ActivationCache:
                 break
         else:
             k, train, val = -1, None, None
+        if not fill:
+            return None
         self.misses += 1
         loaded = preload() if preload is not None and k < floor <= depth else None
         if loaded is not None:
