@@ -7,11 +7,14 @@ task. Results go to docs/benchmarks.md (section "quality") and docs/img/quality_
 OUT/results.json.
 
     .venv/bin/python benchmarks/quality.py [--quick] [--workers 2] [--out DIR]
-    .venv/bin/python benchmarks/quality.py --root efficientnet [--seeds 0,1,2] [--quick] [--out DIR]
+    .venv/bin/python benchmarks/quality.py --root efficientnet [--seeds 0,1,2] [--budget 75] [--out DIR]
+    .venv/bin/python benchmarks/quality.py --root efficientnet --equal-images [--seeds 0,1,2] [--quick]
 
-`--root efficientnet` runs the same stream from the pretrained EfficientNet-Lite0 (64 px) against
-finetune-all, freeze-bottom:12, adapters:32, lora:8 (peft) and sequential, three seeds, and resumes
-if cut short; see benchmarks/quality_efficientnet.py (section "quality-efficientnet").
+`--root efficientnet` runs the same stream from the pretrained EfficientNet-Lite0 (64 px), three seeds,
+resuming if cut short: at equal wall-clock against finetune-all, lora:8 (peft) and adapters:32 at
+learning rates chosen on validation (benchmarks/quality_wallclock.py, section "quality-wallclock"), or
+with `--equal-images` at equal training images against finetune-all, freeze-bottom:12, adapters:32,
+lora:8 and sequential (benchmarks/quality_efficientnet.py, section "quality-efficientnet").
 
 Every run starts from fresh stores in the work folder (default runs/bench-quality[-quick]). Full mode
 takes about 35 minutes with --workers 2 on the project's 2-core machine, --quick about 7 minutes;
@@ -563,10 +566,19 @@ def main() -> None:
                         help="vit: the random-init ViT run (section 'quality'); efficientnet: the pretrained "
                              "root run (section 'quality-efficientnet', resumable)")
     parser.add_argument("--seeds", default="0,1,2", help="efficientnet run: comma-separated seeds")
+    parser.add_argument("--equal-images", action="store_true",
+                        help="efficientnet run: every method gets the evolution's training images (section "
+                             "'quality-efficientnet') instead of its wall-clock (section 'quality-wallclock')")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="efficientnet run at equal wall-clock: evolve's time budget per task, seconds")
     args = parser.parse_args()
     if args.root == "efficientnet":
-        from benchmarks import quality_efficientnet
-        quality_efficientnet.main(args)
+        if args.equal_images:
+            from benchmarks import quality_efficientnet
+            quality_efficientnet.main(args)
+        else:
+            from benchmarks import quality_wallclock
+            quality_wallclock.main(args)
         return
     mode = QUICK if args.quick else FULL
     out = (args.out or Path("runs") / ("bench-quality-quick" if args.quick else "bench-quality")).resolve()

@@ -18,36 +18,19 @@ Section "wallclock" of docs/benchmarks.md. Results are kept in OUT/results.json 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from benchmarks.defaults import NAME, font_task
 from benchmarks.report import environment, table, write_section
+from benchmarks.timed import timed_baseline
 from mupath import System
-from mupath.model.path_model import PathModel
-from mupath.search.baselines import (
-    _new_head,
-    _root_body,
-    _test_accuracy,
-    _train_in_memory,
-    baseline_hparams,
-    lora_model,
-)
-from mupath.search.ids import seed_for
-from mupath.search.settings import EvolveSettings
 from mupath.store.store import Store
 from mupath.system import MANIFEST
-from mupath.train.pipeline import to_model_input
 
 GRID = {"finetune-all": [1e-3, 3e-3], "lora:8": [1e-3, 3e-3, 1e-2]}
-CALIBRATION_STEPS = 3
 
 
 def evolved(folder: Path, images: int, budget: float, seed: int) -> dict[str, Any]:
@@ -60,64 +43,6 @@ def evolved(folder: Path, images: int, budget: float, seed: int) -> dict[str, An
     return {"wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
             "accounted": status.accounted_params, "root_params": system.root_params,
             "candidates": entry.candidates}
-
-
-def _model(store: Store, method: str, num_classes: int, seed: int) -> tuple[nn.Module, dict[str, nn.Module],
-                                                                            dict[str, nn.Module]]:
-    """(model, modules by slot, owned modules) of a baseline, freshly built."""
-    if method == "lora:8":
-        built = lora_model(store, 8, num_classes, seed)
-        return built.model, built.modules, built.owned
-    body = _root_body(store, trainable=True)
-    modules = {**body, "head": _new_head(store, num_classes, seed)}
-    return PathModel(modules, store.family), modules, dict(modules)
-
-
-def _seconds_per_step(model: nn.Module, owned: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
-                      lr: float) -> float:
-    """Seconds per step: the mean of CALIBRATION_STEPS timed AdamW steps on a copy (the first
-    untimed), so the baseline itself starts untouched."""
-    model, owned = copy.deepcopy((model, owned))
-    params = [p for m in owned.values() for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr)
-    times = []
-    for i in range(CALIBRATION_STEPS + 1):
-        t0 = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return sum(times) / len(times)
-
-
-def baseline(store: Store, method: str, lr: float, seconds: float, seed: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    base = EvolveSettings(seed=seed)
-    hp = baseline_hparams(store, NAME, "finetune-all", None, base)
-    hp["opt_lr"] = lr
-    size = int(hp["ds_image_size"])
-    model, modules, owned = _model(store, method, int(hp["num_classes"]), seed_for(seed, method, NAME))
-    data = store.task_data(NAME)
-    x = to_model_input(data["train.x"][:base.batch_size], size)
-    step_s = _seconds_per_step(model, owned, x, data["train.y"][:base.batch_size], lr)
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        model.eval()(x)
-        forward_per_image = (time.perf_counter() - t0) / x.shape[0]
-    val_images = min(base.val_limit, len(data["validation.y"]))
-    test_s = forward_per_image * len(data["test.y"])
-    left = seconds - (time.perf_counter() - started) - test_s
-    steps = max(1, int(left / (step_s + forward_per_image * val_images / base.steps_per_validation)))
-    outcome = _train_in_memory(store, NAME, model, owned, hp, steps * base.batch_size, base=base, validations=None,
-                               what=method, deadline=started + seconds - test_s)
-    test = _test_accuracy(store, modules, NAME, size)
-    trained = sum(p.numel() for m in owned.values() for p in m.parameters())
-    return {"method": method, "lr": lr, "val": outcome.quality, "test": test, "steps": outcome.steps,
-            "planned_steps": steps, "wall": time.perf_counter() - started, "trainable": trained}
 
 
 def main() -> None:
@@ -145,7 +70,7 @@ def main() -> None:
         for lr in grid:
             key = f"{method}@{lr:g}"
             if key not in results:
-                results[key] = baseline(store, method, lr, seconds, args.seed)
+                results[key] = timed_baseline(store, NAME, method, lr, seconds, args.seed)
                 save()
                 print(key, results[key], flush=True)
     report(results, args)

@@ -99,10 +99,10 @@ def test_the_first_rung_starts_with_the_recipes(halved):
     _, tried = _tried(halved, "digits")
     first = [t for t in tried if t.generation == 0]
     assert len(first) == 6
-    recipes = [t.mutations for t in first[:4]]
-    assert recipes[0] == {} or set(recipes[0]) <= {"cloned"}               # a new head on the parent as it is
-    assert recipes[1]["loras_added"] == [0, 1] and recipes[2]["ssfs_added"] == [0, 1]
-    assert recipes[3]["adapters_added"] == [0, 1]
+    recipes = [t.mutations for t in first[:4]]                 # in RECIPE_ORDER: the best-ranked kinds first
+    assert recipes[0]["loras_added"] == [0, 1] and recipes[1]["adapters_added"] == [0, 1]
+    assert recipes[2] == {} or set(recipes[2]) <= {"cloned"}               # a new head on the parent as it is
+    assert recipes[3]["ssfs_added"] == [0, 1]
 
 
 def test_survivors_train_on_from_their_own_weights(halved):
@@ -192,5 +192,5 @@ def test_recipes_keep_a_pinned_bottom_frozen(tmp_path, digits_small):
                               mutate_adapters=False)
     recipes = TaskSearch(system.store, "digits", 0, settings, "r").recipes()
     added = [{k: v for k, v in r.plan.mutations.items() if k.endswith("_added")} for r in recipes]
-    assert added == [{}, {"loras_added": [1]}]     # no ssf recipe: block 0 frozen, block 1 pinned
-    assert "lora_0" not in recipes[1].plan.path.components and "lora_1" in recipes[1].plan.path.components
+    assert added == [{"loras_added": [1]}, {}]     # no ssf recipe: block 0 frozen, block 1 pinned
+    assert "lora_0" not in recipes[0].plan.path.components and "lora_1" in recipes[0].plan.path.components

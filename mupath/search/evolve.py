@@ -13,12 +13,19 @@ from typing import Any, Protocol
 from mupath.errors import MupathError
 from mupath.runtime.executors import Executor, make_executor
 from mupath.runtime.jobs import CandidateJob, CandidateResult
-from mupath.search.halving import SLACK, first_rung_size, first_rung_steps, next_rung, per_step_seconds
+from mupath.search.halving import (
+    FIRST_WAVE_SHARE,
+    SLACK,
+    candidate_overhead,
+    first_rung_size,
+    first_rung_steps,
+    next_rung,
+    per_step_seconds,
+)
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
-from mupath.search.task_search import Child, TaskSearch
+from mupath.search.task_search import Child, TaskSearch, sharing_tasks
 from mupath.search.tracking import CandidateEvent, CommitEvent, Tracker
-from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import Store
 from mupath.track import TrackerFactory, check_log_root, open_tracker
 
@@ -128,7 +135,7 @@ def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettin
     test_acc = store.commit(search.commit_request(best, time.perf_counter() - started))
     if settings.check_immutability:
         scope = None
-        if settings.check_scope == "shared":
+        if settings.shared_check:
             scope = sharing_tasks(store.manifest.retained(), search.touched(best), task)
         store.check_immutability(exclude=task, tasks=scope)
     log = search.log
@@ -178,36 +185,40 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     first += search.mutated(max(0, workers - len(first)), 0)
     _rung_started(run.progress, search, 0, len(first), s0, deadline, first=True)
     results: list[CandidateResult] = []
-    for i in range(0, len(first), workers):       # a short budget may not fit every recipe
-        if results and time.perf_counter() + max(r.wall_time for r in results) > deadline - search.reserve_seconds():
+    budget = float(settings.time_budget or 0)
+    for i in range(0, len(first), workers):       # a short budget runs the first recipes only
+        now = time.perf_counter()
+        if results and (now - started > FIRST_WAVE_SHARE * budget
+                        or now + max(r.wall_time for r in results) > deadline - search.reserve_seconds()):
             break
         results += run(first[i:i + workers], s0, 1)
-    step_s = per_step_seconds(results)
+    step_s, overhead = per_step_seconds(results), candidate_overhead(results)
     left = deadline - time.perf_counter() - search.reserve_seconds()
-    n0 = first_rung_size(left + sum(r.wall_time for r in results) / workers, step_s * s0, eta, workers)
+    n0 = first_rung_size(left + sum(r.wall_time for r in results) / workers, overhead + step_s * s0, eta, workers)
     entrants = list(results)
     _rung_started(run.progress, search, 0, max(n0, len(first)), s0, deadline)
-    while len(entrants) < n0 and time.perf_counter() + step_s * s0 < deadline - search.reserve_seconds():
+    while len(entrants) < n0 and time.perf_counter() + overhead + step_s * s0 < deadline - search.reserve_seconds():
         wave = search.mutated(min(workers, n0 - len(entrants)), 0)
         entrants += run(wave, s0, 1)
-    rates = {p.id: float(p.metrics.get("wall_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
-             for p in search.population}              #: each trained path's own wall seconds per step
+    rates = {p.id: float(p.metrics.get("train_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
+             for p in search.population}              #: each trained path's own seconds per training step
     rung_paths = search.ranked([p for p in search.population if p.metrics.get("generation") == 0])
     for k in range(1, 64):
         keep = math.ceil(len(rung_paths) / eta) if len(rung_paths) > 1 else len(rung_paths)
         left = deadline - time.perf_counter() - search.reserve_seconds()
         rate = max([rates.get(p.id, 0.0) for p in rung_paths[:keep]] + [0.0]) or step_s
-        rung = next_rung(k, keep, s0, eta, step_seconds=rate, seconds_left=left, workers=workers)
+        rung = next_rung(k, keep, s0, eta, step_seconds=rate, seconds_left=left, workers=workers, overhead=overhead)
         if rung is None or not rung_paths:
             break
         if rung.candidates == 1:         # the last rung: the time that is left, up to eta times its steps
-            rung = dataclasses.replace(rung, steps=max(rung.steps, min(eta * rung.steps, int(left / rate))))
+            fits = int((left - overhead) / rate)
+            rung = dataclasses.replace(rung, steps=max(rung.steps, min(eta * rung.steps, fits)))
         survivors = rung_paths[:rung.candidates]
         _rung_started(run.progress, search, k, len(survivors), rung.steps, deadline)
         children = search.continuations(survivors, k)
         results = run(children, rung.steps, min(settings.validations, rung.steps))
         for c, r in zip(children, results):
-            rates[c.plan.path.id] = r.wall_time / max(1, r.steps)
+            rates[c.plan.path.id] = r.train_time / max(1, r.steps)
         rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
                                     else c.parent for c, r in zip(children, results)])
         if len(survivors) == 1:
@@ -234,14 +245,6 @@ def commit_event(store: Store, entry: TaskReport, step: int) -> CommitEvent:
                        entry.val_accuracy, entry.test_accuracy, entry.accounted_params, entry.mutations,
                        entry.candidates, entry.improved, sum(c.num_params for c in snap.components.values()),
                        len(snap.retained) - 1, entry.wall_time)
-
-
-def sharing_tasks(retained: dict[str, PathRecord], components: set[str], task: str) -> set[str]:
-    """Tasks other than `task` whose retained path uses one of `components` (root components left
-    out: they are never written or dropped)."""
-    own = {c for c in components if not c.startswith("root-")}
-    return {t for t, p in retained.items()
-            if t not in (task, ROOT_TASK) and own & set(p.components.values())}
 
 
 def pin_blobs(store: Store, run_id: str, jobs: list[CandidateJob]) -> list[CandidateJob]:

@@ -19,6 +19,10 @@ from mupath.runtime.jobs import CandidateResult
 
 #: fraction of the budget kept free for what no rung measures (scheduling, logging, the CLI's tables)
 SLACK = 0.05
+#: the first wave's recipes stop once the task iteration has spent this share of its budget (a short budget
+#: runs the best-ranked recipes and leaves the rest of its time to the survivors, as Hyperband's rung 0
+#: costs about 1/K of its bracket)
+FIRST_WAVE_SHARE = 1 / 3
 #: the first rung never has fewer candidates than this (the recipes plus some mutated children)
 MIN_FIRST_RUNG = 4
 #: nor more than this (beyond it a task iteration on a fast machine is better spent on longer rungs)
@@ -56,10 +60,17 @@ def rung_counts(n0: int, eta: int) -> list[int]:
 
 
 def per_step_seconds(results: Sequence[CandidateResult]) -> float:
-    """Median wall seconds per training step of the candidates that trained (build, cache fill and
-    validation included: what a candidate of the next rung pays per step, at worst)."""
-    rates = [r.wall_time / r.steps for r in results if r.steps > 0 and r.wall_time > 0]
+    """Median seconds per training step of the candidates that trained (the steps alone: what a longer
+    candidate pays per extra step)."""
+    rates = [r.train_time / r.steps for r in results if r.steps > 0 and r.train_time > 0]
     return statistics.median(rates) if rates else 0.0
+
+
+def candidate_overhead(results: Sequence[CandidateResult]) -> float:
+    """Median seconds a candidate spends besides its training steps (build, cache fill, validations,
+    snapshot): what every candidate of a rung pays once, however long it trains."""
+    rest = [max(0.0, r.wall_time - r.train_time) for r in results if r.steps > 0]
+    return statistics.median(rest) if rest else 0.0
 
 
 def first_rung_size(seconds_left: float, candidate_seconds: float, eta: int, workers: int) -> int:
@@ -77,15 +88,16 @@ def first_rung_size(seconds_left: float, candidate_seconds: float, eta: int, wor
 
 
 def next_rung(index: int, survivors: int, base_steps: int, eta: int, *, step_seconds: float,
-              seconds_left: float, workers: int) -> Rung | None:
-    """Rung `index` for up to `survivors` candidates: eta^index * base_steps steps each, cut to the
-    survivors that fit `seconds_left` (None when not even one does at a tenth of those steps)."""
+              seconds_left: float, workers: int, overhead: float = 0.0) -> Rung | None:
+    """Rung `index` for up to `survivors` candidates: eta^index * base_steps steps each (plus `overhead`
+    seconds per candidate), cut to the survivors that fit `seconds_left` (None when not even one does
+    at a tenth of those steps)."""
     steps = base_steps * eta ** index
     for n in range(survivors, 0, -1):
-        seconds = math.ceil(n / workers) * steps * step_seconds
+        seconds = math.ceil(n / workers) * (steps * step_seconds + overhead)
         if seconds <= seconds_left:
             return Rung(index, n, steps, seconds)
-    fitting = int(seconds_left / step_seconds) if step_seconds > 0 else 0
+    fitting = int((seconds_left - overhead) / step_seconds) if step_seconds > 0 else 0
     if fitting >= max(1, steps // 10):
-        return Rung(index, 1, fitting, fitting * step_seconds)
+        return Rung(index, 1, fitting, fitting * step_seconds + overhead)
     return None

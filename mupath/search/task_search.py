@@ -58,6 +58,12 @@ class SearchLog:
     probe: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+#: the recipes of a task's first rung, best first ("" = a new head on the parent as it is): on the built-in
+#: stream at 60 s per task, deltas or adapters ranked first on every task, a new head and scale-and-shift
+#: last (runs/probe of issue 32), and a short budget runs only the first few
+RECIPE_ORDER = ("lora", "adapter", "", "ssf")
+
+
 class TaskSearch:
     """One task iteration's search over `store` (see the module docstring)."""
 
@@ -93,7 +99,7 @@ class TaskSearch:
         self.scratch = store.scratch_dir(run_id)
         self.planned = 0
         self.scratch_files: dict[str, str] = {}        #: path id -> its candidate's scratch file
-        self._reserve: float | None = None
+        self._forward_s: float | None = None
         self.ds_hp: dict[str, Any] | None = None      #: a halving iteration's data hyperparameters
 
     @property
@@ -137,17 +143,19 @@ class TaskSearch:
     # ---- successive halving (a time budget) -----------------------------------------------------
     def recipes(self) -> list[Child]:
         """The family's known-good starting points, children of the best-ranked other path (the probe's
-        first when `seed_order` is probe): a new head on it as it is, and low-rank deltas,
-        scale-and-shift and adapters before every block. Only for a task's first visit (a revisit
-        starts from its own path) and only kinds whose insertion a setting has not switched off."""
+        first when `seed_order` is probe), in the order a short budget should try them (measured on the
+        built-in stream, docs/benchmarks.md "quality-wallclock"): low-rank deltas and adapters before every
+        block, a new head on the parent as it is, scale-and-shift before every block. Only for a task's
+        first visit (a revisit starts from its own path) and only kinds whose insertion a setting has not
+        switched off."""
         if self.task in self.retained or not self.parent_pool:
             return []
         parent = self.parent_pool[0]
-        inserts: list[dict[str, list[int]]] = [{}]
-        for kind in ("lora", "ssf", "adapter"):
-            blocks = self._allowed(kind)
-            if blocks:
-                inserts.append({kind: blocks})
+        inserts: list[dict[str, list[int]]] = []
+        for kind in RECIPE_ORDER:
+            blocks = self._allowed(kind) if kind else []
+            if blocks or not kind:
+                inserts.append({kind: blocks} if kind else {})
         return [self._child(parent, 0, mutate=False, insert=i) for i in inserts]
 
     def _allowed(self, kind: str) -> list[int]:
@@ -220,16 +228,30 @@ class TaskSearch:
         return accounted_params(frozen, self.task, self.users, self.sizes) + owned
 
     def reserve_seconds(self) -> float:
-        """Seconds to keep for the commit and the no-forgetting check: this task's test images and every
-        other committed task's, at the root's measured forward cost per image (a path costs about what
-        the root does), on every core, with a margin."""
-        if self._reserve is None:        # measured once: the tasks a commit re-checks do not change meanwhile
-            forward_s = _forward_seconds(self.store, int(self.space.defaults["ds_image_size"]))
-            records = [self.store.task_record(t) for t in self.retained if t not in (ROOT_TASK, self.task)]
-            others = sum(r.sizes.get("test", 0) for r in records) if self.settings.check_immutability else 0
-            images = self.record.sizes.get("test", 0) + others
-            self._reserve = 1.5 * forward_s * images / cores() + 2.0
-        return self._reserve
+        """Seconds to keep for the commit and the no-forgetting check: this task's test images and those
+        of the tasks the check re-runs (every other committed task, or with a shared check those sharing
+        a component with the best path so far), at the root's measured forward cost per image (a path
+        costs about what the root does), on every core, with a margin."""
+        if self._forward_s is None:      # measured once per task iteration
+            self._forward_s = _forward_seconds(self.store, int(self.space.defaults["ds_image_size"]))
+        best = self.best()
+        checked = self.checked_tasks(best) if best is not None else self._others()
+        if self.settings.shared_check and best is None:
+            checked = set()
+        records = [self.store.task_record(t) for t in checked] if self.settings.check_immutability else []
+        images = self.record.sizes.get("test", 0) + sum(r.sizes.get("test", 0) for r in records)
+        return 1.5 * self._forward_s * images / cores() + 2.0
+
+    def _others(self) -> set[str]:
+        return {t for t in self.retained if t not in (ROOT_TASK, self.task)}
+
+    def checked_tasks(self, best: PathRecord) -> set[str]:
+        """The tasks the no-forgetting check re-runs after committing `best`: every other task, or
+        with a shared check (`EvolveSettings.shared_check`) those whose path uses a component the
+        commit adds or drops."""
+        if not self.settings.shared_check:
+            return self._others()
+        return sharing_tasks(self.retained, self.touched(best), self.task)
 
     def job(self, child: Child, steps: int | None = None, validations: int | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
@@ -467,3 +489,11 @@ class LookupTables:
     paths: dict[str, PathRecord]
     scores: dict[str, float]
     scratch: Any
+
+
+def sharing_tasks(retained: dict[str, PathRecord], components: set[str], task: str) -> set[str]:
+    """Tasks other than `task` whose retained path uses one of `components` (root components left
+    out: they are never written or dropped)."""
+    own = {c for c in components if not c.startswith("root-")}
+    return {t for t, p in retained.items()
+            if t not in (task, ROOT_TASK) and own & set(p.components.values())}

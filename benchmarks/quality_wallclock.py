@@ -1,0 +1,232 @@
+"""The method's claim at equal wall-clock on the built-in stream (issue 32, item 5):
+`benchmarks/quality.py --root efficientnet` (add `--equal-images` for the earlier view, section
+"quality-efficientnet").
+
+- evolved: a new store from the default root (the ImageNet-pretrained EfficientNet-Lite0 at 64 px) with
+  the stream fashion_mnist, mnist, digits, lfw_faces, one `evolve(time_budget=BUDGET)` over them with
+  every other setting at its default (the search a user gets from `mupath evolve --time-budget`); W(task)
+  = that task iteration's wall time (candidates, commit and no-forgetting check).
+- baselines (`benchmarks/timed.py`): finetune-all, lora:8 (peft) and adapters:32, one model per task,
+  each given W(task) seconds of the same seed, on the same 2 cores, from model build to test accuracy.
+- learning rates: each baseline's is chosen per task on validation from GRID, on seed 0; seeds 1 and 2
+  train at the chosen rate. The grid's extra cost (the other rates' seconds) is reported beside it. Test
+  accuracy is never looked at to choose.
+- three seeds: means with [min-max].
+
+Resumes: every (method, lr, task, seed) is kept in OUT/results.json when it finishes; the evolved store
+resumes through `evolve`'s own resume. Section "quality-wallclock" of docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.quality import TASKS, Mode, fmt_k, load_tasks, log
+from benchmarks.report import environment, table, write_section
+from benchmarks.timed import timed_baseline
+from mupath import System
+from mupath.store.records import ROOT_TASK
+from mupath.system import MANIFEST
+
+GRID = {"finetune-all": [1e-3, 3e-3], "lora:8": [1e-3, 3e-3, 1e-2], "adapters:32": [1e-3, 3e-3]}
+BUDGET = 75.0            #: evolve's time budget per task iteration, seconds
+TARGET_PARAMS = 0.3      #: evolved parameters per task at most this fraction of finetune-all's
+MODE = Mode("wallclock", {}, [], {}, {})          # the stream at full size
+
+
+class Results:
+    """OUT/results.json, rewritten atomically after every run: what a cut-short benchmark keeps."""
+
+    def __init__(self, out: Path, config: dict[str, Any]) -> None:
+        self.path = out / "results.json"
+        self.data: dict[str, Any] = {"config": config, "runs": {}}
+        if self.path.exists():
+            old = json.loads(self.path.read_text())
+            if old.get("config") != config:
+                raise SystemExit(f"{self.path} holds a run with other settings; pass another --out")
+            self.data = old
+
+    def get(self, key: str) -> Any:
+        return self.data["runs"].get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data["runs"][key] = value
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def run_evolved(out: Path, seed: int, budget: float) -> dict[str, Any]:
+    folder = out / f"seed{seed}" / "evolved"
+    system = System.open(folder) if (folder / MANIFEST).exists() else System.create(folder)
+    tasks = load_tasks(MODE)
+    for task in tasks.values():
+        if task.name not in system.tasks:
+            system.add_task(task)
+    report = system.evolve(TASKS, time_budget=budget, seed=seed, log=False)
+    status = {s.task: s for s in system.status()}
+    comps = system.manifest.components()
+    rows = {}
+    for entry in report.tasks:
+        path = system.manifest.retained()[entry.task]
+        rows[entry.task] = {
+            "wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
+            "accounted": status[entry.task].accounted_params, "candidates": entry.candidates,
+            "parent_task": entry.parent_task,
+            "reused": sorted({comps[c].task for c in path.components.values()} - {entry.task, ROOT_TASK})}
+    checked = system.check_immutability()
+    result = {"tasks": rows, "forgetting": 0.0 if sorted(checked) == sorted(TASKS) else None,
+              "root_params": system.root_params, "store": str(folder)}
+    system.close()
+    return result
+
+
+def chosen_lr(results: Results, method: str, task: str) -> float:
+    """The grid's learning rate with the best validation accuracy on seed 0 (ties: the smaller)."""
+    runs = [results.get(f"{method}@{lr:g}/{task}/seed0") for lr in GRID[method]]
+    return float(max(runs, key=lambda r: (r["val"], -r["lr"]))["lr"])
+
+
+def run_seed(results: Results, out: Path, seed: int, budget: float) -> None:
+    from mupath.store.store import Store
+    key = f"evolved/seed{seed}"
+    if results.get(key) is None:
+        log(f"seed {seed}: evolve, {budget:g} s per task")
+        results.put(key, run_evolved(out, seed, budget))
+    evolved = results.get(key)
+    store = Store.open(Path(evolved["store"]), read_only=True)
+    for method, grid in GRID.items():
+        for task in TASKS:
+            rates = grid if seed == 0 else [chosen_lr(results, method, task)]
+            for lr in rates:
+                run_key = f"{method}@{lr:g}/{task}/seed{seed}"
+                if results.get(run_key) is None:
+                    seconds = float(evolved["tasks"][task]["wall"])
+                    results.put(run_key, timed_baseline(store, task, method, lr, seconds, seed))
+                    r = results.get(run_key)
+                    log(f"  {run_key}: val {r['val']:.4f} test {r['test']:.4f} in {r['wall']:.0f} s "
+                        f"(W {seconds:.0f} s, {r['steps']} steps)")
+
+
+# ---- the report ---------------------------------------------------------------------------------
+def spread(values: list[float], fmt: str = ".4f") -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} [{format(min(values), fmt)}–{format(max(values), fmt)}]"
+
+
+def method_rows(results: Results, seeds: list[int]) -> tuple[dict[str, dict[str, list[float]]], float]:
+    """Per method: per seed, the mean over tasks of test accuracy, parameters per task, wall seconds;
+    and the grid's extra seconds (seed 0)."""
+    out: dict[str, dict[str, list[float]]] = {"evolved": {"acc": [], "params": [], "wall": []}}
+    for seed in seeds:
+        ev = results.get(f"evolved/seed{seed}")
+        out["evolved"]["acc"].append(statistics.mean(ev["tasks"][t]["test"] for t in TASKS))
+        out["evolved"]["params"].append(statistics.mean(ev["tasks"][t]["accounted"] for t in TASKS))
+        out["evolved"]["wall"].append(sum(ev["tasks"][t]["wall"] for t in TASKS))
+    root = float(results.get("evolved/seed0")["root_params"])
+    for method in GRID:
+        acc, params, wall = [], [], []
+        for seed in seeds:
+            runs = [results.get(f"{method}@{chosen_lr(results, method, t):g}/{t}/seed{seed}") for t in TASKS]
+            acc.append(statistics.mean(r["test"] for r in runs))
+            # µ2Net accounting: the frozen root shared by the 4 tasks costs |root| / 4 to each (finetune-all
+            # owns a whole copy instead)
+            shared = 0.0 if method == "finetune-all" else root / len(TASKS)
+            params.append(statistics.mean(r["trainable"] + shared for r in runs))
+            wall.append(sum(r["wall"] for r in runs))
+        out[method] = {"acc": acc, "params": params, "wall": wall}
+    return out, root
+
+
+def grid_rows(results: Results) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for method, grid in GRID.items():
+        for task in TASKS:
+            runs = [results.get(f"{method}@{lr:g}/{task}/seed0") for lr in grid]
+            best = chosen_lr(results, method, task)
+            extra = sum(r["wall"] for r in runs if r["lr"] != best)
+            rows.append([method, task, ", ".join(f"{r['lr']:g}: {r['val']:.4f}" for r in runs), f"{best:g}",
+                         f"+{extra:.0f}"])
+    return rows
+
+
+def write_report(results: Results, seeds: list[int], budget: float) -> Path:
+    summary, _ = method_rows(results, seeds)
+    ft = statistics.mean(summary["finetune-all"]["params"])
+    rows = [[m, spread(v["acc"]), fmt_k(statistics.mean(v["params"])), f"{statistics.mean(v['params']) / ft:.2f}",
+             spread(v["wall"], ".0f")] for m, v in summary.items()]
+    per_task: list[list[object]] = []
+    for task in TASKS:
+        evs = [results.get(f"evolved/seed{s}")["tasks"][task] for s in seeds]
+        per_task.append([task, "evolved", spread([e["test"] for e in evs]), spread([e["wall"] for e in evs], ".0f"),
+                         ", ".join(sorted({t for e in evs for t in e["reused"]})) or "-"])
+        for method in GRID:
+            lr = chosen_lr(results, method, task)
+            rs = [results.get(f"{method}@{lr:g}/{task}/seed{s}") for s in seeds]
+            per_task.append([task, f"{method} (lr {lr:g})", spread([r["test"] for r in rs]),
+                             spread([r["wall"] for r in rs], ".0f"), "-"])
+    ev = statistics.mean(summary["evolved"]["acc"])
+    peft = max(("lora:8", "adapters:32"), key=lambda m: statistics.mean(summary[m]["acc"]))
+    forgetting = [results.get(f"evolved/seed{s}")["forgetting"] for s in seeds]
+    yes = {True: "yes", False: "**no**"}
+    ev_params = statistics.mean(summary["evolved"]["params"])
+    targets = [
+        ["mean test accuracy ≥ finetune-all's", f"{ev:.4f}", f"{statistics.mean(summary['finetune-all']['acc']):.4f}",
+         f"{ev - statistics.mean(summary['finetune-all']['acc']):+.4f}",
+         yes[ev >= statistics.mean(summary["finetune-all"]["acc"])]],
+        [f"mean test accuracy ≥ the best PEFT's ({peft})", f"{ev:.4f}", f"{statistics.mean(summary[peft]['acc']):.4f}",
+         f"{ev - statistics.mean(summary[peft]['acc']):+.4f}", yes[ev >= statistics.mean(summary[peft]["acc"])]],
+        [f"parameters per task ≤ {TARGET_PARAMS:g}× finetune-all's", fmt_k(ev_params), fmt_k(ft),
+         f"{ev_params / ft:.2f}×", yes[ev_params <= TARGET_PARAMS * ft]],
+        ["forgetting exactly 0 (check_immutability, every seed)", str(forgetting), "-", "-",
+         yes[all(f == 0.0 for f in forgetting)]]]
+    sizes = results.data.get("task_sizes", {})
+    body = "\n\n".join([
+        "## Equal wall-clock on the built-in stream (EfficientNet-Lite0)\n\n" + results.data.get("environment", "")
+        + f"- seeds: {', '.join(map(str, seeds))}; evolve's time budget {budget:g} s per task; wall time of the "
+        f"whole benchmark (all invocations): {results.data.get('wall_time', 0):.0f} s\n"
+        "- task stream (train/val/test images): " + ", ".join(
+            f"{t} {sizes[t]['train']}/{sizes[t]['validation']}/{sizes[t]['test']}" for t in TASKS if t in sizes) + "\n"
+        "- evolved: `evolve(time_budget=...)` with every other setting at its default (successive halving; the "
+        "first rung holds the family's recipes); W(task) = the task iteration's wall time, commit and "
+        "no-forgetting check included\n"
+        "- baselines: one model per task given W(task) seconds on the same 2 cores (build, calibration, "
+        "training, validations every 100 steps keeping the best snapshot, and test, all inside W); learning "
+        "rate chosen per task on seed 0's validation accuracy from the grid below, then used for every seed\n"
+        "- parameters per task: µ2Net accounting (the frozen root shared by the 4 tasks costs |root|/4 to each; "
+        "finetune-all owns a whole copy)",
+        "### Targets (means over the seeds)\n\n" + table(["condition", "evolved", "reference", "difference", "holds"],
+                                                        targets),
+        "### Per method (mean over the 4 tasks; seeds: mean [min–max])\n\n"
+        + table(["method", "avg test acc", "params / task", "÷ finetune-all", "wall s per seed"], rows),
+        "### Per task\n\n" + table(["task", "method", "test acc", "wall s", "evolved reuses (tasks)"], per_task),
+        "### Learning-rate grid (seed 0, validation accuracy; the extra cost is the other rates' seconds)\n\n"
+        + table(["method", "task", "lr: val acc", "chosen", "grid extra s"], grid_rows(results)),
+    ])
+    return write_section("benchmarks.md", "quality-wallclock", body)
+
+
+def main(args: argparse.Namespace) -> None:
+    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    if 0 not in seeds:
+        raise SystemExit("seed 0 chooses the learning rates: include it in --seeds")
+    out = (args.out or Path("runs") / "bench-quality-wallclock").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    budget = float(args.budget or BUDGET)
+    results = Results(out, {"budget": budget, "grid": GRID})
+    if not args.report_only:
+        t0, spent = time.perf_counter(), float(results.data.get("wall_time", 0.0))
+        results.data["environment"] = environment()
+        results.data["task_sizes"] = {t: {"train": len(k.train), "validation": len(k.validation),
+                                          "test": len(k.test)} for t, k in load_tasks(MODE).items()}
+        for seed in sorted(seeds):
+            run_seed(results, out, seed, budget)
+            results.data["wall_time"] = spent + time.perf_counter() - t0
+            results.put("_progress", {"seeds_done": seed})
+    log(f"report: {write_report(results, seeds, budget)}")
