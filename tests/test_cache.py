@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from mupath.model import PathModel, RootSpec, root_modules
-from mupath.train.cache import ActivationCache, frozen_prefix
+from mupath.train.cache import ActivationCache, fill_pays, frozen_prefix
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import to_model_input
 
@@ -169,3 +169,22 @@ def test_a_floor_filled_elsewhere_is_bit_identical_and_used():
     assert torch.equal(pre.train, tokens)
     gone = ActivationCache(1 << 30).prefix(model, deep[:3 + 2], "t", 16, x, val, floor=2, preload=lambda: None)
     assert torch.equal(gone.train, own.train)                       # a missing file: filled here
+
+
+def test_a_fill_is_made_only_when_it_pays_and_an_entry_there_is_always_used():
+    """fill_pays: a 33-step first-rung candidate (2,112 images) on a 54,000-image task does not fill; the
+    same task read over 200 validations' worth, or a small task, does. `fill=False` never computes an
+    entry but still serves one that another candidate left."""
+    assert not fill_pays(54_000, 1_000, draws=33 * 64, validations=1)
+    assert fill_pays(3_600, 400, draws=33 * 64, validations=1)
+    assert fill_pays(54_000, 1_000, draws=500 * 64, validations=5)
+    model, owned, ids = _model(["block_3", "norm", "head"])
+    x, _ = _data()
+    val = to_model_input(x[:50], 16)
+    cache = ActivationCache(1 << 30)
+    prefix = ("id-patch_embed", "id-cls_token", "id-pos_embed", "id-block_0", "id-block_1")
+    assert cache.prefix(model, prefix, "t", 16, x, val, fill=False) is None
+    assert not cache.entries and cache.misses == 0
+    made = cache.prefix(model, prefix, "t", 16, x, val)
+    again = cache.prefix(model, prefix, "t", 16, x, val, fill=False)
+    assert again is not None and again.train is made.train and cache.hits == 1

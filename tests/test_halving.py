@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from mupath import System
 from mupath.cli.main import app
 from mupath.errors import ConfigError, MupathError
+from mupath.runtime.jobs import CandidateResult
 from mupath.search import halving
 from mupath.search.halving import first_rung_size, next_rung, rung_counts
 from mupath.search.settings import EvolveSettings, parse_duration
@@ -39,6 +40,21 @@ def test_a_rung_is_cut_to_what_fits():
     short = next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=5.0, workers=1)  # 90 steps do not fit: 50 do
     assert short is not None and (short.candidates, short.steps) == (1, 50)
     assert next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=0.5, workers=1) is None  # not even a tenth
+
+
+def test_a_rung_pays_each_candidates_fixed_cost_once():
+    """A candidate's build, fill and validations (`overhead`) are paid once per candidate, not per step:
+    with 2 s of them, 3 survivors of 30 steps at 0.1 s fit in 15 s, 2 in 10 s; the last rung's steps
+    are what is left after the overhead."""
+    assert next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=15.0, workers=1, overhead=2.0).candidates == 3
+    assert next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=10.0, workers=1, overhead=2.0).candidates == 2
+    short = next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=7.0, workers=1, overhead=2.0)
+    assert short is not None and short.steps == 50
+    results = [CandidateResult("a", steps=10, train_time=1.0, wall_time=3.0),
+               CandidateResult("b", steps=20, train_time=4.0, wall_time=5.0),
+               CandidateResult("c", steps=0, wall_time=9.0)]                      # failed: not counted
+    assert halving.per_step_seconds(results) == pytest.approx(0.15)
+    assert halving.candidate_overhead(results) == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90", 90.0), ("90s", 90.0), ("10m", 600.0),
@@ -194,3 +210,29 @@ def test_recipes_keep_a_pinned_bottom_frozen(tmp_path, digits_small):
     added = [{k: v for k, v in r.plan.mutations.items() if k.endswith("_added")} for r in recipes]
     assert added == [{"loras_added": [1]}, {}]     # no ssf recipe: block 0 frozen, block 1 pinned
     assert "lora_0" not in recipes[0].plan.path.components and "lora_1" in recipes[0].plan.path.components
+
+
+def test_a_budgeted_iteration_checks_only_the_tasks_sharing_what_it_touched():
+    """check_scope 'auto' (the default) is 'shared' under a time budget and 'all' without one; an explicit
+    scope wins."""
+    assert EvolveSettings(time_budget=60).shared_check
+    assert not EvolveSettings().shared_check
+    assert not EvolveSettings(time_budget=60, check_scope="all").shared_check
+    assert EvolveSettings(check_scope="shared").shared_check
+
+
+def test_the_reserve_counts_the_test_images_the_check_will_run(halved):
+    """The commit's reserve: this task's test images, plus, with a shared check, only the tasks sharing a
+    component with the best path so far; with check_scope 'all' every other task's."""
+    from mupath.search.task_search import TaskSearch
+    shared = TaskSearch(halved.store, "parity", 1, EvolveSettings(**SETTINGS), "r")
+    everyone = TaskSearch(halved.store, "parity", 1, EvolveSettings(**dict(SETTINGS, check_scope="all")), "r")
+    shared._forward_s = everyone._forward_s = 0.01              # the measured cost, fixed for the test
+    own = halved.store.task_record("parity").sizes["test"]
+    others = halved.store.task_record("digits").sizes["test"]
+    best = shared.best()
+    sharing = shared.checked_tasks(best) if best is not None else set()
+    expected = own + (others if "digits" in sharing else 0)
+    from mupath.train.evaluate import cores
+    assert shared.reserve_seconds() == pytest.approx(1.5 * 0.01 * expected / cores() + 2.0)
+    assert everyone.reserve_seconds() == pytest.approx(1.5 * 0.01 * (own + others) / cores() + 2.0)

@@ -110,7 +110,7 @@ def test_a_gpu_or_ray_setting_is_built_without_probing_the_machine(monkeypatch):
     (dict(candidates=0), "candidates must be a positive integer"),
     (dict(workers=True), "workers must be a positive integer"),
     (dict(scale_factor=1.5), "scale_factor must be in (0, 1]"),
-    (dict(check_scope="some"), "check_scope must be all or shared"),
+    (dict(check_scope="some"), "check_scope must be auto, all or shared"),
     (dict(clone_root="never"), "clone_root must be"),
     (dict(seed_order="random"), "seed_order must be"),
     (dict(executor="dask"), "executor must be"),
