@@ -117,8 +117,11 @@ def test_the_first_rung_starts_with_the_recipes(halved):
     assert len(first) == 6
     recipes = [t.mutations for t in first[:4]]                 # in RECIPE_ORDER: the best-ranked kinds first
     assert recipes[0]["loras_added"] == [0, 1] and recipes[1]["adapters_added"] == [0, 1]
-    assert recipes[2] == {} or set(recipes[2]) <= {"cloned"}               # a new head on the parent as it is
+    assert set(recipes[2]) <= {"cloned", "opt_lr"}                         # a new head on the parent as it is
     assert recipes[3]["ssfs_added"] == [0, 1]
+    from mupath.search.task_search import RECIPE_LR               # each at its own learning rate
+    assert [r["opt_lr"][1] for r in recipes] == [RECIPE_LR[k] for k in ("lora", "adapter", "", "ssf")]
+    assert all(not t.data for t in first[:4])                     # no augmentation: the parent's data hparams
 
 
 def test_survivors_train_on_from_their_own_weights(halved):

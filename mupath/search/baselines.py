@@ -58,7 +58,7 @@ from mupath.search.space import search_space
 from mupath.search.task_search import LookupTables, admit, candidate_job, run_cache_floor
 from mupath.store.records import ROOT_TASK, PathRecord
 from mupath.store.store import CHECK_THREADS, CommitRequest, Store
-from mupath.train.evaluate import accuracy_of, fixed_threads, logits_of
+from mupath.train.evaluate import accuracy_of, cores, fixed_threads, logits_of
 from mupath.train.loop import TrainConfig, TrainOutcome, train_path
 from mupath.train.pipeline import to_model_input
 
@@ -430,7 +430,7 @@ def _test_accuracy(store: Store, modules: dict[str, torch.nn.Module], task: str,
     """Test accuracy of a model of `modules` on `task`, computed as every committed task's is."""
     data = store.task_data(task)
     with fixed_threads(CHECK_THREADS):
-        logits = logits_of(PathModel(modules, store.family), data["test.x"], size)
+        logits = logits_of(PathModel(modules, store.family), data["test.x"], size, parallel=cores())
     return accuracy_of(logits, data["test.y"])
 
 

@@ -125,17 +125,23 @@ class Lineage:
 
 def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[str, Any],
                space: SearchSpace, lineage: Lineage, *, rng: random.Random, mutate_adapters: bool,
-               mutate: bool = True, insert: Mapping[str, Sequence[int]] | None = None) -> ChildPlan:
+               mutate: bool = True, insert: Mapping[str, Sequence[int]] | None = None,
+               set_hparams: Mapping[str, Any] | None = None) -> ChildPlan:
     """A mutated child of `parent` for `task` (see module docstring). `mutate=False` gives the
     unmutated child (`head_first`): the parent's model hyperparameters and body, sharing every frozen
     component it may share, with only what must be new (a head for another task's parent, the
     family's always-cloned slots, a random-init root's components). `insert`: module kinds (adapter,
-    ssf, lora) put before these blocks as well: the family's known-good recipes."""
+    ssf, lora) put before these blocks as well: the family's known-good recipes, with `set_hparams`
+    (a recipe's learning rate) set on the child."""
     base = {k: v for k, v in space.defaults.items()}
     base.update(parent.hparams)
     base.update(ds_hp)
     base["num_classes"] = num_classes
     hp, changed = mutate_hparams(base, space, rng) if mutate else (copy.deepcopy(base), {})
+    for key, value in (set_hparams or {}).items():
+        if hp.get(key) != value:
+            changed[key] = [hp.get(key), value]
+            hp[key] = value
     mu = float(hp["_mu_"])     # the child's µ (moved first) decides its adapters and clones
     num_layers = int(hp["num_layers"])
     adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)

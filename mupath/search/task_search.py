@@ -62,6 +62,10 @@ class SearchLog:
 #: stream at 60 s per task, deltas or adapters ranked first on every task, a new head and scale-and-shift
 #: last (runs/probe of issue 32), and a short budget runs only the first few
 RECIPE_ORDER = ("lora", "adapter", "", "ssf")
+#: each recipe's learning rate: a few parameters on a frozen network want a larger step than the whole
+#: network's 1e-3 (peft's LoRA on a task mupath never saw: 0.652 at 3e-3, 0.876 at 1e-2, same 102 s; the
+#: font-digits run of docs/benchmarks.md "wallclock" chose 1e-2 for LoRA on validation); mutations move it
+RECIPE_LR = {"lora": 1e-2, "adapter": 5e-3, "": 1e-2, "ssf": 1e-2}
 
 
 class TaskSearch:
@@ -145,18 +149,21 @@ class TaskSearch:
         """The family's known-good starting points, children of the best-ranked other path (the probe's
         first when `seed_order` is probe), in the order a short budget should try them (measured on the
         built-in stream, docs/benchmarks.md "quality-wallclock"): low-rank deltas and adapters before every
-        block, a new head on the parent as it is, scale-and-shift before every block. Only for a task's
-        first visit (a revisit starts from its own path) and only kinds whose insertion a setting has not
-        switched off."""
+        block, a new head on the parent as it is, scale-and-shift before every block; each at its own
+        learning rate (RECIPE_LR) and without augmentation (the space's default data hyperparameters,
+        so the activation cache can serve it). Only for a task's first visit (a revisit starts from its
+        own path) and only kinds whose insertion a setting has not switched off."""
         if self.task in self.retained or not self.parent_pool:
             return []
         parent = self.parent_pool[0]
-        inserts: list[dict[str, list[int]]] = []
+        data = {k: v for k, v in self.space.defaults.items() if k.startswith("ds_")}
+        out = []
         for kind in RECIPE_ORDER:
             blocks = self._allowed(kind) if kind else []
             if blocks or not kind:
-                inserts.append({kind: blocks} if kind else {})
-        return [self._child(parent, 0, mutate=False, insert=i) for i in inserts]
+                out.append(self._child(parent, 0, mutate=False, insert={kind: blocks} if kind else {},
+                                       data=data, set_hparams={"opt_lr": RECIPE_LR[kind]}))
+        return out
 
     def _allowed(self, kind: str) -> list[int]:
         """The blocks a recipe may put `kind` before: all but those whose insertion the user pinned to 0
@@ -191,15 +198,18 @@ class TaskSearch:
         return sorted(paths, key=lambda p: (-self.scores[p.id], -order[p.id]))
 
     def _child(self, parent: PathRecord, rung: int, *, mutate: bool = True,
-               insert: dict[str, list[int]] | None = None) -> Child:
+               insert: dict[str, list[int]] | None = None, data: dict[str, Any] | None = None,
+               set_hparams: dict[str, Any] | None = None) -> Child:
+        """A child of `parent`; `data`: its data hyperparameters (default: the task's sampled ones for
+        another task's parent, the parent's own for this task's), `set_hparams`: values set on it."""
         if self.ds_hp is None:
             best = self.best()
             self.ds_hp = sample_ds_hparams(best.hparams if best else None, self.space, self.rng)
-        ds_hp = self.ds_hp if parent.task != self.task else {k: v for k, v in parent.hparams.items()
-                                                                if k.startswith("ds_")}
+        ds_hp = data if data is not None else self.ds_hp if parent.task != self.task else {
+            k: v for k, v in parent.hparams.items() if k.startswith("ds_")}
         plan = self._within_cap(lambda: make_child(
             parent, self.task, self.record.num_classes, ds_hp, self.space, self.lineage, rng=self.rng,
-            mutate_adapters=self.settings.mutate_adapters, mutate=mutate, insert=insert))
+            mutate_adapters=self.settings.mutate_adapters, mutate=mutate, insert=insert, set_hparams=set_hparams))
         self.planned += 1
         return Child(plan, parent, rung, self.planned - 1, data_moves(parent.hparams, ds_hp, self.space.defaults))
 
