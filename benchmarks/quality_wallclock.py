@@ -3,9 +3,10 @@
 "quality-efficientnet").
 
 - evolved: a new store from the default root (the ImageNet-pretrained EfficientNet-Lite0 at 64 px) with
-  the stream fashion_mnist, mnist, digits, lfw_faces, one `evolve(time_budget=BUDGET)` over them with
-  every other setting at its default (the search a user gets from `mupath evolve --time-budget`); W(task)
-  = that task iteration's wall time (candidates, commit and no-forgetting check).
+  the stream fashion_mnist, mnist, digits, lfw_faces, one `evolve(time_budget=BUDGET, max_params=MAX_PARAMS)`
+  over them with every other setting at its default (the search a user gets from `mupath evolve
+  --time-budget 60 --max-params 0.05`); W(task) = that task iteration's wall time (candidates, commit and
+  no-forgetting check).
 - baselines (`benchmarks/timed.py`): finetune-all, lora:8 (peft) and adapters:32, one model per task,
   each given W(task) seconds of the same seed, on the same 2 cores, from model build to test accuracy.
 - learning rates: each baseline's is chosen per task on validation from GRID, on seed 0; seeds 1 and 2
@@ -38,6 +39,10 @@ GRID = {"finetune-all": [1e-3, 3e-3], "lora:8": [1e-3, 3e-3, 1e-2], "adapters:32
 PHASES = [["finetune-all", "lora:8"], ["adapters:32"]]
 BUDGET = 60.0            #: evolve's time budget per task iteration, seconds
 TARGET_PARAMS = 0.3      #: evolved parameters per task at most this fraction of finetune-all's
+#: the hard cap the evolved run is given (`--max-params`: what a task adds beyond its share of the root, a
+#: fraction of the root): 4 tasks share the root, so a task's accounted parameters stay under root / 4 +
+#: 0.05 x root = 0.30 x root, under TARGET_PARAMS x finetune-all's (which owns a root and a head)
+MAX_PARAMS = 0.05
 #: the stream at full size, but Fashion-MNIST's test set cut to 2,000 stratified images (as the quick runs do):
 #: its 10,000 cost 20-25 s of every method's 60 s at 64 px on 2 cores, which would make the comparison one of
 #: who trains best in the 35 s left; the other tasks' test sets are whole
@@ -73,7 +78,7 @@ def run_evolved(out: Path, seed: int, budget: float) -> dict[str, Any]:
     for task in tasks.values():
         if task.name not in system.tasks:
             system.add_task(task)
-    report = system.evolve(TASKS, time_budget=budget, seed=seed, log=False)
+    report = system.evolve(TASKS, time_budget=budget, max_params=MAX_PARAMS, seed=seed, log=False)
     status = {s.task: s for s in system.status()}
     comps = system.manifest.components()
     rows = {}
@@ -211,9 +216,10 @@ def write_report(results: Results, seeds: list[int], budget: float) -> Path:
         f"whole benchmark (all invocations): {results.data.get('wall_time', 0):.0f} s\n"
         "- task stream (train/val/test images): " + ", ".join(
             f"{t} {sizes[t]['train']}/{sizes[t]['validation']}/{sizes[t]['test']}" for t in TASKS if t in sizes) + "\n"
-        "- evolved: `evolve(time_budget=...)` with every other setting at its default (successive halving; the "
-        "first rung holds the family's recipes); W(task) = the task iteration's wall time, commit and "
-        "no-forgetting check included\n"
+        f"- evolved: `evolve(time_budget={budget:g}, max_params={MAX_PARAMS:g})` with every other setting at its "
+        "default (successive halving; the first rung holds the family's recipes; the cap keeps a task's accounted "
+        "parameters under root/4 + 5% of the root, 0.3x finetune-all's); W(task) = the task iteration's wall "
+        "time, commit and no-forgetting check included\n"
         "- baselines: one model per task given W(task) seconds on the same 2 cores (build, calibration, "
         "training, validations every 100 steps keeping the best snapshot, and test, all inside W); learning "
         "rate chosen per task on seed 0's validation accuracy from the grid below, then used for every seed\n"
@@ -238,7 +244,7 @@ def main(args: argparse.Namespace) -> None:
     out = (args.out or Path("runs") / "bench-quality-wallclock").resolve()
     out.mkdir(parents=True, exist_ok=True)
     budget = float(args.budget or BUDGET)
-    results = Results(out, {"budget": budget, "grid": GRID})
+    results = Results(out, {"budget": budget, "grid": GRID, "max_params": MAX_PARAMS})
     if not args.report_only:
         t0, spent = time.perf_counter(), float(results.data.get("wall_time", 0.0))
         results.data["environment"] = environment()

@@ -28,7 +28,9 @@ def test_first_rung_is_the_largest_whose_schedule_fits():
     assert first_rung_size(27.0, 1.0, 3, 1) == 9
     assert first_rung_size(26.9, 1.0, 3, 1) < 9
     assert first_rung_size(15.0, 1.0, 3, 3) == 9                    # three workers: 3 + 3 + 9 s
-    assert first_rung_size(0.0, 1.0, 3, 1) == halving.MIN_FIRST_RUNG
+    assert first_rung_size(5.0, 1.0, 3, 1) == 2                     # 2 + 1*3 s: two first-rung candidates
+    assert first_rung_size(0.0, 1.0, 3, 1) == 1                     # nothing fits: the first wave is rung 0
+    assert first_rung_size(10.0, 0.0, 3, 1) == halving.MIN_FIRST_RUNG    # nothing measured yet
     assert first_rung_size(1e9, 1.0, 3, 1) == halving.MAX_FIRST_RUNG
 
 
@@ -86,7 +88,7 @@ def test_bad_halving_settings(bad, match):
 
 # ---- a task iteration as rungs -----------------------------------------------------------------------
 SETTINGS = dict(TINY_SETTINGS, steps_per_validation=5, time_budget=120, clone_root="mutation")
-CAP = 0.6     #: of the tiny root's: a new head on digits' path fits, the recipes with a delta or adapter do not
+CAP = 0.1     #: of the tiny root's, beyond its share of it: a new head and scale-and-shift fit, deltas and adapters do not
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +147,16 @@ def test_no_candidate_under_the_cap_is_a_one_line_error(tmp_path, digits_small):
 
 
 def test_the_parameter_cap_holds(halved):
+    """The cap bounds what a task adds beyond its share of the root (every task shares the root)."""
+    from mupath.search.scoring import accounted_params, compute_users
     _, tried = _tried(halved, "parity")
     retained = halved.store.retained_path("parity")
-    assert retained.metrics["accounted_params"] <= CAP * halved.root_params
-    over = [t for t in tried if t.accounted_params > CAP * halved.root_params]
+    comps = halved.manifest.components()
+    users = compute_users(halved.manifest.retained())
+    roots = [c for c in retained.components.values() if c.startswith("root-")]
+    share = accounted_params(roots, "parity", users, {c: comps[c].num_params for c in roots})
+    assert retained.metrics["accounted_params"] - share <= CAP * halved.root_params
+    over = [t for t in tried if t.failure and "over the cap" in t.failure]
     assert over and all(not t.retained and not t.entered for t in over)          # the cap was tested
 
 

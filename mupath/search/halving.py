@@ -23,7 +23,7 @@ SLACK = 0.05
 #: runs the best-ranked recipes and leaves the rest of its time to the survivors, as Hyperband's rung 0
 #: costs about 1/K of its bracket)
 FIRST_WAVE_SHARE = 1 / 3
-#: the first rung never has fewer candidates than this (the recipes plus some mutated children)
+#: the first rung's size when nothing has been measured yet
 MIN_FIRST_RUNG = 4
 #: nor more than this (beyond it a task iteration on a fast machine is better spent on longer rungs)
 MAX_FIRST_RUNG = 64
@@ -75,11 +75,13 @@ def candidate_overhead(results: Sequence[CandidateResult]) -> float:
 
 def first_rung_size(seconds_left: float, candidate_seconds: float, eta: int, workers: int) -> int:
     """The largest n0 whose whole schedule (every rung at about n0 candidate-costs, `workers` at a
-    time) fits `seconds_left`; at least MIN_FIRST_RUNG, at most MAX_FIRST_RUNG."""
+    time) fits `seconds_left`, at most MAX_FIRST_RUNG; 1 when none does (the first wave then is the whole
+    rung 0, and its best takes the time that is left: a short budget is better spent training one
+    survivor longer than on more first-rung candidates that nothing can continue)."""
     if candidate_seconds <= 0:
         return MIN_FIRST_RUNG
-    best = MIN_FIRST_RUNG
-    for n0 in range(MIN_FIRST_RUNG, MAX_FIRST_RUNG + 1):
+    best = 1
+    for n0 in range(1, MAX_FIRST_RUNG + 1):
         cost = sum(math.ceil(n / workers) * candidate_seconds * eta ** k
                    for k, n in enumerate(rung_counts(n0, eta)))
         if cost <= seconds_left:

@@ -97,11 +97,14 @@ class EvolveSettings:
     halving_rate: int = setting(3, help="successive halving (with --time-budget): each rung keeps the best 1/N "
                                 "of its candidates and trains them N times longer")
     max_params: float | None = setting(
-        None, help="hard cap on a task's accounted parameters, as a fraction of the root's (0.3 = 30%); none = "
-        "only the score's soft penalty",
+        None, help="hard cap on the parameters a task adds beyond the root's (its accounted parameters less its "
+        "share of the root's components), as a fraction of the root's (0.05 = 5%); none = only the score's soft "
+        "penalty",
         details="A child over the cap is redrawn before it trains (up to 20 draws), and a trained candidate over "
-        "it never joins the population, so the committed path is always under it (the root path itself, a "
-        "new head on the frozen root, always fits any cap the head fits).")
+        "it never joins the population, so the committed path is always under it (a new head on the frozen "
+        "root fits any cap the head fits). The root's components are left out because every task shares them: "
+        "counted, the first task would pay the whole root, over any cap below 1. With n tasks sharing the root, "
+        "a task's accounted parameters are at most root / n + `max_params` x root.")
     check_immutability: bool = setting(True, flag="--check/--no-check",
                                        help="re-run other tasks after each commit and require bit-identical "
                                        "logits")
@@ -232,7 +235,7 @@ class EvolveSettings:
             raise ConfigError(f"halving_rate must be an integer >= 2, got {self.halving_rate!r}")
         if self.max_params is not None and (isinstance(self.max_params, bool) or not isinstance(
                 self.max_params, (int, float)) or not 0 < self.max_params):
-            raise ConfigError(f"max_params must be a fraction of the root's parameters > 0 (e.g. 0.3), "
+            raise ConfigError(f"max_params must be a fraction of the root's parameters > 0 (e.g. 0.05), "
                               f"got {self.max_params!r}")
 
     @property

@@ -224,10 +224,17 @@ class TaskSearch:
         return plan
 
     def fits(self, plan: ChildPlan) -> bool:
-        """Is the child's accounted size under the hard cap (always, without one)?"""
+        """Is the child's accounted size beyond the root's share under the hard cap (always, without one)?"""
         if self.settings.max_params is None:
             return True
-        return self.planned_params(plan) <= self.settings.max_params * self.store.root_params
+        return self.planned_params(plan) - self.root_share(plan) <= self.settings.max_params * self.store.root_params
+
+    def root_share(self, plan: ChildPlan) -> float:
+        """The accounted parameters of the root's components on the child's path (|c| / its users): what
+        the cap leaves out, since every task shares them (the first task would otherwise pay the whole
+        root, over any cap below 1)."""
+        roots = [s.id for s in plan.slots if not s.trainable and s.id.startswith("root-")]
+        return accounted_params(roots, self.task, self.users, self.sizes)
 
     def planned_params(self, plan: ChildPlan) -> float:
         """The child's accounted parameters before it trains: shared parts split among their users, its
@@ -286,9 +293,10 @@ class TaskSearch:
         """Log a candidate's result; one that beat its bar joins the population with its score, unless it
         is over the hard parameter cap (then it is logged as a failure saying so)."""
         cap = self.settings.max_params
-        if res.improved and cap is not None and res.accounted_params > cap * self.store.root_params:
-            res = res.replace(improved=False, failure=f"{res.accounted_params:.0f} accounted parameters, over the "
-                              f"cap of {cap:g} x the root's")
+        added = res.accounted_params - self.root_share(child.plan)
+        if res.improved and cap is not None and added > cap * self.store.root_params:
+            res = res.replace(improved=False, failure=f"{added:.0f} accounted parameters beyond the root's share, "
+                              f"over the cap of {cap:g} x the root's")
         self.log.tried.append(tried_entry(child.plan, res, child.generation, child.data))
         self.log.train_images += int(res.images)
         self.log.train_time += float(res.train_time)
