@@ -115,7 +115,7 @@ class EvolveSettings:
         "uses a non-root component of the committed task's new or replaced path, the only components a "
         "commit adds or drops (O(sharing) per commit, for long task streams; `mupath verify` still checks "
         "everything). `auto` is `shared` under a `time_budget`: re-running every other task's test set inside "
-        "a task's budget would charge the new task for the size of the old ones (a 10,000-image test set "
+        "a task's budget would charge the new task for the size of the earlier ones (a 10,000-image test set "
         "costs 12 s at 64 px on 2 cores), and `all` without one.")
     executor: str = setting(
         "auto", help="auto | inprocess | process | ray (pip install 'mupath[ray]')",
