@@ -1,18 +1,17 @@
 """The method's claim at equal wall-clock on a task outside the built-in set (issue 32, items 5-6, one
-seed): the evolved task against one fine-tuned model and one peft LoRA, each given the wall time the
-evolution spent on the task, at a learning rate chosen on validation from a small grid.
+seed): the evolved task against one fine-tuned model, one peft LoRA and one adapters model, each given
+the wall time the evolution spent on the task, at a learning rate chosen on validation from a small grid.
 
-    .venv/bin/python -m benchmarks.wallclock [--budget 180] [--images 3000] [--seed 0]
+    .venv/bin/python -m benchmarks.wallclock [--budget 90] [--images 3000] [--seed 0]
 
 - evolved: a new store from the default root (the pretrained EfficientNet-Lite0 at 64 px) with the
-  font-digits task of benchmarks/defaults.py, `evolve(time_budget=BUDGET)` with every other setting at
-  its default; W = the task iteration's wall time (candidates, commit and no-forgetting check).
-- finetune-all (lr 1e-3, 3e-3) and lora:8 (peft on every plain conv and linear layer, lr 1e-3, 3e-3,
-  1e-2): each learning rate gets W seconds from model build to test accuracy. The step count is sized
-  from three timed steps (forward, backward, update) and the forward cost of validation and test, and
-  no step starts after the deadline; validations every `steps_per_validation` steps keep the best
-  snapshot. The learning rate with the best validation accuracy is reported, with its test accuracy;
-  the grid's extra cost (the other learning rates' time) is reported beside it. Never tuned on test.
+  font-digits task of benchmarks/defaults.py, `evolve(time_budget=BUDGET, max_params=0.05)` (the built-in
+  stream's benchmark's settings) with every other setting at its default; W = the task iteration's wall
+  time (candidates, commit and no-forgetting check).
+- finetune-all, lora:8 and adapters:32 at the learning rates of benchmarks/quality_wallclock.GRID
+  (`benchmarks/timed.py`): each learning rate gets W seconds from model build to test accuracy. The
+  learning rate with the best validation accuracy is reported, with its test accuracy; the grid's extra
+  cost (the other learning rates' time) is reported beside it. Never tuned on test.
 Section "wallclock" of docs/benchmarks.md. Results are kept in OUT/results.json (resumable).
 """
 from __future__ import annotations
@@ -24,20 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.defaults import NAME, font_task
+from benchmarks.quality_wallclock import GRID, MAX_PARAMS
 from benchmarks.report import environment, table, write_section
 from benchmarks.timed import timed_baseline
 from mupath import System
 from mupath.store.store import Store
 from mupath.system import MANIFEST
 
-GRID = {"finetune-all": [1e-3, 3e-3], "lora:8": [1e-3, 3e-3, 1e-2]}
-
 
 def evolved(folder: Path, images: int, budget: float, seed: int) -> dict[str, Any]:
     system = System.open(folder) if (folder / MANIFEST).exists() else System.create(folder)
     if NAME not in system.tasks:
         system.add_task(font_task(images))
-    report = system.evolve([NAME], time_budget=budget, seed=seed, log=False)
+    report = system.evolve([NAME], time_budget=budget, max_params=MAX_PARAMS, seed=seed, log=False)
     status = {s.task: s for s in system.status()}[NAME]
     entry = report.tasks[0]
     return {"wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
@@ -47,7 +45,7 @@ def evolved(folder: Path, images: int, budget: float, seed: int) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=180.0)
+    parser.add_argument("--budget", type=float, default=90.0)
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/wallclock"))

@@ -247,3 +247,21 @@ def test_the_reserve_counts_the_test_images_the_check_will_run(halved):
     from mupath.train.evaluate import cores
     assert shared.reserve_seconds() == pytest.approx(1.5 * 0.01 * expected / cores() + 2.0)
     assert everyone.reserve_seconds() == pytest.approx(1.5 * 0.01 * (own + others) / cores() + 2.0)
+
+
+def test_a_candidate_starts_no_step_after_the_iterations_deadline(tmp_path, digits_small):
+    """Under a time budget every job carries the task iteration's deadline (less the commit's reserve): a
+    candidate whose cost nobody could know beforehand stops there instead of overrunning the budget."""
+    import time
+
+    from mupath.runtime.worker import run_job
+    from mupath.search.task_search import TaskSearch
+    system = System.create(tmp_path / "s", **TINY_ROOT)
+    system.add_task(digits_small)
+    search = TaskSearch(system.store, "digits", 0, EvolveSettings(**SETTINGS), "r")
+    (child,) = search.mutated(1, 0)
+    on_time = run_job(search.job(child, 10, 1))
+    search.job_deadline = time.time() - 1.0
+    late = run_job(search.job(child, 10, 1))
+    assert on_time.steps == 10 and late.steps == 0
+    assert search.job(child, 10, 1).budget.deadline == search.job_deadline

@@ -84,6 +84,11 @@ class Budget:
     #: keep the optimiser's state beside the best snapshot in the scratch file (successive halving: a
     #: survivor's continuation starts from it)
     keep_optimizer: bool = False
+    #: `time.time()` after which the candidate starts no training step (its interval then ends with its
+    #: validation): a task iteration under a time budget never lets a candidate run past it, whatever its
+    #: steps cost (wall-clock seconds since the epoch, so that a worker in another process or on another
+    #: machine can read it); None: no bound
+    deadline: float | None = None
 
 
 def size_penalty(accounted: float, root_params: int, scale_factor: float) -> float:

@@ -107,8 +107,10 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     owned_params = sum(p.numel() for m in owned.values() for p in m.parameters())
     accounted = float(job.score.frozen_accounted) + owned_params
     penalty = size_penalty(accounted, job.score.root_params, float(job.score.scale_factor))
+    deadline = job.budget.deadline        # the job's wall-clock bound, on this process's perf_counter
     cfg = TrainConfig(job.budget.steps_per_validation, job.budget.validations, job.budget.batch_size, job.seed,
-                      keep_optimizer=job.budget.keep_optimizer)
+                      keep_optimizer=job.budget.keep_optimizer,
+                      deadline=None if deadline is None else time.perf_counter() + deadline - time.time())
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)
     prefix = _cache_prefix(job, model, owned, data, val_x, device)

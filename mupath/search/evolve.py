@@ -181,6 +181,9 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     workers, eta = max(1, settings.workers), settings.halving_rate
     s0 = first_rung_steps(settings.steps_per_validation, eta)
     deadline = started + float(settings.time_budget or 0) * (1 - SLACK)
+    # no candidate trains past the deadline less the commit's reserve, whatever its steps cost (a
+    # candidate's cost is known only once one like it has run)
+    search.job_deadline = time.time() + (deadline - time.perf_counter()) - search.reserve_seconds()
     first = search.recipes()
     first += search.mutated(max(0, workers - len(first)), 0)
     _rung_started(run.progress, search, 0, len(first), s0, deadline, first=True)

@@ -104,6 +104,9 @@ class TaskSearch:
         self.planned = 0
         self.scratch_files: dict[str, str] = {}        #: path id -> its candidate's scratch file
         self._forward_s: float | None = None
+        #: under a time budget, `time.time()` after which no candidate starts a training step (set by
+        #: `evolve.run_rungs`: the task's deadline less the commit's reserve)
+        self.job_deadline: float | None = None
         self.ds_hp: dict[str, Any] | None = None      #: a halving iteration's data hyperparameters
 
     @property
@@ -282,7 +285,7 @@ class TaskSearch:
                             cache_floor=self.cache_floor)
         if not self.settings.halving:
             return job
-        budget = dataclasses.replace(job.budget, keep_optimizer=True)
+        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline)
         parent = child.parent
         if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
             refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}
