@@ -88,7 +88,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     body = "\n".join([
         "## Equal wall-clock on a task outside the built-in set (one seed)", "", environment().rstrip(), "",
         f"{NAME} ({args.images} images rendered from matplotlib's fonts, never seen by mupath), seed {args.seed}, "
-        f"from the default root (EfficientNet-Lite0, ImageNet-pretrained, 64 px). The evolved task's wall time "
+        f"from the default root (EfficientNet-Lite0, ImageNet-pretrained, 64 px); evolved with `time_budget="
+        f"{args.budget:g}, max_params={MAX_PARAMS:g}` (the built-in stream's benchmark's settings). The evolved "
+        "task's wall time "
         "(candidates, commit, no-forgetting check) is every baseline's, per learning rate; the learning rate is "
         "chosen on validation, and the other rates' time is the grid's extra cost. Parameters: the evolved task's "
         "accounted parameters (µ2Net rule), a baseline's trainable ones (finetune-all: its whole model).", "",

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 from mupath.runtime.jobs import CandidateResult
 
-#: fraction of the budget kept free for what no rung measures (scheduling, logging, the CLI's tables)
-SLACK = 0.05
+#: fraction of the budget kept free for what no rung measures (scheduling, logging, the CLI's tables); small, since
+#: every candidate also stops at the deadline less the reserve (`Budget.deadline`)
+SLACK = 0.02
 #: the first wave's recipes stop once the task iteration has spent this share of its budget (a short budget
 #: runs the best-ranked recipes and leaves the rest of its time to the survivors, as Hyperband's rung 0
 #: costs about 1/K of its bracket)
