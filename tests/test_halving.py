@@ -265,3 +265,13 @@ def test_a_candidate_starts_no_step_after_the_iterations_deadline(tmp_path, digi
     late = run_job(search.job(child, 10, 1))
     assert on_time.steps == 10 and late.steps == 0
     assert search.job(child, 10, 1).budget.deadline == search.job_deadline
+
+
+def test_the_demo_runs_the_budgeted_search_when_given_a_time_budget():
+    """`mupath demo --time-budget 2m`: the search a user gets from `evolve --time-budget` (no frozen
+    bottom, the recipes); without it the demo's fixed schedule, as before."""
+    from mupath.cli.demo import DEMO_SETTINGS, demo_settings
+    budgeted = EvolveSettings(**demo_settings("efficientnet", "2m"))
+    assert budgeted.halving and budgeted.time_budget == 120.0 and not budgeted.hparams
+    assert demo_settings("efficientnet", None) is DEMO_SETTINGS["efficientnet"]
+    assert not EvolveSettings(**DEMO_SETTINGS["efficientnet"]).halving

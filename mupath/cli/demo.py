@@ -56,7 +56,16 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_demo(store: Path, workers: int, console: Console, root: str = "efficientnet") -> None:
+def demo_settings(root: str, time_budget: str | float | None) -> dict[str, Any]:
+    """The demo's evolve settings: its fixed schedule, or with `time_budget` the budgeted search as a
+    user gets it (every other setting at its default: recipes everywhere, no frozen bottom)."""
+    if time_budget is None:
+        return DEMO_SETTINGS[root]
+    return dict(time_budget=time_budget, seed=0)
+
+
+def run_demo(store: Path, workers: int, console: Console, root: str = "efficientnet",
+             time_budget: str | float | None = None) -> None:
     from mupath.cli.progress import RichProgress
     from mupath.cli.tables import status_table
     from mupath.data import load_task
@@ -82,7 +91,7 @@ def run_demo(store: Path, workers: int, console: Console, root: str = "efficient
             console.print(f"added {name}: {len(task.train)}/{len(task.validation)}/{len(task.test)} "
                           f"train/val/test images")
     with RichProgress(console) as progress:
-        system.evolve(DEMO_TASKS, progress=progress, workers=workers, **DEMO_SETTINGS[root])
+        system.evolve(DEMO_TASKS, progress=progress, workers=workers, **demo_settings(root, time_budget))
     times: dict[str, float] = {}
     for commit in system.store.manifest.commit_records():
         times[commit.task] = times.get(commit.task, 0.0) + commit.info.wall_time

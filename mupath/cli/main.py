@@ -284,11 +284,14 @@ def verify(store: Path,
 def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (resumed if it exists)"),
          workers: int = typer.Option(2, help="candidates trained at once"),
          root: str = typer.Option("efficientnet", help="'efficientnet' (ImageNet-pretrained EfficientNet-Lite0, "
-                                  "shipped in a package) or 'vit' (small random-init ViT)")) -> None:
+                                  "shipped in a package) or 'vit' (small random-init ViT)"),
+         time_budget: str | None = typer.Option(None, help="run the budgeted search (successive halving, the "
+                                                "family's recipes) with this much time per task (90, 90s, 2m) "
+                                                "instead of the demo's fixed schedule")) -> None:
     """The main job: one system grown over the four built-in offline tasks from the best offline root."""
     from mupath.cli.demo import run_demo
     _handle_sigterm()
-    run_demo(store, workers, console, root)
+    run_demo(store, workers, console, root, time_budget=time_budget)
 
 
 @app.command()
