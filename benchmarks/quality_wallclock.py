@@ -20,13 +20,12 @@ resumes through `evolve`'s own resume. Section "quality-wallclock" of docs/bench
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import quality_efficientnet
 from benchmarks.quality import TASKS, Mode, fmt_k, load_tasks, log
 from benchmarks.report import environment, table, write_section
 from benchmarks.timed import timed_baseline
@@ -50,26 +49,16 @@ MAX_PARAMS = 0.05
 MODE = Mode("wallclock", {}, [], {}, {"fashion_mnist": 2000})
 
 
-class Results:
-    """OUT/results.json, rewritten atomically after every run: what a cut-short benchmark keeps."""
+class Results(quality_efficientnet.Results):
+    """OUT/results.json (the equal-images run's file format), its runs keyed by whole run keys
+    (`method@lr/task/seedN`, `evolved/seedN`)."""
 
-    def __init__(self, out: Path, config: dict[str, Any]) -> None:
-        self.path = out / "results.json"
-        self.data: dict[str, Any] = {"config": config, "runs": {}}
-        if self.path.exists():
-            old = json.loads(self.path.read_text())
-            if old.get("config") != config:
-                raise SystemExit(f"{self.path} holds a run with other settings; pass another --out")
-            self.data = old
-
-    def get(self, key: str) -> Any:
+    def run(self, key: str) -> Any:
         return self.data["runs"].get(key)
 
-    def put(self, key: str, value: Any) -> None:
+    def record(self, key: str, value: Any) -> None:
         self.data["runs"][key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.path)
+        self.save()
 
 
 def run_evolved(out: Path, seed: int, budget: float) -> dict[str, Any]:
@@ -99,7 +88,7 @@ def run_evolved(out: Path, seed: int, budget: float) -> dict[str, Any]:
 
 def chosen_lr(results: Results, method: str, task: str) -> float:
     """The grid's learning rate with the best validation accuracy on seed 0 (ties: the smaller)."""
-    runs = [results.get(f"{method}@{lr:g}/{task}/seed0") for lr in GRID[method]]
+    runs = [results.run(f"{method}@{lr:g}/{task}/seed0") for lr in GRID[method]]
     return float(max(runs, key=lambda r: (r["val"], -r["lr"]))["lr"])
 
 
@@ -107,10 +96,10 @@ def run_seed(results: Results, out: Path, seed: int, budget: float, methods: lis
     """The evolved run of `seed` (when missing), then `methods` at its per-task wall times."""
     from mupath.store.store import Store
     key = f"evolved/seed{seed}"
-    if results.get(key) is None:
+    if results.run(key) is None:
         log(f"seed {seed}: evolve, {budget:g} s per task")
-        results.put(key, run_evolved(out, seed, budget))
-    evolved = results.get(key)
+        results.record(key, run_evolved(out, seed, budget))
+    evolved = results.run(key)
     store = Store.open(Path(evolved["store"]), read_only=True)
     for method in methods:
         grid = GRID[method]
@@ -118,10 +107,10 @@ def run_seed(results: Results, out: Path, seed: int, budget: float, methods: lis
             rates = grid if seed == 0 else [chosen_lr(results, method, task)]
             for lr in rates:
                 run_key = f"{method}@{lr:g}/{task}/seed{seed}"
-                if results.get(run_key) is None:
+                if results.run(run_key) is None:
                     seconds = float(evolved["tasks"][task]["wall"])
-                    results.put(run_key, timed_baseline(store, task, method, lr, seconds, seed))
-                    r = results.get(run_key)
+                    results.record(run_key, timed_baseline(store, task, method, lr, seconds, seed))
+                    r = results.run(run_key)
                     log(f"  {run_key}: val {r['val']:.4f} test {r['test']:.4f} in {r['wall']:.0f} s "
                         f"(W {seconds:.0f} s, {r['steps']} steps)")
 
@@ -138,15 +127,15 @@ def method_rows(results: Results, seeds: list[int]) -> tuple[dict[str, dict[str,
     and the grid's extra seconds (seed 0)."""
     out: dict[str, dict[str, list[float]]] = {"evolved": {"acc": [], "params": [], "wall": []}}
     for seed in seeds:
-        ev = results.get(f"evolved/seed{seed}")
+        ev = results.run(f"evolved/seed{seed}")
         out["evolved"]["acc"].append(statistics.mean(ev["tasks"][t]["test"] for t in TASKS))
         out["evolved"]["params"].append(statistics.mean(ev["tasks"][t]["accounted"] for t in TASKS))
         out["evolved"]["wall"].append(sum(ev["tasks"][t]["wall"] for t in TASKS))
-    root = float(results.get("evolved/seed0")["root_params"])
+    root = float(results.run("evolved/seed0")["root_params"])
     for method in complete_methods(results, seeds):
         acc, params, wall = [], [], []
         for seed in seeds:
-            runs = [results.get(f"{method}@{chosen_lr(results, method, t):g}/{t}/seed{seed}") for t in TASKS]
+            runs = [results.run(f"{method}@{chosen_lr(results, method, t):g}/{t}/seed{seed}") for t in TASKS]
             acc.append(statistics.mean(r["test"] for r in runs))
             # µ2Net accounting: the frozen root shared by the 4 tasks costs |root| / 4 to each (finetune-all
             # owns a whole copy instead)
@@ -160,9 +149,9 @@ def method_rows(results: Results, seeds: list[int]) -> tuple[dict[str, dict[str,
 def complete_methods(results: Results, seeds: list[int]) -> list[str]:
     """The baselines with every task of every seed done (at their chosen rates)."""
     def done(method: str) -> bool:
-        if any(results.get(f"{method}@{lr:g}/{t}/seed0") is None for lr in GRID[method] for t in TASKS):
+        if any(results.run(f"{method}@{lr:g}/{t}/seed0") is None for lr in GRID[method] for t in TASKS):
             return False
-        return all(results.get(f"{method}@{chosen_lr(results, method, t):g}/{t}/seed{s}") is not None
+        return all(results.run(f"{method}@{chosen_lr(results, method, t):g}/{t}/seed{s}") is not None
                    for t in TASKS for s in seeds)
     return [m for m in GRID if done(m)]
 
@@ -172,7 +161,7 @@ def grid_rows(results: Results, methods: list[str]) -> list[list[object]]:
     for method in methods:
         grid = GRID[method]
         for task in TASKS:
-            runs = [results.get(f"{method}@{lr:g}/{task}/seed0") for lr in grid]
+            runs = [results.run(f"{method}@{lr:g}/{task}/seed0") for lr in grid]
             best = chosen_lr(results, method, task)
             extra = sum(r["wall"] for r in runs if r["lr"] != best)
             rows.append([method, task, ", ".join(f"{r['lr']:g}: {r['val']:.4f}" for r in runs), f"{best:g}",
@@ -189,7 +178,7 @@ def steps_rows(results: Results, seeds: list[int]) -> list[list[object]]:
     s0 = first_rung_steps(EvolveSettings().steps_per_validation, EvolveSettings().halving_rate)
     per_task: dict[str, list[tuple[int, int, int, int]]] = {t: [] for t in TASKS}
     for seed in seeds:
-        folder = Path(results.get(f"evolved/seed{seed}")["store"])
+        folder = Path(results.run(f"evolved/seed{seed}")["store"])
         if not (folder / MANIFEST).exists():
             return []
         system = System.open(folder)
@@ -198,7 +187,7 @@ def steps_rows(results: Results, seeds: list[int]) -> list[list[object]]:
             path = system.manifest.retained()[task]
             own = int(path.metrics.get("steps") or 0)
             lineage = own + (s0 if int(path.metrics.get("generation") or 0) > 0 else 0)
-            lora = results.get(f"lora:8@{chosen_lr(results, 'lora:8', task):g}/{task}/seed{seed}")
+            lora = results.run(f"lora:8@{chosen_lr(results, 'lora:8', task):g}/{task}/seed{seed}")
             per_task[task].append((commit.info.train_images // EvolveSettings().batch_size, lineage,
                                    len(commit.info.tried or []), int(lora["steps"])))
         system.close()
@@ -216,17 +205,17 @@ def write_report(results: Results, seeds: list[int], budget: float) -> Path:
              spread(v["wall"], ".0f")] for m, v in summary.items()]
     per_task: list[list[object]] = []
     for task in TASKS:
-        evs = [results.get(f"evolved/seed{s}")["tasks"][task] for s in seeds]
+        evs = [results.run(f"evolved/seed{s}")["tasks"][task] for s in seeds]
         per_task.append([task, "evolved", spread([e["test"] for e in evs]), spread([e["wall"] for e in evs], ".0f"),
                          ", ".join(sorted({t for e in evs for t in e["reused"]})) or "-"])
         for method in complete_methods(results, seeds):
             lr = chosen_lr(results, method, task)
-            rs = [results.get(f"{method}@{lr:g}/{task}/seed{s}") for s in seeds]
+            rs = [results.run(f"{method}@{lr:g}/{task}/seed{s}") for s in seeds]
             per_task.append([task, f"{method} (lr {lr:g})", spread([r["test"] for r in rs]),
                              spread([r["wall"] for r in rs], ".0f"), "-"])
     ev = statistics.mean(summary["evolved"]["acc"])
     peft = max([m for m in ("lora:8", "adapters:32") if m in summary], key=lambda m: statistics.mean(summary[m]["acc"]))
-    forgetting = [results.get(f"evolved/seed{s}")["forgetting"] for s in seeds]
+    forgetting = [results.run(f"evolved/seed{s}")["forgetting"] for s in seeds]
     yes = {True: "yes", False: "**no**"}
     ev_params = statistics.mean(summary["evolved"]["params"])
     targets = [
@@ -290,5 +279,5 @@ def main(args: argparse.Namespace) -> None:
             for seed in sorted(seeds):
                 run_seed(results, out, seed, budget, methods)
                 results.data["wall_time"] = spent + time.perf_counter() - t0
-                results.put("_progress", {"phase": methods, "seed": seed})
+                results.record("_progress", {"phase": methods, "seed": seed})
     log(f"report: {write_report(results, seeds, budget)}")
