@@ -143,28 +143,8 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
             changed[key] = [hp.get(key), value]
             hp[key] = value
     mu = float(hp["_mu_"])     # the child's µ (moved first) decides its adapters and clones
-    num_layers = int(hp["num_layers"])
-    adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)
-    if mutate_adapters and mutate:
-        adapters = mutate_layers(adapters, "adapter", num_layers, space=space, hp=hp, mu=mu, rng=rng,
-                                 changed=changed)
-    hp["adapter_layers"] = sorted(adapters)
-    for kind in ("ssf", "lora"):
-        layers = sorted(i for i in hp.get(f"{kind}_layers", []) if i < num_layers)
-        if mutate:
-            layers = mutate_layers(layers, kind, num_layers, space=space, hp=hp, mu=mu, rng=rng, changed=changed)
-        if layers or f"{kind}_layers" in hp:     # a path without the kind records nothing of it
-            hp[f"{kind}_layers"] = layers
-    for kind, blocks in (insert or {}).items():
-        added = sorted({i for i in blocks if i < num_layers} - set(hp.get(f"{kind}_layers", [])))
-        hp[f"{kind}_layers"] = sorted(set(hp.get(f"{kind}_layers", [])) | set(added))
-        changed[f"{kind}s_added"] = added
-    if mutate and hp.get("lora_layers") and rng.random() < mu:
-        ranks = list(space.ranges.get("lora_rank", LORA_RANK_VALUES))
-        rank = incremental(int(hp.get("lora_rank", LORA_RANK_DEFAULT)), ranks, rng)
-        if rank != hp.get("lora_rank", LORA_RANK_DEFAULT):
-            changed["lora_rank"] = [hp.get("lora_rank", LORA_RANK_DEFAULT), rank]
-        hp["lora_rank"] = rank
+    move_layers(hp, space, rng=rng, mu=mu, mutate=mutate, mutate_adapters=mutate_adapters, insert=insert,
+                changed=changed)
     wanted = wanted_slots(hp, num_classes, lineage)
     chain = lineage.chain(parent)
     slots: list[SlotPlan] = []
@@ -189,6 +169,34 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
                        components={s.slot: s.id for s in slots}, hparams=hp,
                        metrics={"mutations": changed, "parent_task": parent.task})
     return ChildPlan(child, slots, changed)
+
+
+def move_layers(hp: dict[str, Any], space: SearchSpace, *, rng: random.Random, mu: float, mutate: bool,
+                mutate_adapters: bool, insert: Mapping[str, Sequence[int]] | None, changed: dict[str, Any]) -> None:
+    """The child's module layers, in place: adapters, scale-and-shift and low-rank deltas moved at µ (when
+    `mutate`), the recipes' `insert`ions added, the deltas' rank moved; every move recorded in `changed`."""
+    num_layers = int(hp["num_layers"])
+    adapters = sorted(i for i in hp.get("adapter_layers", []) if i < num_layers)
+    if mutate_adapters and mutate:
+        adapters = mutate_layers(adapters, "adapter", num_layers, space=space, hp=hp, mu=mu, rng=rng,
+                                 changed=changed)
+    hp["adapter_layers"] = sorted(adapters)
+    for kind in ("ssf", "lora"):
+        layers = sorted(i for i in hp.get(f"{kind}_layers", []) if i < num_layers)
+        if mutate:
+            layers = mutate_layers(layers, kind, num_layers, space=space, hp=hp, mu=mu, rng=rng, changed=changed)
+        if layers or f"{kind}_layers" in hp:     # a path without the kind records nothing of it
+            hp[f"{kind}_layers"] = layers
+    for kind, blocks in (insert or {}).items():
+        added = sorted({i for i in blocks if i < num_layers} - set(hp.get(f"{kind}_layers", [])))
+        hp[f"{kind}_layers"] = sorted(set(hp.get(f"{kind}_layers", [])) | set(added))
+        changed[f"{kind}s_added"] = added
+    if mutate and hp.get("lora_layers") and rng.random() < mu:
+        ranks = list(space.ranges.get("lora_rank", LORA_RANK_VALUES))
+        rank = incremental(int(hp.get("lora_rank", LORA_RANK_DEFAULT)), ranks, rng)
+        if rank != hp.get("lora_rank", LORA_RANK_DEFAULT):
+            changed["lora_rank"] = [hp.get("lora_rank", LORA_RANK_DEFAULT), rank]
+        hp["lora_rank"] = rank
 
 
 def mutate_layers(layers: list[int], kind: str, num_layers: int, *, space: SearchSpace, hp: Mapping[str, Any],
