@@ -187,7 +187,7 @@ def test_shared_forward_runs_each_shared_component_once(two_task_system, digits_
 def test_shared_check_scope_rechecks_only_tasks_sharing_touched_components(tiny_system, monkeypatch):
     """check_scope="shared": after a commit only the tasks whose paths use a non-root component of the
     committed task's new or replaced path are re-run; "all" re-runs every other task."""
-    from mupath.search.evolve import sharing_tasks
+    from mupath.search.task_search import sharing_tasks
     from mupath.store.records import PathRecord
     retained = {t: PathRecord(f"p{t}", t, None, comps, {}, 0.0, {}) for t, comps in {
         "a": {"block_0": "root-block_0", "block_1": "ca1"},

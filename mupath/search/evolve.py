@@ -24,7 +24,7 @@ from mupath.search.halving import (
 )
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
-from mupath.search.task_search import Child, TaskSearch, sharing_tasks
+from mupath.search.task_search import Child, TaskSearch
 from mupath.search.tracking import CandidateEvent, CommitEvent, Tracker
 from mupath.store.store import Store
 from mupath.track import TrackerFactory, check_log_root, open_tracker
@@ -134,9 +134,7 @@ def _evolve_task(store: Store, task: str, iteration: int, settings: EvolveSettin
     parent_task = search.paths[best.parent_id].task if best.parent_id in search.paths else None
     test_acc = store.commit(search.commit_request(best, time.perf_counter() - started))
     if settings.check_immutability:
-        scope = None
-        if settings.shared_check:
-            scope = sharing_tasks(store.manifest.retained(), search.touched(best), task)
+        scope = search.checked_tasks(best, store.manifest.retained()) if settings.shared_check else None
         store.check_immutability(exclude=task, tasks=scope)
     log = search.log
     entry = TaskReport(task, iteration, best.id, search.changed(best), best.quality, test_acc, search.scores[best.id],
@@ -180,7 +178,8 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     settings = search.settings
     workers, eta = max(1, settings.workers), settings.halving_rate
     s0 = first_rung_steps(settings.steps_per_validation, eta)
-    deadline = started + float(settings.time_budget or 0) * (1 - SLACK)
+    budget = float(settings.time_budget or 0)
+    deadline = started + budget * (1 - SLACK)
     # no candidate trains past the deadline less the commit's reserve, whatever its steps cost (a
     # candidate's cost is known only once one like it has run)
     search.job_deadline = time.time() + (deadline - time.perf_counter()) - search.reserve_seconds()
@@ -188,7 +187,6 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     first += search.mutated(max(0, workers - len(first)), 0)
     _rung_started(run.progress, search, 0, len(first), s0, deadline, first=True)
     results: list[CandidateResult] = []
-    budget = float(settings.time_budget or 0)
     for i in range(0, len(first), workers):       # a short budget runs the first recipes only
         now = time.perf_counter()
         if results and (now - started > FIRST_WAVE_SHARE * budget

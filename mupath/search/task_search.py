@@ -208,8 +208,12 @@ class TaskSearch:
         if self.ds_hp is None:
             best = self.best()
             self.ds_hp = sample_ds_hparams(best.hparams if best else None, self.space, self.rng)
-        ds_hp = data if data is not None else self.ds_hp if parent.task != self.task else {
-            k: v for k, v in parent.hparams.items() if k.startswith("ds_")}
+        if data is not None:
+            ds_hp = data
+        elif parent.task != self.task:
+            ds_hp = self.ds_hp
+        else:
+            ds_hp = {k: v for k, v in parent.hparams.items() if k.startswith("ds_")}
         plan = self._within_cap(lambda: make_child(
             parent, self.task, self.record.num_classes, ds_hp, self.space, self.lineage, rng=self.rng,
             mutate_adapters=self.settings.mutate_adapters, mutate=mutate, insert=insert, set_hparams=set_hparams))
@@ -255,9 +259,10 @@ class TaskSearch:
         if self._forward_s is None:      # measured once per task iteration
             self._forward_s = _forward_seconds(self.store, int(self.space.defaults["ds_image_size"]))
         best = self.best()
-        checked = self.checked_tasks(best) if best is not None else self._others()
-        if self.settings.shared_check and best is None:
-            checked = set()
+        if best is not None:
+            checked = self.checked_tasks(best)
+        else:                            # nothing trained yet: a shared check has nothing to share
+            checked = set() if self.settings.shared_check else self._others()
         records = [self.store.task_record(t) for t in checked] if self.settings.check_immutability else []
         images = self.record.sizes.get("test", 0) + sum(r.sizes.get("test", 0) for r in records)
         return 1.5 * self._forward_s * images / cores() + 2.0
@@ -265,13 +270,14 @@ class TaskSearch:
     def _others(self) -> set[str]:
         return {t for t in self.retained if t not in (ROOT_TASK, self.task)}
 
-    def checked_tasks(self, best: PathRecord) -> set[str]:
+    def checked_tasks(self, best: PathRecord, retained: dict[str, PathRecord] | None = None) -> set[str]:
         """The tasks the no-forgetting check re-runs after committing `best`: every other task, or
         with a shared check (`EvolveSettings.shared_check`) those whose path uses a component the
-        commit adds or drops."""
+        commit adds or drops; `retained`: the tasks' paths to look in (default: as this iteration
+        started; the commit's check passes the manifest's after it)."""
         if not self.settings.shared_check:
             return self._others()
-        return sharing_tasks(self.retained, self.touched(best), self.task)
+        return sharing_tasks(self.retained if retained is None else retained, self.touched(best), self.task)
 
     def job(self, child: Child, steps: int | None = None, validations: int | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
