@@ -30,7 +30,6 @@ from benchmarks.quality import TASKS, Mode, fmt_k, load_tasks, log
 from benchmarks.report import environment, table, write_section
 from benchmarks.timed import timed_baseline
 from mupath import System
-from mupath.search.settings import EvolveSettings
 from mupath.store.records import ROOT_TASK
 from mupath.system import MANIFEST
 
@@ -171,11 +170,9 @@ def grid_rows(results: Results, methods: list[str]) -> list[list[object]]:
 
 def steps_rows(results: Results, seeds: list[int]) -> list[list[object]]:
     """Where the evolved run's training steps went, per task (means over the seeds): all its candidates',
-    the retained path's lineage (its first-rung ancestor's and its own), against the LoRA baseline's at
-    its chosen rate; read from the evolved stores (absent stores: no rows)."""
-    from mupath.search.halving import first_rung_steps
+    the retained path's lineage (its own and those of the candidates it trained on from), against the LoRA
+    baseline's at its chosen rate; read from the evolved stores (absent stores: no rows)."""
     rows: list[list[object]] = []
-    s0 = first_rung_steps(EvolveSettings().steps_per_validation, EvolveSettings().halving_rate)
     per_task: dict[str, list[tuple[int, int, int, int]]] = {t: [] for t in TASKS}
     for seed in seeds:
         folder = Path(results.run(f"evolved/seed{seed}")["store"])
@@ -184,12 +181,12 @@ def steps_rows(results: Results, seeds: list[int]) -> list[list[object]]:
         system = System.open(folder)
         for task in TASKS:
             (commit,) = system.history(task)
-            path = system.manifest.retained()[task]
-            own = int(path.metrics.get("steps") or 0)
-            lineage = own + (s0 if int(path.metrics.get("generation") or 0) > 0 else 0)
+            tried = {t.path: t for t in commit.info.tried or []}
+            lineage, at = 0, system.manifest.retained()[task].id
+            while at in tried:
+                lineage, at = lineage + tried[at].steps, tried[at].parent
             lora = results.run(f"lora:8@{chosen_lr(results, 'lora:8', task):g}/{task}/seed{seed}")
-            per_task[task].append((commit.info.train_images // EvolveSettings().batch_size, lineage,
-                                   len(commit.info.tried or []), int(lora["steps"])))
+            per_task[task].append((sum(t.steps for t in tried.values()), lineage, len(tried), int(lora["steps"])))
         system.close()
     for task, runs in per_task.items():
         total, lineage, cands, lora = (statistics.mean(r[i] for r in runs) for i in range(4))

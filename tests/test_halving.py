@@ -35,23 +35,27 @@ def test_first_rung_is_the_largest_whose_schedule_fits():
 
 
 def test_a_rung_is_cut_to_what_fits():
-    full = next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=100.0, workers=1)
-    assert full is not None and (full.candidates, full.steps) == (3, 30)
-    cut = next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=6.5, workers=1)  # 3 s per survivor: two fit
+    """Rung k trains each survivor eta^k times the first rung's seconds; survivors that do not fit are
+    cut, and a rung of one (the last) trains for all the time that is left."""
+    full = next_rung(1, 3, 1.0, 3, seconds_left=100.0, workers=1)
+    assert full is not None and (full.candidates, full.train_seconds, full.seconds) == (3, 3.0, 9.0)
+    cut = next_rung(1, 3, 1.0, 3, seconds_left=6.5, workers=1)      # 3 s per survivor: two fit
     assert cut is not None and cut.candidates == 2
-    short = next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=5.0, workers=1)  # 90 steps do not fit: 50 do
-    assert short is not None and (short.candidates, short.steps) == (1, 50)
-    assert next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=0.5, workers=1) is None  # not even a tenth
+    last = next_rung(2, 1, 1.0, 3, seconds_left=50.0, workers=1)    # one survivor: all of the 50 s
+    assert last is not None and (last.candidates, last.train_seconds) == (1, 50.0)
+    short = next_rung(1, 3, 1.0, 3, seconds_left=2.0, workers=1)    # not even two fit: one, for what is left
+    assert short is not None and (short.candidates, short.train_seconds) == (1, 2.0)
+    assert next_rung(2, 1, 1.0, 3, seconds_left=0.5, workers=1) is None   # not even a tenth of 9 s
 
 
 def test_a_rung_pays_each_candidates_fixed_cost_once():
-    """A candidate's build, fill and validations (`overhead`) are paid once per candidate, not per step:
-    with 2 s of them, 3 survivors of 30 steps at 0.1 s fit in 15 s, 2 in 10 s; the last rung's steps
-    are what is left after the overhead."""
-    assert next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=15.0, workers=1, overhead=2.0).candidates == 3
-    assert next_rung(1, 3, 10, 3, step_seconds=0.1, seconds_left=10.0, workers=1, overhead=2.0).candidates == 2
-    short = next_rung(2, 1, 10, 3, step_seconds=0.1, seconds_left=7.0, workers=1, overhead=2.0)
-    assert short is not None and short.steps == 50
+    """A candidate's build, fill and validations (`overhead`) are paid once per candidate, not per second
+    of training: with 2 s of them, 3 survivors of 3 s fit in 15 s, 2 in 10 s; the last rung trains for
+    what is left after its overhead."""
+    assert next_rung(1, 3, 1.0, 3, seconds_left=15.0, workers=1, overhead=2.0).candidates == 3
+    assert next_rung(1, 3, 1.0, 3, seconds_left=10.0, workers=1, overhead=2.0).candidates == 2
+    last = next_rung(2, 1, 1.0, 3, seconds_left=7.0, workers=1, overhead=2.0)
+    assert last is not None and last.train_seconds == 5.0
     results = [CandidateResult("a", steps=10, train_time=1.0, wall_time=3.0),
                CandidateResult("b", steps=20, train_time=4.0, wall_time=5.0),
                CandidateResult("c", steps=0, wall_time=9.0)]                      # failed: not counted
@@ -117,13 +121,26 @@ def test_the_first_rung_starts_with_the_recipes(halved):
     _, tried = _tried(halved, "digits")
     first = [t for t in tried if t.generation == 0]
     assert len(first) == 6
-    recipes = [t.mutations for t in first[:4]]                 # in RECIPE_ORDER: the best-ranked kinds first
-    assert recipes[0]["loras_added"] == [0, 1] and recipes[1]["adapters_added"] == [0, 1]
-    assert set(recipes[2]) <= {"cloned", "opt_lr"}                         # a new head on the parent as it is
-    assert recipes[3]["ssfs_added"] == [0, 1]
-    from mupath.search.task_search import RECIPE_LR               # each at its own learning rate
-    assert [r["opt_lr"][1] for r in recipes] == [RECIPE_LR[k] for k in ("lora", "adapter", "", "ssf")]
-    assert all(not t.data for t in first[:4])                     # no augmentation: the parent's data hparams
+    recipes = [t.mutations for t in first]                     # in RECIPES: the best-ranked kinds first
+    assert recipes[0]["adapters_added"] == [1] and recipes[1]["loras_added"] == [1]      # the top half's blocks
+    assert recipes[2]["adapters_added"] == [0, 1] and recipes[3]["loras_added"] == [0, 1]   # then every block
+    assert recipes[4]["ssfs_added"] == [0, 1]
+    assert set(recipes[5]) <= {"cloned", "opt_lr"}                         # a new head on the parent as it is
+    from mupath.search.task_search import RECIPES                  # each at its own learning rate
+    assert [r["opt_lr"][1] for r in recipes] == [r.lr for r in RECIPES]
+    assert all(not t.data for t in first)                         # no augmentation: the parent's data hparams
+
+
+def test_rung_zero_is_equal_in_time_and_capped_in_steps(halved):
+    """The first recipe trains `steps_per_validation` steps; every other first-rung candidate trains as
+    many seconds as those took, at most halving_rate times as many steps (a candidate whose steps cost
+    less trains more of them, never past the cap); survivors train on at most eta^(k+1) times."""
+    _, tried = _tried(halved, "digits")
+    first = [t for t in tried if t.generation == 0]
+    spv, eta = SETTINGS["steps_per_validation"], EvolveSettings().halving_rate
+    assert first[0].steps == spv
+    assert all(1 <= t.steps <= spv * eta for t in first[1:])
+    assert all(t.steps <= spv * eta ** (t.generation + 1) for t in tried if t.generation == 1)
 
 
 def test_survivors_train_on_from_their_own_weights(halved):

@@ -100,3 +100,48 @@ def test_parallel_logits_are_bit_identical_to_one_batch_after_another():
         one_by_one = logits_of(model, images, 48, batch=16)
         threaded = logits_of(model, images, 48, batch=16, parallel=3)
     assert threaded.shape == (130, 1000) and torch.equal(threaded, one_by_one)
+
+
+def test_step_plan_spaces_validations_and_sizes_a_timed_candidate():
+    from mupath.train.loop import RATE_STEPS, StepPlan
+    plan = StepPlan(500, 2)
+    assert [plan.end(0), plan.end(1)] == [250, 500]          # the fixed schedule: steps_per_validation apart
+    assert [StepPlan(7, 3).end(i) for i in range(3)] == [3, 5, 7]
+    assert plan.timed(30.0, 0.1).total == 300                 # 30 s at 0.1 s per step
+    assert plan.timed(30.0, 0.3).total == 100                 # a costlier step: fewer of them
+    assert plan.timed(30.0, 0.1).timed(30.0, 0.05, 12).total == 500   # sized again: faster, up to the cap
+    assert plan.timed(0.01, 1.0).total == RATE_STEPS + 1      # never fewer than the timed steps
+    assert plan.timed(0.01, 1.0, 40).total == 40              # nor than the steps taken
+
+
+def test_a_timed_candidate_trains_as_many_steps_as_its_seconds_buy(monkeypatch):
+    """`TrainConfig.seconds`: the step count comes from the rate of the steps after the first, up to the
+    configured count. A fake clock on which every step takes 0.25 s: 7 s buy 28 steps, validated at 14
+    and 28; with at most 10 steps configured, it stops at 10."""
+    import types
+
+    from mupath.train import loop
+    now = [0.0]
+    real = loop._optimise
+
+    def step(*args):
+        now[0] += 0.25
+        return real(*args)
+    monkeypatch.setattr(loop, "_optimise", step)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    modules = _modules()
+    x = torch.randint(0, 255, (32, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 3, (32,))
+    hp = dict(ds_image_size=8, opt_name="adamw", opt_lr=1e-3, opt_momentum=0.9, opt_nesterov=False,
+              opt_lr_warmup_ratio=0.1)
+    seen: list[tuple[int, int]] = []
+
+    def run(steps_per_validation: int):
+        seen.clear()
+        cfg = TrainConfig(steps_per_validation, 2, 8, 0, seconds=7.0)
+        return train_path(PathModel(modules), {"head": modules["head"]}, hp, cfg, (x, y), (to_model_input(x, 8), y),
+                          score_of=lambda q: q, bar=float("-inf"), on_step=lambda s, total: seen.append((s, total)))
+    out = run(50)
+    assert out.steps == 28 and len(out.evals) == 2
+    assert seen[0] == (1, 100) and seen[-1] == (28, 28)       # planned 50 x 2, then sized from the rate
+    assert run(5).steps == 10                                 # the configured count is the most it trains

@@ -34,10 +34,12 @@ class RichProgress:
         self.search_bar = self.bars.add_task(f"[bold]{task}[/] iteration {iteration + 1}: candidates",
                                              total=candidates)
 
-    def rung_started(self, rung: int, candidates: int, steps: int, seconds_left: float) -> None:
-        """Successive halving (--time-budget): each rung's candidates, their steps and the time left."""
+    def rung_started(self, rung: int, candidates: int, train_seconds: float | None, seconds_left: float) -> None:
+        """Successive halving (--time-budget): each rung's candidates, their training time (once measured)
+        and the time left."""
         what = "candidates" if rung == 0 else "survivors"
-        self.console.print(f"  rung {rung}: {candidates} {what}, {steps} steps each, {seconds_left:.0f}s left")
+        each = f", {train_seconds:.0f}s of training each" if train_seconds else ""
+        self.console.print(f"  rung {rung}: {candidates} {what}{each}, {seconds_left:.0f}s left")
         if self.search_bar is not None:
             task = next(t for t in self.bars.tasks if t.id == self.search_bar)
             total = candidates if rung == 0 else (task.total or 0) + candidates

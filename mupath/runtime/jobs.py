@@ -89,6 +89,13 @@ class Budget:
     #: steps cost (wall-clock seconds since the epoch, so that a worker in another process or on another
     #: machine can read it); None: no bound
     deadline: float | None = None
+    #: train for about this many seconds of training steps, the step count above being then the most it
+    #: trains (`TrainConfig.seconds`): successive halving's rungs give each candidate the same time, so a
+    #: candidate whose steps cost less trains more of them; None: the count
+    seconds: float | None = None
+    #: with `seconds`, the steps the candidate is expected to train (from the rates measured so far): what
+    #: the activation cache's fill decision weighs instead of the most it may train; None: that most
+    expected_steps: int | None = None
 
 
 def size_penalty(accounted: float, root_params: int, scale_factor: float) -> float:

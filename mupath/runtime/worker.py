@@ -109,7 +109,7 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     penalty = size_penalty(accounted, job.score.root_params, float(job.score.scale_factor))
     deadline = job.budget.deadline        # the job's wall-clock bound, on this process's perf_counter
     cfg = TrainConfig(job.budget.steps_per_validation, job.budget.validations, job.budget.batch_size, job.seed,
-                      keep_optimizer=job.budget.keep_optimizer,
+                      keep_optimizer=job.budget.keep_optimizer, seconds=job.budget.seconds,
                       deadline=None if deadline is None else time.perf_counter() + deadline - time.time())
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)
@@ -138,9 +138,9 @@ def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Modul
     if ids is None:
         return None
     budget = job.budget       # a short candidate on a large task: a fill would cost more than it saves
+    steps = budget.expected_steps or budget.steps_per_validation * budget.validations
     fill = bool(job.cache.floor) or fill_pays(int(data["train.x"].shape[0]), int(val_x.shape[0]),
-                                              budget.steps_per_validation * budget.validations * budget.batch_size,
-                                              budget.validations)
+                                              steps * budget.batch_size, budget.validations)
     preload = functools.partial(load_floor, job.cache.floor_file) if job.cache.floor_file else None
     return process_cache(cache_bytes).prefix(model, ids, job.task_blob + job.root + device,
                                              int(job.hparams["ds_image_size"]), data["train.x"], val_x,

@@ -18,7 +18,6 @@ from mupath.search.halving import (
     SLACK,
     candidate_overhead,
     first_rung_size,
-    first_rung_steps,
     next_rung,
     per_step_seconds,
 )
@@ -156,10 +155,11 @@ class CandidateRunner:
     progress: Progress | None
     tracker: Tracker
 
-    def __call__(self, children: list[Child], steps: int | None = None,
-                 validations: int | None = None) -> list[CandidateResult]:
+    def __call__(self, children: list[Child], steps: int | None = None, validations: int | None = None,
+                 seconds: float | None = None, expected: int | None = None) -> list[CandidateResult]:
         search, progress = self.search, self.progress
-        jobs = pin_blobs(search.store, search.run_id, [search.job(c, steps, validations) for c in children])
+        jobs = pin_blobs(search.store, search.run_id,
+                         [search.job(c, steps, validations, seconds, expected) for c in children])
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         results = list(self.executor.run(jobs, on_done=on_done, on_step=on_step))
@@ -173,11 +173,14 @@ class CandidateRunner:
 def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     """Successive halving within `settings.time_budget` (see `mupath.search.halving`): a first wave
     (the recipes, else mutated children, one per worker at least; a recipe is skipped once the costliest
-    candidate so far would not fit), the rest of rung 0 sized from its measured step time, then rungs of
-    the best 1/eta trained eta times longer from their own weights."""
+    candidate so far would not fit), the first of them s0 steps long and the rest as many seconds as
+    those took, the rest of rung 0 sized from the measured costs, then rungs of the best 1/eta trained
+    eta times longer from their own weights, the last for all the time that is left. A candidate of
+    rung k trains at most s0 * eta^(k+1) steps (the last survivor at most eta fixed-schedule candidates'
+    steps), so one whose steps are cheap ends early and leaves its time to the rest."""
     settings = search.settings
     workers, eta = max(1, settings.workers), settings.halving_rate
-    s0 = first_rung_steps(settings.steps_per_validation, eta)
+    s0 = settings.steps_per_validation      # the first candidates' steps; the rest of rung 0 trains as long
     budget = float(settings.time_budget or 0)
     deadline = started + budget * (1 - SLACK)
     # no candidate trains past the deadline less the commit's reserve, whatever its steps cost (a
@@ -185,39 +188,41 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     search.job_deadline = time.time() + (deadline - time.perf_counter()) - search.reserve_seconds()
     first = search.recipes()
     first += search.mutated(max(0, workers - len(first)), 0)
-    _rung_started(run.progress, search, 0, len(first), s0, deadline, first=True)
+    _rung_started(run.progress, search, 0, len(first), None, deadline, first=True)
     results: list[CandidateResult] = []
+    r0: float | None = None           #: rung 0's seconds of training per candidate
     for i in range(0, len(first), workers):       # a short budget runs the first recipes only
         now = time.perf_counter()
         if results and (now - started > FIRST_WAVE_SHARE * budget
-                        or now + max(r.wall_time for r in results) > deadline - search.reserve_seconds()):
+                        or now + max(r.wall_time for r in results) > deadline - search.reserve_seconds()
+                        or _rung_zero_size(search, results, r0 or 0.0, deadline, eta) <= len(results)):
             break
-        results += run(first[i:i + workers], s0, 1)
+        results += run(first[i:i + workers], s0 * eta if r0 else s0, 1, r0)
+        r0 = r0 or max([r.train_time for r in results if r.steps > 0] + [0.0]) or None
     step_s, overhead = per_step_seconds(results), candidate_overhead(results)
-    left = deadline - time.perf_counter() - search.reserve_seconds()
-    n0 = first_rung_size(left + sum(r.wall_time for r in results) / workers, overhead + step_s * s0, eta, workers)
+    r0 = r0 or step_s * s0
+    n0 = _rung_zero_size(search, results, r0, deadline, eta)
     entrants = list(results)
-    _rung_started(run.progress, search, 0, max(n0, len(first)), s0, deadline)
-    while len(entrants) < n0 and time.perf_counter() + overhead + step_s * s0 < deadline - search.reserve_seconds():
-        wave = search.mutated(min(workers, n0 - len(entrants)), 0)
-        entrants += run(wave, s0, 1)
+    _rung_started(run.progress, search, 0, max(n0, len(first)), r0, deadline)
+    while len(entrants) < n0 and time.perf_counter() + overhead + r0 < deadline - search.reserve_seconds():
+        entrants += run(search.mutated(min(workers, n0 - len(entrants)), 0), s0 * eta, 1, r0)
     rates = {p.id: float(p.metrics.get("train_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
              for p in search.population}              #: each trained path's own seconds per training step
     rung_paths = search.ranked([p for p in search.population if p.metrics.get("generation") == 0])
     for k in range(1, 64):
         keep = math.ceil(len(rung_paths) / eta) if len(rung_paths) > 1 else len(rung_paths)
         left = deadline - time.perf_counter() - search.reserve_seconds()
-        rate = max([rates.get(p.id, 0.0) for p in rung_paths[:keep]] + [0.0]) or step_s
-        rung = next_rung(k, keep, s0, eta, step_seconds=rate, seconds_left=left, workers=workers, overhead=overhead)
+        rung = next_rung(k, keep, r0, eta, seconds_left=left, workers=workers, overhead=overhead)
         if rung is None or not rung_paths:
             break
-        if rung.candidates == 1:         # the last rung: the time that is left, up to eta times its steps
-            fits = int((left - overhead) / rate)
-            rung = dataclasses.replace(rung, steps=max(rung.steps, min(eta * rung.steps, fits)))
         survivors = rung_paths[:rung.candidates]
-        _rung_started(run.progress, search, k, len(survivors), rung.steps, deadline)
+        _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
         children = search.continuations(survivors, k)
-        results = run(children, rung.steps, min(settings.validations, rung.steps))
+        cap = s0 * eta ** (k + 1)         # the last: at most eta fixed-schedule candidates' steps
+        cap = max(cap, eta * settings.steps_per_validation * settings.validations) if rung.candidates == 1 else cap
+        rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or step_s
+        expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
+        results = run(children, cap, min(settings.validations, expected), rung.train_seconds, expected)
         for c, r in zip(children, results):
             rates[c.plan.path.id] = r.train_time / max(1, r.steps)
         rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
@@ -226,17 +231,28 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
             break
 
 
-def _rung_started(progress: Progress | None, search: TaskSearch, rung: int, candidates: int, steps: int,
-                  deadline: float, *, first: bool = False) -> None:
-    """Tell a progress display that knows rungs (`rung_started`) which one starts; every display hears
-    the task start once (`first`), with the first wave's size."""
+def _rung_zero_size(search: TaskSearch, results: list[CandidateResult], r0: float, deadline: float, eta: int) -> int:
+    """Rung 0's size n0 from the costs measured so far (`halving.first_rung_size`): the candidates already
+    trained count as spent from the time there was. The first wave stops once it has n0 candidates: a
+    budget that affords no halving schedule beyond them trains the best of them for the time that is left."""
+    workers = max(1, search.settings.workers)
+    left = deadline - time.perf_counter() - search.reserve_seconds()
+    return first_rung_size(left + sum(r.wall_time for r in results) / workers,
+                           candidate_overhead(results) + r0, eta, workers)
+
+
+def _rung_started(progress: Progress | None, search: TaskSearch, rung: int, candidates: int,
+                  train_seconds: float | None, deadline: float, *, first: bool = False) -> None:
+    """Tell a progress display that knows rungs (`rung_started`) which one starts (`train_seconds`: each
+    candidate's training, None while not yet measured); every display hears the task start once (`first`),
+    with the first wave's size."""
     if progress is None:
         return
     left = max(0.0, deadline - time.perf_counter())
     if first:
         progress.task_started(search.task, search.iteration, candidates)
     if hasattr(progress, "rung_started"):
-        progress.rung_started(rung, candidates, steps, left)
+        progress.rung_started(rung, candidates, train_seconds, left)
 
 
 def commit_event(store: Store, entry: TaskReport, step: int) -> CommitEvent:

@@ -1,13 +1,18 @@
 """Successive halving under a wall-clock budget (issue 32): how many candidates a task iteration can
 afford and how long each rung trains, from step times measured in this very iteration.
 
-The budget model (Hyperband's, each rung costing about the same): rung 0 trains n0 candidates s0 steps
-each; rung k keeps the best ceil(n / eta) of rung k-1 and trains each survivor eta^k * s0 steps more,
-starting from its own trained weights (an unmutated child of it: the µ2Net inheritance). With c the
-measured seconds of one s0-step candidate, rung k costs about n0 * c, so K rungs cost K * n0 * c; n0 is
-the largest count that fits what is left after the first wave and the commit's reserve. Every rung is
-re-planned from the step times measured so far, so a slower machine gets fewer candidates, never a
-late finish: a rung that no longer fits is cut to the survivors that do, or skipped."""
+The budget model (Hyperband's, each rung costing about the same), in seconds: rung 0 trains n0
+candidates r0 seconds each (r0: what the first candidates' first validation interval took, s0 =
+`steps_per_validation` steps); rung k keeps the best
+ceil(n / eta) of rung k-1 and trains each survivor eta^k * r0 seconds more, starting from its own trained
+weights (an unmutated child of it: the µ2Net inheritance), and the last survivor trains for all the time
+that is left. Rungs are equal in time, not in steps: a candidate whose steps cost less (a frozen bottom
+needs no backward pass there, and a small task's is served by the activation cache) trains more steps
+and is ranked on what it reached in the same seconds, which is what the budget buys. With c = r0 plus a
+candidate's measured fixed cost, rung k costs about n0 * c, so K rungs cost K * n0 * c; n0 is the
+largest count that fits what is left after the first wave and the commit's reserve. Every rung is
+re-planned from the costs measured so far, so a slower machine gets fewer candidates, never a late
+finish: a rung that no longer fits is cut to the survivors that do, or skipped."""
 from __future__ import annotations
 
 import dataclasses
@@ -32,24 +37,13 @@ MAX_FIRST_RUNG = 64
 
 @dataclasses.dataclass(frozen=True)
 class Rung:
-    """One rung's plan: its index, how many candidates, how many training steps each (beyond what it
-    inherited), and the seconds it is expected to take."""
+    """One rung's plan: its index, how many candidates, the seconds each trains (beyond what it inherited;
+    a candidate whose steps cost less trains more of them) and the seconds the rung is expected to take."""
 
     index: int
     candidates: int
-    steps: int
+    train_seconds: float
     seconds: float
-
-
-#: the first rung never trains a candidate fewer steps than this (below it a validation says little)
-MIN_FIRST_RUNG_STEPS = 10
-
-
-def first_rung_steps(steps_per_validation: int, eta: int) -> int:
-    """Training steps of a first-rung candidate: `steps_per_validation` / eta, at least
-    MIN_FIRST_RUNG_STEPS (never more than `steps_per_validation`), so that the survivors' second rung
-    trains as long as one validation interval of the fixed schedule and exploring costs a third of it."""
-    return min(steps_per_validation, max(MIN_FIRST_RUNG_STEPS, steps_per_validation // eta))
 
 
 def rung_counts(n0: int, eta: int) -> list[int]:
@@ -90,17 +84,17 @@ def first_rung_size(seconds_left: float, candidate_seconds: float, eta: int, wor
     return best
 
 
-def next_rung(index: int, survivors: int, base_steps: int, eta: int, *, step_seconds: float,
-              seconds_left: float, workers: int, overhead: float = 0.0) -> Rung | None:
-    """Rung `index` for up to `survivors` candidates: eta^index * base_steps steps each (plus `overhead`
-    seconds per candidate), cut to the survivors that fit `seconds_left` (None when not even one does
-    at a tenth of those steps)."""
-    steps = base_steps * eta ** index
-    for n in range(survivors, 0, -1):
-        seconds = math.ceil(n / workers) * (steps * step_seconds + overhead)
+def next_rung(index: int, survivors: int, base_seconds: float, eta: int, *, seconds_left: float, workers: int,
+              overhead: float = 0.0) -> Rung | None:
+    """Rung `index` for up to `survivors` candidates: eta^index * `base_seconds` of training each (plus
+    `overhead` seconds per candidate), cut to the survivors that fit `seconds_left`. A rung of one
+    survivor is the last: it trains for all the time that is left. None when not even one fits a tenth
+    of the rung's training."""
+    train = base_seconds * eta ** index
+    for n in range(survivors, 1, -1):
+        seconds = math.ceil(n / workers) * (train + overhead)
         if seconds <= seconds_left:
-            return Rung(index, n, steps, seconds)
-    fitting = int((seconds_left - overhead) / step_seconds) if step_seconds > 0 else 0
-    if fitting >= max(1, steps // 10):
-        return Rung(index, 1, fitting, fitting * step_seconds + overhead)
+            return Rung(index, n, train, seconds)
+    if seconds_left - overhead >= train / 10:
+        return Rung(index, 1, seconds_left - overhead, seconds_left)
     return None

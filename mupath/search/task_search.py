@@ -58,14 +58,26 @@ class SearchLog:
     probe: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-#: the recipes of a task's first rung, best first ("" = a new head on the parent as it is): on the built-in
-#: stream at 60 s per task, deltas or adapters ranked first on every task, a new head and scale-and-shift
-#: last (runs/probe of issue 32), and a short budget runs only the first few
-RECIPE_ORDER = ("lora", "adapter", "", "ssf")
-#: each recipe's learning rate: a few parameters on a frozen network want a larger step than the whole
-#: network's 1e-3 (peft's LoRA on a task mupath never saw: 0.652 at 3e-3, 0.876 at 1e-2, same 102 s; the
-#: font-digits run of docs/benchmarks.md "wallclock" chose 1e-2 for LoRA on validation); mutations move it
-RECIPE_LR = {"lora": 1e-2, "adapter": 5e-3, "": 1e-2, "ssf": 1e-2}
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A known-good starting point of a task's first rung: modules of `kind` ("" = none: a new head on
+    the parent as it is) before every block from `start` x the depth up, trained at learning rate `lr`."""
+
+    kind: str
+    start: float
+    lr: float
+
+
+#: the recipes of a task's first rung, best first. The top half's modules come first: below them the
+#: network stays frozen, so a step costs half as much (no backward through the bottom, and a small task's
+#: frozen bottom is served by the activation cache), and at a short budget the steps it saves are worth
+#: more than the bottom's adaptation (peft-style adapters at equal wall-clock, 55 s on 2 cores: on
+#: fashion_mnist 0.903 from block 8 up against 0.887 on every block, on digits 0.994 against 0.989; the
+#: probe of issue 32). A short budget runs only the first few. Learning rates: a few parameters on a
+#: frozen network want a larger step than the whole network's 1e-3 (peft's LoRA on a task mupath never
+#: saw: 0.652 at 3e-3, 0.876 at 1e-2 in the same 102 s); mutations move them
+RECIPES = (Recipe("adapter", 0.5, 5e-3), Recipe("lora", 0.5, 1e-2), Recipe("adapter", 0.0, 5e-3),
+           Recipe("lora", 0.0, 1e-2), Recipe("ssf", 0.0, 1e-2), Recipe("", 0.0, 1e-2))
 
 
 class TaskSearch:
@@ -149,23 +161,24 @@ class TaskSearch:
 
     # ---- successive halving (a time budget) -----------------------------------------------------
     def recipes(self) -> list[Child]:
-        """The family's known-good starting points, children of the best-ranked other path (the probe's
-        first when `seed_order` is probe), in the order a short budget should try them (measured on the
-        built-in stream, docs/benchmarks.md "quality-wallclock"): low-rank deltas and adapters before every
-        block, a new head on the parent as it is, scale-and-shift before every block; each at its own
-        learning rate (RECIPE_LR) and without augmentation (the space's default data hyperparameters,
-        so the activation cache can serve it). Only for a task's first visit (a revisit starts from its
-        own path) and only kinds whose insertion a setting has not switched off."""
+        """The family's known-good starting points (RECIPES, in order), children of the best-ranked other
+        path (the probe's first when `seed_order` is probe): adapters and low-rank deltas before the top
+        half's blocks, then before every block, a new head on the parent as it is, scale-and-shift before
+        every block; each at its own learning rate and without augmentation (the space's default data
+        hyperparameters, so the activation cache can serve it). Only for a task's first visit (a revisit
+        starts from its own path) and only kinds whose insertion a setting has not switched off."""
         if self.task in self.retained or not self.parent_pool:
             return []
         parent = self.parent_pool[0]
         data = {k: v for k, v in self.space.defaults.items() if k.startswith("ds_")}
-        out = []
-        for kind in RECIPE_ORDER:
-            blocks = self._allowed(kind) if kind else []
-            if blocks or not kind:
-                out.append(self._child(parent, 0, mutate=False, insert={kind: blocks} if kind else {},
-                                       data=data, set_hparams={"opt_lr": RECIPE_LR[kind]}))
+        out, seen = [], set()
+        for recipe in RECIPES:
+            first = math.floor(recipe.start * self.store.depth)
+            blocks = [i for i in self._allowed(recipe.kind) if i >= first] if recipe.kind else []
+            if (blocks or not recipe.kind) and (recipe.kind, tuple(blocks)) not in seen:
+                seen.add((recipe.kind, tuple(blocks)))
+                out.append(self._child(parent, 0, mutate=False, insert={recipe.kind: blocks} if recipe.kind else {},
+                                       data=data, set_hparams={"opt_lr": recipe.lr}))
         return out
 
     def _allowed(self, kind: str) -> list[int]:
@@ -279,9 +292,11 @@ class TaskSearch:
             return self._others()
         return sharing_tasks(self.retained if retained is None else retained, self.touched(best), self.task)
 
-    def job(self, child: Child, steps: int | None = None, validations: int | None = None) -> CandidateJob:
+    def job(self, child: Child, steps: int | None = None, validations: int | None = None,
+            seconds: float | None = None, expected: int | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
-        all siblings as in the reference: they are compared on the same batches."""
+        all siblings as in the reference: they are compared on the same batches. `seconds`: train for
+        that long, at most `steps`, about `expected` steps (`Budget.seconds`)."""
         seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation)
         settings = self.settings
         if steps is not None:             # a rung's own length (successive halving)
@@ -291,7 +306,8 @@ class TaskSearch:
                             cache_floor=self.cache_floor)
         if not self.settings.halving:
             return job
-        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline)
+        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline, seconds=seconds,
+                                     expected_steps=expected)
         parent = child.parent
         if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
             refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}
@@ -435,7 +451,7 @@ def tried_entry(plan: ChildPlan, res: CandidateResult, generation: int,
         best_val=max(finite) if finite else None,
         score=float(res.score) if entered and res.score is not None else None,
         owned_params=int(res.owned_params), accounted_params=float(res.accounted_params),
-        entered=entered, failure=res.failure, device=res.device)
+        entered=entered, failure=res.failure, device=res.device, steps=int(res.steps), parent=plan.path.parent_id)
 
 
 def always_cloned(store: Store, settings: EvolveSettings, root_path: PathRecord) -> frozenset[str]:

@@ -28,6 +28,8 @@ class TriedCandidate:
     failure: str | None
     device: str | None
     retained: bool = False
+    steps: int = 0                  #: training steps it took (a continuation: beyond its parent's)
+    parent: str | None = None       #: its parent path's id (a continuation's: the survivor it trained on from)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -37,7 +39,8 @@ class TriedCandidate:
         return cls(d["path"], int(d.get("generation", 0)), d.get("parent_task"), d.get("mutations") or {},
                    d.get("data") or {}, d.get("quality"), d.get("best_val", d.get("quality")), d.get("score"),
                    int(d.get("owned_params", 0)), float(d.get("accounted_params", 0.0)), bool(d.get("entered")),
-                   d.get("failure"), d.get("device"), bool(d.get("retained")))
+                   d.get("failure"), d.get("device"), bool(d.get("retained")), int(d.get("steps", 0)),
+                   d.get("parent"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,41 @@ class TrainConfig:
     #: snapshot the optimiser's state with the best weights (`TrainOutcome.best_optimizer`): only a
     #: candidate whose survivors may continue (successive halving) needs it
     keep_optimizer: bool = False
+    #: train for about this many seconds of training steps, at most `steps_per_validation` x `validations`
+    #: steps: the step count is sized from the rate of the first steps (`StepPlan.timed`), so that a
+    #: candidate whose steps cost less trains more of them (successive halving's rungs are equal in time)
+    #: and one that needs fewer ends early; None: the fixed count
+    seconds: float | None = None
+
+
+#: a candidate trained for `TrainConfig.seconds` times this many steps, after its first (untimed: first
+#: calls allocate), to size its step count, and sizes it again from the rate so far at 4x, 16x, ... that
+#: many (the first steps' rate can be off: caches warm, a machine's load moves)
+RATE_STEPS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """How many steps a candidate trains and after which its validations run (evenly spaced; the last
+    after the last step)."""
+
+    total: int
+    validations: int
+    cap: int = 0          #: a timed plan's most steps (0: `total`)
+
+    def __post_init__(self) -> None:
+        if not self.cap:
+            object.__setattr__(self, "cap", self.total)
+
+    def end(self, interval: int) -> int:
+        """The step count at which validation `interval` (0-based) runs."""
+        return math.ceil(self.total * (interval + 1) / self.validations)
+
+    def timed(self, seconds: float, step_seconds: float, done: int = RATE_STEPS + 1) -> StepPlan:
+        """The plan of a candidate given `seconds` of training at `step_seconds` per step: at most its
+        `cap` (the configured steps), at least one step per validation and the `done` steps taken."""
+        steps = int(seconds / step_seconds) if step_seconds > 0 else self.cap
+        return StepPlan(min(self.cap, max(steps, self.validations, done)), self.validations, self.cap)
 
 
 @dataclasses.dataclass
@@ -66,7 +101,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
     optimizer, params = _optimizer(owned, hp, optimizer_state)
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = batch_iterator(train_x.shape[0], cfg.batch_size, gen)
-    total = cfg.steps_per_validation * cfg.validations
+    plan = StepPlan(cfg.steps_per_validation * cfg.validations, cfg.validations)
     augmenting = has_augmentation(hp)
     evals: list[float] = []
     best: dict[str, dict[str, torch.Tensor]] | None = None
@@ -74,30 +109,29 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
     best_quality, best_score = float("-inf"), bar
     train_time = eval_time = 0.0
     step = 0
+    rate_started = 0.0
     model.eval()  # no dropout anywhere; eval mode keeps any norm statistics fixed
-    for _ in range(cfg.validations):
+    for interval in range(cfg.validations):
         t0 = time.perf_counter()
         if cfg.deadline is not None and t0 >= cfg.deadline and evals:
             break
-        for _ in range(cfg.steps_per_validation):
+        while step < plan.end(interval):
             if cfg.deadline is not None and time.perf_counter() >= cfg.deadline:
                 break
+            if step == 1:
+                rate_started = time.perf_counter()
             idx = next(batches)
             logits = _batch_logits(model, train_x, idx, hp, gen=gen if augmenting else None, prefix=prefix)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, hp)
-            loss = nn.functional.cross_entropy(logits, train_y[idx])
-            if not torch.isfinite(loss):
+            bad = _optimise(optimizer, params, logits, train_y[idx], lr_at(step, plan.total, hp), cfg.clip_norm)
+            if bad is not None:
                 return TrainOutcome(False, best_quality, best_score, evals, None, step,
                                     step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,
-                                    failure=f"loss became {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-            optimizer.step()
+                                    failure=f"loss became {bad} at step {step}")
             step += 1
+            if cfg.seconds is not None and _resize_at(step):
+                plan = plan.timed(cfg.seconds, (time.perf_counter() - rate_started) / (step - 1), step)
             if on_step is not None:
-                on_step(step, total)
+                on_step(step, plan.total)
         t1 = time.perf_counter()
         quality = accuracy_of(_val_logits(model, val_x, image_size, prefix), val_y)
         eval_time += time.perf_counter() - t1
@@ -110,6 +144,31 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             best_optimizer = optimizer_tensors(optimizer, params) if cfg.keep_optimizer else None
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
                         step * cfg.batch_size, train_time, eval_time, best_optimizer=best_optimizer)
+
+
+def _resize_at(step: int) -> bool:
+    """Does a timed candidate size its step count again after `step` steps (RATE_STEPS + 1, then 4x, 16x,
+    ... RATE_STEPS more)?"""
+    timed = step - 1
+    while timed > RATE_STEPS and timed % 4 == 0:
+        timed //= 4
+    return timed == RATE_STEPS
+
+
+def _optimise(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], logits: torch.Tensor,
+              labels: torch.Tensor, lr: float, clip_norm: float) -> float | None:
+    """One optimiser step on the batch's cross-entropy at learning rate `lr` (gradients clipped to
+    `clip_norm`); the loss when it is not finite (then no step is taken), else None."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = nn.functional.cross_entropy(logits, labels)
+    if not torch.isfinite(loss):
+        return float(loss.item())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    return None
 
 
 def _optimizer(owned: dict[str, nn.Module], hp: dict,
