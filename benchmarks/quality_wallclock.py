@@ -247,9 +247,10 @@ def write_report(results: Results, seeds: list[int], budget: float) -> Path:
         + table(["method", "avg test acc", "params / task", "÷ finetune-all", "wall s per seed"], rows),
         "### Per task\n\n" + table(["task", "method", "test acc", "wall s", "evolved reuses (tasks)"], per_task),
         "### Where the evolved run's steps went (means over the seeds)\n\nAll candidates' training steps, the "
-        "retained path's lineage (its first-rung ancestor's steps and its own), the share spent on candidates "
-        "that lost, and the LoRA baseline's steps at its chosen rate in the same wall time. At this budget the "
-        "first rung affords two to four 33-step candidates; what they cost is what the retained path lacks.\n\n"
+        "retained path's lineage (its own steps and those of the candidates it trained on from), the share "
+        "spent on candidates that lost, and the LoRA baseline's steps at its chosen rate in the same wall time. "
+        "Rungs are equal in time: a candidate whose steps are cheaper (a frozen bottom, cached for a small task) "
+        "trains more of them than LoRA on every block does.\n\n"
         + table(["task", "candidates", "evolved steps", "retained lineage's steps", "spent on losers",
                  "lora:8 steps"], steps_rows(results, seeds)),
         "### Learning-rate grid (seed 0, validation accuracy; the extra cost is the other rates' seconds)\n\n"
