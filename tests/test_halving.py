@@ -143,6 +143,25 @@ def test_rung_zero_is_equal_in_time_and_capped_in_steps(halved):
     assert all(t.steps <= spv * eta ** (t.generation + 1) for t in tried if t.generation == 1)
 
 
+def test_a_recipe_adds_modules_only_where_its_parent_has_none(tmp_path, digits_small):
+    """On a parent that already has an adapter before block 1 (another task's path), the top-half adapter
+    recipe would add nothing (a new head on the parent: the head recipe's) and is skipped; the others add
+    what the parent lacks."""
+    import dataclasses
+
+    from mupath.search.task_search import TaskSearch
+    from mupath.store.records import ROOT_TASK
+    system = System.create(tmp_path / "s", **TINY_ROOT)
+    system.add_task(digits_small)
+    search = TaskSearch(system.store, "digits", 0, EvolveSettings(**SETTINGS), "r")
+    root = system.manifest.retained()[ROOT_TASK]
+    search.parent_pool = [dataclasses.replace(root, id="p-other", task="other",
+                                              hparams={**root.hparams, "adapter_layers": [1]})]
+    added = [{k: v for k, v in r.plan.mutations.items() if k.endswith("_added")} for r in search.recipes()]
+    assert added == [{"loras_added": [1]}, {"adapters_added": [0]}, {"loras_added": [0, 1]},
+                     {"ssfs_added": [0, 1]}, {}]
+
+
 def test_survivors_train_on_from_their_own_weights(halved):
     commit, tried = _tried(halved, "digits")
     rungs = sorted({t.generation for t in tried})
@@ -284,11 +303,17 @@ def test_a_candidate_starts_no_step_after_the_iterations_deadline(tmp_path, digi
     assert search.job(child, 10, 1).budget.deadline == search.job_deadline
 
 
-def test_the_demo_runs_the_budgeted_search_when_given_a_time_budget():
-    """`mupath demo --time-budget 2m`: the search a user gets from `evolve --time-budget` (no frozen
-    bottom, the recipes); without it the demo's fixed schedule, as before."""
-    from mupath.cli.demo import DEMO_SETTINGS, demo_settings
+def test_the_demo_runs_the_budgeted_search_unless_told_the_fixed_schedule():
+    """`mupath demo`: the search a user gets from `evolve --time-budget` (no frozen bottom, the recipes),
+    DEMO_BUDGET per task from the pretrained root, one worker; `--fixed-schedule` (and the ViT demo) the
+    demo's generations; both at once is a one-line error."""
+    from mupath.cli.demo import DEMO_BUDGET, DEMO_SETTINGS, demo_budget, demo_settings, demo_workers
+    assert demo_budget("efficientnet", None, False) == DEMO_BUDGET and demo_budget("vit", None, False) is None
+    assert demo_budget("efficientnet", "2m", False) == "2m" and demo_budget("efficientnet", None, True) is None
+    with pytest.raises(ConfigError, match="drop one of them"):
+        demo_budget("efficientnet", "2m", True)
     budgeted = EvolveSettings(**demo_settings("efficientnet", "2m"))
     assert budgeted.halving and budgeted.time_budget == 120.0 and not budgeted.hparams
     assert demo_settings("efficientnet", None) is DEMO_SETTINGS["efficientnet"]
     assert not EvolveSettings(**DEMO_SETTINGS["efficientnet"]).halving
+    assert (demo_workers(None, "2m"), demo_workers(None, None), demo_workers(3, "2m")) == (1, 2, 3)

@@ -56,6 +56,20 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: the EfficientNet demo's time per task: four tasks and the store's setup in under 8 minutes on 2 cores
+DEMO_BUDGET = "100s"
+
+
+def demo_budget(root: str, time_budget: str | float | None, fixed_schedule: bool) -> str | float | None:
+    """The demo's time per task: `time_budget`, else DEMO_BUDGET from the pretrained root; None (the fixed
+    schedule) with `fixed_schedule` or the random-init ViT."""
+    if fixed_schedule:
+        if time_budget is not None:
+            raise ConfigError("--fixed-schedule runs the demo's generations, not a time budget; drop one of them")
+        return None
+    return time_budget if time_budget is not None or root != "efficientnet" else DEMO_BUDGET
+
+
 def demo_settings(root: str, time_budget: str | float | None) -> dict[str, Any]:
     """The demo's evolve settings: its fixed schedule, or with `time_budget` the budgeted search as a
     user gets it (every other setting at its default: recipes everywhere, no frozen bottom)."""
@@ -64,8 +78,16 @@ def demo_settings(root: str, time_budget: str | float | None) -> dict[str, Any]:
     return dict(time_budget=time_budget, seed=0)
 
 
-def run_demo(store: Path, workers: int, console: Console, root: str = "efficientnet",
-             time_budget: str | float | None = None) -> None:
+def demo_workers(workers: int | None, time_budget: str | float | None) -> int:
+    """Candidates trained at once: `workers`, else 1 under a time budget (its last survivor takes most of
+    the time and trains alone, on every core) and 2 on the fixed schedule (generations of 2)."""
+    return workers if workers is not None else (1 if time_budget is not None else 2)
+
+
+def run_demo(store: Path, workers: int | None, console: Console, root: str = "efficientnet",
+             time_budget: str | float | None = None, fixed_schedule: bool = False) -> None:
+    """Grow the demo's store (resumed when it exists) over DEMO_TASKS, then print its table and draw its
+    graph: the budgeted search (DEMO_BUDGET per task from the pretrained root) unless `fixed_schedule`."""
     from mupath.cli.progress import RichProgress
     from mupath.cli.tables import status_table
     from mupath.data import load_task
@@ -73,6 +95,7 @@ def run_demo(store: Path, workers: int, console: Console, root: str = "efficient
 
     if root not in DEMO_ROOTS:
         raise ConfigError(f"unknown demo root '{root}'; use {' or '.join(DEMO_ROOTS)}")
+    time_budget = demo_budget(root, time_budget, fixed_schedule)
     store = Path(store)
     if (store / MANIFEST).exists():
         system = System.open(store)
@@ -91,7 +114,8 @@ def run_demo(store: Path, workers: int, console: Console, root: str = "efficient
             console.print(f"added {name}: {len(task.train)}/{len(task.validation)}/{len(task.test)} "
                           f"train/val/test images")
     with RichProgress(console) as progress:
-        system.evolve(DEMO_TASKS, progress=progress, workers=workers, **demo_settings(root, time_budget))
+        system.evolve(DEMO_TASKS, progress=progress, workers=demo_workers(workers, time_budget),
+                      **demo_settings(root, time_budget))
     times: dict[str, float] = {}
     for commit in system.store.manifest.commit_records():
         times[commit.task] = times.get(commit.task, 0.0) + commit.info.wall_time

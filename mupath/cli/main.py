@@ -282,16 +282,21 @@ def verify(store: Path,
 @app.command()
 @friendly
 def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (resumed if it exists)"),
-         workers: int = typer.Option(2, help="candidates trained at once"),
+         workers: int | None = typer.Option(None, help="candidates trained at once (default: 1 under a time "
+                                            "budget, whose last survivor trains alone on every core; 2 with "
+                                            "--fixed-schedule)"),
          root: str = typer.Option("efficientnet", help="'efficientnet' (ImageNet-pretrained EfficientNet-Lite0, "
                                   "shipped in a package) or 'vit' (small random-init ViT)"),
-         time_budget: str | None = typer.Option(None, help="run the budgeted search (successive halving, the "
-                                                "family's recipes) with this much time per task (90, 90s, 2m) "
-                                                "instead of the demo's fixed schedule")) -> None:
+         time_budget: str | None = typer.Option(None, help="time per task of the budgeted search (successive "
+                                                "halving from the family's recipes; 90, 90s, 2m); default "
+                                                "100s from the pretrained root"),
+         fixed_schedule: bool = typer.Option(False, "--fixed-schedule", help="the demo's fixed schedule instead "
+                                             "(3 generations of 2 candidates, the bottom 12 blocks frozen; "
+                                             "the ViT demo's default)")) -> None:
     """The main job: one system grown over the four built-in offline tasks from the best offline root."""
     from mupath.cli.demo import run_demo
     _handle_sigterm()
-    run_demo(store, workers, console, root, time_budget=time_budget)
+    run_demo(store, workers, console, root, time_budget=time_budget, fixed_schedule=fixed_schedule)
 
 
 @app.command()

@@ -166,15 +166,19 @@ class TaskSearch:
         half's blocks, then before every block, a new head on the parent as it is, scale-and-shift before
         every block; each at its own learning rate and without augmentation (the space's default data
         hyperparameters, so the activation cache can serve it). Only for a task's first visit (a revisit
-        starts from its own path) and only kinds whose insertion a setting has not switched off."""
+        starts from its own path), only kinds whose insertion a setting has not switched off, and only
+        where the parent has no module of the kind yet: on another task's path with adapters on the top
+        half, the top-half adapter recipe would be a new head on it (the head recipe's, and a rung 0 timed
+        by its cheap steps)."""
         if self.task in self.retained or not self.parent_pool:
             return []
         parent = self.parent_pool[0]
         data = {k: v for k, v in self.space.defaults.items() if k.startswith("ds_")}
         out, seen = [], set()
-        for recipe in RECIPES:
+        for recipe in RECIPES:        # a recipe adds modules where its parent has none of its kind, or is skipped
             first = math.floor(recipe.start * self.store.depth)
-            blocks = [i for i in self._allowed(recipe.kind) if i >= first] if recipe.kind else []
+            has = set(parent.hparams.get(f"{recipe.kind}_layers", []))
+            blocks = [i for i in self._allowed(recipe.kind) if i >= first and i not in has] if recipe.kind else []
             if (blocks or not recipe.kind) and (recipe.kind, tuple(blocks)) not in seen:
                 seen.add((recipe.kind, tuple(blocks)))
                 out.append(self._child(parent, 0, mutate=False, insert={recipe.kind: blocks} if recipe.kind else {},
