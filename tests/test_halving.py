@@ -61,6 +61,7 @@ def test_a_rung_pays_each_candidates_fixed_cost_once():
                CandidateResult("c", steps=0, wall_time=9.0)]                      # failed: not counted
     assert halving.per_step_seconds(results) == pytest.approx(0.15)
     assert halving.candidate_overhead(results) == pytest.approx(1.5)
+    assert halving.least_overhead(results) == pytest.approx(1.0)     # the last survivor's: no fill of its own
 
 
 @pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90", 90.0), ("90s", 90.0), ("10m", 600.0),

@@ -18,6 +18,7 @@ from mupath.search.halving import (
     SLACK,
     candidate_overhead,
     first_rung_size,
+    least_overhead,
     next_rung,
     per_step_seconds,
 )
@@ -215,6 +216,8 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
         rung = next_rung(k, keep, r0, eta, seconds_left=left, workers=workers, overhead=overhead)
         if rung is None or not rung_paths:
             break
+        if rung.candidates == 1:      # the last survivor reads the cache its ancestor filled: the least fixed cost
+            rung = dataclasses.replace(rung, train_seconds=max(rung.train_seconds, left - least_overhead(entrants)))
         survivors = rung_paths[:rung.candidates]
         _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
         children = search.continuations(survivors, k)

@@ -68,6 +68,13 @@ def candidate_overhead(results: Sequence[CandidateResult]) -> float:
     return statistics.median(rest) if rest else 0.0
 
 
+def least_overhead(results: Sequence[CandidateResult]) -> float:
+    """The least fixed cost of a candidate that trained: what the last survivor, whose cache entry its
+    ancestor filled and which builds like its ancestor, is expected to pay (the median counts the fills)."""
+    rest = [max(0.0, r.wall_time - r.train_time) for r in results if r.steps > 0]
+    return min(rest) if rest else 0.0
+
+
 def first_rung_size(seconds_left: float, candidate_seconds: float, eta: int, workers: int) -> int:
     """The largest n0 whose whole schedule (every rung at about n0 candidate-costs, `workers` at a
     time) fits `seconds_left`, at most MAX_FIRST_RUNG; 1 when none does (the first wave then is the whole
