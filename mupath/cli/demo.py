@@ -57,7 +57,8 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 #: the EfficientNet demo's time per task: four tasks and the store's setup in under 8 minutes on 2 cores
-DEMO_BUDGET = "100s"
+#: (at 100 s: 6 min 35 s in all, fashion_mnist 0.896, under its floor of 0.90)
+DEMO_BUDGET = "115s"
 
 
 def demo_budget(root: str, time_budget: str | float | None, fixed_schedule: bool) -> str | float | None:

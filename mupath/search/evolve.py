@@ -204,7 +204,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     r0 = r0 or step_s * s0
     n0 = _rung_zero_size(search, results, r0, deadline, eta)
     entrants = list(results)
-    _rung_started(run.progress, search, 0, max(n0, len(first)), r0, deadline)
+    _rung_started(run.progress, search, 0, max(n0, len(results)), r0, deadline)
     while len(entrants) < n0 and time.perf_counter() + overhead + r0 < deadline - search.reserve_seconds():
         entrants += run(search.mutated(min(workers, n0 - len(entrants)), 0), s0 * eta, 1, r0)
     rates = {p.id: float(p.metrics.get("train_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
