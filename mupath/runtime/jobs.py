@@ -91,11 +91,10 @@ class Budget:
     deadline: float | None = None
     #: train for about this many seconds of training steps, the step count above being then the most it
     #: trains (`TrainConfig.seconds`): successive halving's rungs give each candidate the same time, so a
-    #: candidate whose steps cost less trains more of them; None: the count
+    #: candidate whose steps cost less trains more of them. Such a candidate never fills the activation
+    #: cache (a fill is not part of its seconds: on a large task it would eat the budget), it reads what
+    #: its ancestor or the first candidates filled; None: the count
     seconds: float | None = None
-    #: with `seconds`, the steps the candidate is expected to train (from the rates measured so far): what
-    #: the activation cache's fill decision weighs instead of the most it may train; None: that most
-    expected_steps: int | None = None
 
 
 def size_penalty(accounted: float, root_params: int, scale_factor: float) -> float:

@@ -137,10 +137,10 @@ def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Modul
     ids = prefix_ids(job, model, owned)
     if ids is None:
         return None
-    budget = job.budget       # a short candidate on a large task: a fill would cost more than it saves
-    steps = budget.expected_steps or budget.steps_per_validation * budget.validations
-    fill = bool(job.cache.floor) or fill_pays(int(data["train.x"].shape[0]), int(val_x.shape[0]),
-                                              steps * budget.batch_size, budget.validations)
+    budget = job.budget       # a short candidate on a large task: a fill would cost more than it saves;
+    steps = budget.steps_per_validation * budget.validations      # a timed one never fills (`Budget.seconds`)
+    fill = bool(job.cache.floor) or (budget.seconds is None and fill_pays(
+        int(data["train.x"].shape[0]), int(val_x.shape[0]), steps * budget.batch_size, budget.validations))
     preload = functools.partial(load_floor, job.cache.floor_file) if job.cache.floor_file else None
     return process_cache(cache_bytes).prefix(model, ids, job.task_blob + job.root + device,
                                              int(job.hparams["ds_image_size"]), data["train.x"], val_x,

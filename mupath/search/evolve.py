@@ -157,10 +157,9 @@ class CandidateRunner:
     tracker: Tracker
 
     def __call__(self, children: list[Child], steps: int | None = None, validations: int | None = None,
-                 seconds: float | None = None, expected: int | None = None) -> list[CandidateResult]:
+                 seconds: float | None = None) -> list[CandidateResult]:
         search, progress = self.search, self.progress
-        jobs = pin_blobs(search.store, search.run_id,
-                         [search.job(c, steps, validations, seconds, expected) for c in children])
+        jobs = pin_blobs(search.store, search.run_id, [search.job(c, steps, validations, seconds) for c in children])
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         results = list(self.executor.run(jobs, on_done=on_done, on_step=on_step))
@@ -225,7 +224,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
         cap = max(cap, eta * settings.steps_per_validation * settings.validations) if rung.candidates == 1 else cap
         rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or step_s
         expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
-        results = run(children, cap, min(settings.validations, expected), rung.train_seconds, expected)
+        results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
         for c, r in zip(children, results):
             rates[c.plan.path.id] = r.train_time / max(1, r.steps)
         rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths

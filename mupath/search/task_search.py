@@ -297,10 +297,10 @@ class TaskSearch:
         return sharing_tasks(self.retained if retained is None else retained, self.touched(best), self.task)
 
     def job(self, child: Child, steps: int | None = None, validations: int | None = None,
-            seconds: float | None = None, expected: int | None = None) -> CandidateJob:
+            seconds: float | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
         all siblings as in the reference: they are compared on the same batches. `seconds`: train for
-        that long, at most `steps`, about `expected` steps (`Budget.seconds`)."""
+        that long, at most `steps` (`Budget.seconds`)."""
         seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation)
         settings = self.settings
         if steps is not None:             # a rung's own length (successive halving)
@@ -310,8 +310,7 @@ class TaskSearch:
                             cache_floor=self.cache_floor)
         if not self.settings.halving:
             return job
-        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline, seconds=seconds,
-                                     expected_steps=expected)
+        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline, seconds=seconds)
         parent = child.parent
         if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
             refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}
