@@ -220,8 +220,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
         survivors = rung_paths[:rung.candidates]
         _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
         children = search.continuations(survivors, k)
-        cap = s0 * eta ** (k + 1)         # the last: at most eta fixed-schedule candidates' steps
-        cap = max(cap, eta * settings.steps_per_validation * settings.validations) if rung.candidates == 1 else cap
+        cap = max(s0 * eta ** (k + 1), eta * s0 * settings.validations * (rung.candidates == 1))  # last: eta runs
         rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or step_s
         expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
         results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
