@@ -64,14 +64,19 @@ def per_step_seconds(results: Sequence[CandidateResult]) -> float:
 def candidate_overhead(results: Sequence[CandidateResult]) -> float:
     """Median seconds a candidate spends besides its training steps (build, cache fill, validations,
     snapshot): what every candidate of a rung pays once, however long it trains."""
-    rest = [max(0.0, r.wall_time - r.train_time) for r in results if r.steps > 0]
+    rest = fixed_costs(results)
     return statistics.median(rest) if rest else 0.0
+
+
+def fixed_costs(results: Sequence[CandidateResult]) -> list[float]:
+    """Each trained candidate's seconds besides its training steps."""
+    return [max(0.0, r.wall_time - r.train_time) for r in results if r.steps > 0]
 
 
 def least_overhead(results: Sequence[CandidateResult]) -> float:
     """The least fixed cost of a candidate that trained: what the last survivor, whose cache entry its
     ancestor filled and which builds like its ancestor, is expected to pay (the median counts the fills)."""
-    rest = [max(0.0, r.wall_time - r.train_time) for r in results if r.steps > 0]
+    rest = fixed_costs(results)
     return min(rest) if rest else 0.0
 
 
