@@ -1,9 +1,13 @@
 """Frozen-prefix activation cache: identical forward results, sharing between candidates, memory bound."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from mupath.model import PathModel, RootSpec, root_modules
+from mupath.runtime.jobs import Budget
+from mupath.runtime.worker import fills_cache
 from mupath.train.cache import ActivationCache, fill_pays, frozen_prefix
 from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import to_model_input
@@ -188,3 +192,16 @@ def test_a_fill_is_made_only_when_it_pays_and_an_entry_there_is_always_used():
     made = cache.prefix(model, prefix, "t", 16, x, val)
     again = cache.prefix(model, prefix, "t", 16, x, val, fill=False)
     assert again is not None and again.train is made.train and cache.hits == 1
+
+
+def test_a_timed_candidate_never_fills_and_the_floor_always_does():
+    """fills_cache: a step-counted candidate on a small task fills; the same candidate timed
+    (`Budget.seconds`) does not, however small the task (its fill would come on top of its seconds); the
+    run's frozen floor is filled either way."""
+    counted = Budget(100, 4, 64, 1000)
+    timed = dataclasses.replace(counted, seconds=30.0)
+    assert fills_cache(counted, 0, 3_600, 400)
+    assert not fills_cache(timed, 0, 3_600, 400)
+    assert not fills_cache(timed, 0, 144, 16)
+    assert fills_cache(timed, 8, 54_000, 6_000)
+    assert not fills_cache(dataclasses.replace(counted, steps_per_validation=33, validations=1), 0, 54_000, 1_000)

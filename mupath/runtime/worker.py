@@ -19,7 +19,7 @@ from mupath.model.components import ComponentSpec, load_component, new_component
 from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, resample_pos_embed
 from mupath.runtime.device import resolve_device
-from mupath.runtime.jobs import OPTIMIZER_REF, CandidateJob, CandidateResult, SlotJob, size_penalty
+from mupath.runtime.jobs import OPTIMIZER_REF, Budget, CandidateJob, CandidateResult, SlotJob, size_penalty
 from mupath.store.atomic import atomic_write_bytes
 from mupath.store.tensors import TensorSource, task_tensors, verified_bytes  # noqa: F401  (re-exported)
 from mupath.train.cache import fill_pays, frozen_prefix, load_floor, process_cache
@@ -128,6 +128,17 @@ def prefix_ids(job: CandidateJob, model: PathModel, owned: dict[str, nn.Module])
     return frozen_prefix(model, {id(m) for m in owned.values()}, keys)
 
 
+def fills_cache(budget: Budget, floor: int, train_rows: int, val_rows: int) -> bool:
+    """May a job of `budget` fill a cache entry it misses? Always for the run's frozen `floor` (blocks);
+    never for a timed candidate (`Budget.seconds`: the fill is not part of its seconds, so it would
+    overrun them: a last survivor expecting 435 steps filled 54,000 images and trained none); else only
+    when the fill pays (`fill_pays`: a short candidate on a large task spends more on it than it saves)."""
+    if floor:
+        return True
+    steps = budget.steps_per_validation * budget.validations
+    return budget.seconds is None and fill_pays(train_rows, val_rows, steps * budget.batch_size, budget.validations)
+
+
 def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Module],
                   data: dict[str, torch.Tensor], val_x: torch.Tensor, device: str) -> Any:
     """The activation cache's prefix for this candidate (None: off, augmented, or nothing frozen)."""
@@ -137,10 +148,7 @@ def _cache_prefix(job: CandidateJob, model: PathModel, owned: dict[str, nn.Modul
     ids = prefix_ids(job, model, owned)
     if ids is None:
         return None
-    budget = job.budget       # a short candidate on a large task: a fill would cost more than it saves;
-    steps = budget.steps_per_validation * budget.validations      # a timed one never fills (`Budget.seconds`)
-    fill = bool(job.cache.floor) or (budget.seconds is None and fill_pays(
-        int(data["train.x"].shape[0]), int(val_x.shape[0]), steps * budget.batch_size, budget.validations))
+    fill = fills_cache(job.budget, job.cache.floor, int(data["train.x"].shape[0]), int(val_x.shape[0]))
     preload = functools.partial(load_floor, job.cache.floor_file) if job.cache.floor_file else None
     return process_cache(cache_bytes).prefix(model, ids, job.task_blob + job.root + device,
                                              int(job.hparams["ds_image_size"]), data["train.x"], val_x,
