@@ -269,6 +269,19 @@ def test_a_budgeted_iteration_checks_only_the_tasks_sharing_what_it_touched():
     assert EvolveSettings(check_scope="shared").shared_check
 
 
+def test_a_budgeted_iteration_builds_its_recipes_on_the_best_probed_path(halved):
+    """seed_order 'auto' (the default) is the relevance probe under a time budget and the shuffle without
+    one; parity, the second task, ranks the other paths and its recipes are children of the first."""
+    assert EvolveSettings(time_budget=60).probes_seeds and not EvolveSettings().probes_seeds
+    assert not EvolveSettings(time_budget=60, seed_order="shuffle").probes_seeds
+    assert EvolveSettings(seed_order="probe").probes_seeds
+    commit = [c for c in halved.manifest.commits() if c["task"] == "parity"][-1]
+    top = commit["info"]["probe_top"]
+    assert {t for t, _ in top} == {"digits", "__root__"}
+    assert [v for _, v in top] == sorted((v for _, v in top), reverse=True)
+    assert commit["info"]["tried"][0]["parent_task"] == top[0][0]          # the first recipe
+
+
 def test_the_reserve_counts_the_test_images_the_check_will_run(halved):
     """The commit's reserve: this task's test images, plus, with a shared check, only the tasks sharing a
     component with the best path so far; with check_scope 'all' every other task's."""

@@ -19,7 +19,7 @@ from typing import Any, cast
 from mupath.errors import ConfigError
 
 CLONE_ROOT = ("auto", "always", "mutation")
-SEED_ORDER = ("shuffle", "probe")
+SEED_ORDER = ("auto", "shuffle", "probe")
 CHECK_SCOPE = ("auto", "all", "shared")
 EXECUTORS = ("auto", "inprocess", "process", "ray")
 #: the block of docs/settings.md that `--write` regenerates (the prose around it is written by hand)
@@ -69,12 +69,15 @@ class EvolveSettings:
         "cloning. A slot whose clone probability `_mu_|clone:<slot>` is 0 stays shared in every mode (except "
         "the ViT's always-cloned `norm` and the task's own components).")
     seed_order: str = setting(
-        "shuffle", help="order in which other tasks' best paths (and the root) are tried as parents: shuffle "
-        "(µ2Net) | probe (most relevant first)",
+        "auto", help="order in which other tasks' best paths (and the root) are tried as parents: shuffle "
+        "(µ2Net) | probe (most relevant first) | auto (probe with a time budget, else shuffle)",
         details="`probe` ranks each path by the nearest-class-mean accuracy of its frozen features on "
         "`probe_images` training images of the new task (one forward per path, no training). For few "
         "candidates per task, where the first parents decide the task; the commit records the top 5 "
-        "(`probe_top`).")
+        "(`probe_top`). `auto` is `probe` under a `time_budget`, where the first rung's recipes are children "
+        "of the first parent and a short budget runs only one to three of them (on the stream at 60 s per "
+        "task, seeds 0 and 1: mnist and digits then build on the earlier tasks' modules), and `shuffle` "
+        "without one.")
     probe_images: int = setting(512, help="training images the relevance probe uses (half fit the class "
                                 "means, half score them)")
     head_first: bool = setting(
@@ -189,7 +192,7 @@ class EvolveSettings:
         if self.clone_root not in CLONE_ROOT:
             raise ConfigError(f"clone_root must be {', '.join(CLONE_ROOT)}, got '{self.clone_root}'")
         if self.seed_order not in SEED_ORDER:
-            raise ConfigError(f"seed_order must be {' or '.join(SEED_ORDER)}, got '{self.seed_order}'")
+            raise ConfigError(f"seed_order must be {', '.join(SEED_ORDER)}, got '{self.seed_order}'")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor must be auto, inprocess, process or ray, got '{self.executor}'")
         if self.executor == "inprocess" and self.workers > 1:
@@ -243,6 +246,11 @@ class EvolveSettings:
     def halving(self) -> bool:
         """Does a task iteration run successive halving under a time budget (else the fixed schedule)?"""
         return self.time_budget is not None
+
+    @property
+    def probes_seeds(self) -> bool:
+        """Are other tasks' paths ranked by the relevance probe before they are tried (`seed_order`)?"""
+        return self.seed_order == "probe" or (self.seed_order == "auto" and self.halving)
 
     @property
     def shared_check(self) -> bool:

@@ -104,7 +104,7 @@ class TaskSearch:
         self.parent_pool = [p for t, p in sorted(self.retained.items()) if t != task]   # + the root
         self.rng.shuffle(self.parent_pool)
         self.log = SearchLog()
-        if settings.seed_order == "probe" and self.parent_pool:
+        if settings.probes_seeds and self.parent_pool:
             self._rank_parent_pool()
         self.population = [self.retained[task]] if task in self.retained else []
         self.scores = {p.id: self.rescore(p) for p in self.population}
@@ -162,7 +162,7 @@ class TaskSearch:
     # ---- successive halving (a time budget) -----------------------------------------------------
     def recipes(self) -> list[Child]:
         """The family's known-good starting points (RECIPES, in order), children of the best-ranked other
-        path (the probe's first when `seed_order` is probe): adapters and low-rank deltas before the top
+        path (the probe's first, `seed_order`): adapters and low-rank deltas before the top
         half's blocks, then before every block, a new head on the parent as it is, scale-and-shift before
         every block; each at its own learning rate and without augmentation (the space's default data
         hyperparameters, so the activation cache can serve it). Only for a task's first visit (a revisit
