@@ -170,22 +170,67 @@ class CandidateRunner:
         return results
 
 
+@dataclasses.dataclass(frozen=True)
+class RungZero:
+    """What rung 0 trained and measured: its entrants' results, `r0` (each candidate's seconds of
+    training), the median seconds per training step and the median fixed cost of a candidate."""
+
+    entrants: list[CandidateResult]
+    r0: float
+    step_seconds: float
+    overhead: float
+
+
 def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
-    """Successive halving within `settings.time_budget` (see `mupath.search.halving`): a first wave
-    (the recipes, else mutated children, one per worker at least; a recipe is skipped once the costliest
-    candidate so far would not fit), the first of them s0 steps long and the rest as many seconds as
-    those took, the rest of rung 0 sized from the measured costs, then rungs of the best 1/eta trained
-    eta times longer from their own weights, the last for all the time that is left. A candidate of
-    rung k trains at most s0 * eta^(k+1) steps (the last survivor at most eta fixed-schedule candidates'
-    steps), so one whose steps are cheap ends early and leaves its time to the rest."""
+    """Successive halving within `settings.time_budget` (see `mupath.search.halving`): rung 0 (`_rung_zero`),
+    then rungs of the best 1/eta trained eta times longer from their own weights, the last for all the
+    time that is left. A candidate of rung k trains at most s0 * eta^(k+1) steps (the last survivor at
+    most eta fixed-schedule candidates' steps), so one whose steps are cheap ends early and leaves its
+    time to the rest."""
+    settings = search.settings
+    workers, eta = max(1, settings.workers), settings.halving_rate
+    s0 = settings.steps_per_validation
+    deadline = started + float(settings.time_budget or 0) * (1 - SLACK)
+    # no candidate trains past the deadline less the commit's reserve, whatever its steps cost (a
+    # candidate's cost is known only once one like it has run)
+    search.job_deadline = time.time() + (deadline - time.perf_counter()) - search.reserve_seconds()
+    zero = _rung_zero(search, run, started, deadline)
+    rates = {p.id: float(p.metrics.get("train_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
+             for p in search.population}              #: each trained path's own seconds per training step
+    rung_paths = search.ranked([p for p in search.population if p.metrics.get("generation") == 0])
+    for k in range(1, 64):
+        keep = math.ceil(len(rung_paths) / eta) if len(rung_paths) > 1 else len(rung_paths)
+        left = deadline - time.perf_counter() - search.reserve_seconds()
+        rung = next_rung(k, keep, zero.r0, eta, seconds_left=left, workers=workers, overhead=zero.overhead)
+        if rung is None or not rung_paths:
+            break
+        if rung.candidates == 1:      # the last survivor reads the cache its ancestor filled: the least fixed cost
+            last = left - least_overhead(zero.entrants)
+            rung = dataclasses.replace(rung, train_seconds=max(rung.train_seconds, last))
+        survivors = rung_paths[:rung.candidates]
+        _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
+        children = search.continuations(survivors, k)
+        cap = max(s0 * eta ** (k + 1), eta * s0 * settings.validations * (rung.candidates == 1))  # last: eta runs
+        rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or zero.step_seconds
+        expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
+        results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
+        for c, r in zip(children, results):
+            rates[c.plan.path.id] = r.train_time / max(1, r.steps)
+        rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
+                                    else c.parent for c, r in zip(children, results)])
+        if len(survivors) == 1:
+            break
+
+
+def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadline: float) -> RungZero:
+    """Rung 0: a first wave (the recipes, else mutated children, one per worker at least; a recipe is
+    skipped once the costliest candidate so far would not fit), the first of them s0 steps long and the
+    rest as many seconds as those took (at most eta times the steps), then mutated children up to the
+    size n0 the measured costs afford."""
     settings = search.settings
     workers, eta = max(1, settings.workers), settings.halving_rate
     s0 = settings.steps_per_validation      # the first candidates' steps; the rest of rung 0 trains as long
     budget = float(settings.time_budget or 0)
-    deadline = started + budget * (1 - SLACK)
-    # no candidate trains past the deadline less the commit's reserve, whatever its steps cost (a
-    # candidate's cost is known only once one like it has run)
-    search.job_deadline = time.time() + (deadline - time.perf_counter()) - search.reserve_seconds()
     first = search.recipes()
     first += search.mutated(max(0, workers - len(first)), 0)
     _rung_started(run.progress, search, 0, len(first), None, deadline, first=True)
@@ -206,30 +251,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     _rung_started(run.progress, search, 0, max(n0, len(results)), r0, deadline)
     while len(entrants) < n0 and time.perf_counter() + overhead + r0 < deadline - search.reserve_seconds():
         entrants += run(search.mutated(min(workers, n0 - len(entrants)), 0), s0 * eta, 1, r0)
-    rates = {p.id: float(p.metrics.get("train_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
-             for p in search.population}              #: each trained path's own seconds per training step
-    rung_paths = search.ranked([p for p in search.population if p.metrics.get("generation") == 0])
-    for k in range(1, 64):
-        keep = math.ceil(len(rung_paths) / eta) if len(rung_paths) > 1 else len(rung_paths)
-        left = deadline - time.perf_counter() - search.reserve_seconds()
-        rung = next_rung(k, keep, r0, eta, seconds_left=left, workers=workers, overhead=overhead)
-        if rung is None or not rung_paths:
-            break
-        if rung.candidates == 1:      # the last survivor reads the cache its ancestor filled: the least fixed cost
-            rung = dataclasses.replace(rung, train_seconds=max(rung.train_seconds, left - least_overhead(entrants)))
-        survivors = rung_paths[:rung.candidates]
-        _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
-        children = search.continuations(survivors, k)
-        cap = max(s0 * eta ** (k + 1), eta * s0 * settings.validations * (rung.candidates == 1))  # last: eta runs
-        rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or step_s
-        expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
-        results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
-        for c, r in zip(children, results):
-            rates[c.plan.path.id] = r.train_time / max(1, r.steps)
-        rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
-                                    else c.parent for c, r in zip(children, results)])
-        if len(survivors) == 1:
-            break
+    return RungZero(entrants, r0, step_s, overhead)
 
 
 def _rung_zero_size(search: TaskSearch, results: list[CandidateResult], r0: float, deadline: float, eta: int) -> int:
