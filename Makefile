@@ -24,7 +24,7 @@ fashion-data:
 	  fi; \
 	fi
 
-# `make demo` grows runs/demo from the pretrained EfficientNet-Lite0 (the budgeted search, 115 s per task;
+# `make demo` grows runs/demo from the pretrained EfficientNet-Lite0 (the budgeted search, 440 s for 4 tasks;
 # ARGS=--fixed-schedule for the former demo); `make demo-vit` from a random-init ViT.
 demo: $(STAMP) fashion-data
 	$(VENV)/bin/mupath demo runs/demo $(ARGS)

@@ -319,15 +319,20 @@ def test_a_candidate_starts_no_step_after_the_iterations_deadline(tmp_path, digi
 
 def test_the_demo_runs_the_budgeted_search_unless_told_the_fixed_schedule():
     """`mupath demo`: the search a user gets from `evolve --time-budget` (no frozen bottom, the recipes),
-    DEMO_BUDGET per task from the pretrained root, one worker; `--fixed-schedule` (and the ViT demo) the
-    demo's generations; both at once is a one-line error."""
-    from mupath.cli.demo import DEMO_BUDGET, DEMO_SETTINGS, demo_budget, demo_settings, demo_workers
-    assert demo_budget("efficientnet", None, False) == DEMO_BUDGET and demo_budget("vit", None, False) is None
-    assert demo_budget("efficientnet", "2m", False) == "2m" and demo_budget("efficientnet", None, True) is None
+    DEMO_BUDGETS from the pretrained root (the most for the largest task, under 8 minutes in all) or
+    `--time-budget` for every task, one worker; `--fixed-schedule` (and the ViT demo) the demo's
+    generations; both at once is a one-line error."""
+    from mupath.cli.demo import DEMO_BUDGETS, DEMO_SETTINGS, DEMO_TASKS, demo_budgets, demo_settings, demo_workers
+    assert demo_budgets("efficientnet", None, False) == DEMO_BUDGETS and demo_budgets("vit", None, False) is None
+    assert set(DEMO_BUDGETS) == set(DEMO_TASKS) and sum(DEMO_BUDGETS.values()) <= 450
+    assert max(DEMO_BUDGETS, key=DEMO_BUDGETS.__getitem__) == "fashion_mnist"
+    assert demo_budgets("efficientnet", "2m", False) == {t: "2m" for t in DEMO_TASKS}
+    assert demo_budgets("efficientnet", None, True) is None
     with pytest.raises(ConfigError, match="drop one of them"):
-        demo_budget("efficientnet", "2m", True)
+        demo_budgets("efficientnet", "2m", True)
     budgeted = EvolveSettings(**demo_settings("efficientnet", "2m"))
     assert budgeted.halving and budgeted.time_budget == 120.0 and not budgeted.hparams
+    assert budgeted.probes_seeds                       # recipes on the best-probed path: reuse a user can see
     assert demo_settings("efficientnet", None) is DEMO_SETTINGS["efficientnet"]
     assert not EvolveSettings(**DEMO_SETTINGS["efficientnet"]).halving
     assert (demo_workers(None, "2m"), demo_workers(None, None), demo_workers(3, "2m")) == (1, 2, 3)
