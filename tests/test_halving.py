@@ -271,7 +271,8 @@ def test_a_budgeted_iteration_checks_only_the_tasks_sharing_what_it_touched():
 
 def test_a_budgeted_iteration_builds_its_recipes_on_the_best_probed_path(halved):
     """seed_order 'auto' (the default) is the relevance probe under a time budget and the shuffle without
-    one; parity, the second task, ranks the other paths and its recipes are children of the first."""
+    one; parity, the second task, ranks the other paths and its recipes are children of the first; digits,
+    the first, whose pool is the root alone, spends nothing on a probe."""
     assert EvolveSettings(time_budget=60).probes_seeds and not EvolveSettings().probes_seeds
     assert not EvolveSettings(time_budget=60, seed_order="shuffle").probes_seeds
     assert EvolveSettings(seed_order="probe").probes_seeds
@@ -280,6 +281,8 @@ def test_a_budgeted_iteration_builds_its_recipes_on_the_best_probed_path(halved)
     assert {t for t, _ in top} == {"digits", "__root__"}
     assert [v for _, v in top] == sorted((v for _, v in top), reverse=True)
     assert commit["info"]["tried"][0]["parent_task"] == top[0][0]          # the first recipe
+    first_task = [c for c in halved.manifest.commits() if c["task"] == "digits"][-1]
+    assert "probe_top" not in first_task["info"] and "probe_time" not in first_task["info"]
 
 
 def test_the_reserve_counts_the_test_images_the_check_will_run(halved):

@@ -104,7 +104,7 @@ class TaskSearch:
         self.parent_pool = [p for t, p in sorted(self.retained.items()) if t != task]   # + the root
         self.rng.shuffle(self.parent_pool)
         self.log = SearchLog()
-        if settings.probes_seeds and self.parent_pool:
+        if settings.probes_seeds and len(self.parent_pool) > 1:   # a pool of one (a new store's root) has no order
             self._rank_parent_pool()
         self.population = [self.retained[task]] if task in self.retained else []
         self.scores = {p.id: self.rescore(p) for p in self.population}
