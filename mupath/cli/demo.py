@@ -120,12 +120,11 @@ def run_demo(store: Path, workers: int | None, console: Console, root: str = "ef
             console.print(f"added {name}: {len(task.train)}/{len(task.validation)}/{len(task.test)} "
                           f"train/val/test images")
     with RichProgress(console) as progress:
-        if budgets is None:
-            system.evolve(DEMO_TASKS, progress=progress, workers=demo_workers(workers, None), **DEMO_SETTINGS[root])
-        else:
-            for name in DEMO_TASKS:        # each task at its own budget
-                system.evolve([name], progress=progress, workers=demo_workers(workers, budgets[name]),
-                              **demo_settings(root, budgets[name]))
+        # the fixed schedule in one run over every task, else each task in its own run at its own budget
+        runs = [(DEMO_TASKS, None)] if budgets is None else [([name], budgets[name]) for name in DEMO_TASKS]
+        for tasks, budget in runs:
+            system.evolve(tasks, progress=progress, workers=demo_workers(workers, budget),
+                          **demo_settings(root, budget))
     times: dict[str, float] = {}
     for commit in system.store.manifest.commit_records():
         times[commit.task] = times.get(commit.task, 0.0) + commit.info.wall_time
