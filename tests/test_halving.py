@@ -126,8 +126,7 @@ def test_the_first_rung_starts_with_the_recipes(halved):
     assert recipes[0]["adapters_added"] == [1] and recipes[1]["loras_added"] == [1]      # the top half's blocks
     assert recipes[2]["adapters_added"] == [0, 1] and recipes[3]["loras_added"] == [0, 1]   # then every block
     assert recipes[4]["ssfs_added"] == [0, 1]
-    assert set(recipes[5]) <= {"cloned", "opt_lr", "opt_lr_schedule"}      # a new head on the parent as it is
-    assert all(r["opt_lr_schedule"] == ["cosine", "stable"] for r in recipes)   # a later rung may continue them
+    assert set(recipes[5]) <= {"cloned", "opt_lr"}                         # a new head on the parent as it is
     from mupath.search.task_search import RECIPES                  # each at its own learning rate
     assert [r["opt_lr"][1] for r in recipes] == [r.lr for r in RECIPES]
     assert all(not t.data for t in first)                         # no augmentation: the parent's data hparams
@@ -170,10 +169,7 @@ def test_survivors_train_on_from_their_own_weights(halved):
     assert rungs == [0, 1, 2]                                                   # 6 -> 2 -> 1
     assert [sum(t.generation == k for t in tried) for k in rungs] == [6, 2, 1]
     later = [t for t in tried if t.generation > 0]
-    assert all(t.parent_task == "digits" for t in later)                        # unmutated children: the
-    assert all(not t.mutations for t in later if t.generation == 1)             # middle rung holds its peak,
-    last = [t for t in later if t.generation == 2]                              # the last survivor decays it
-    assert [t.mutations for t in last] == [{"opt_lr_schedule": ["stable", "cosine"]}]
+    assert all(not t.mutations and t.parent_task == "digits" for t in later)   # unmutated children
     assert commit.info.candidates == len(tried) == 9
     retained = halved.store.retained_path("digits")
     assert retained.id in {t.path for t in tried}
@@ -217,17 +213,6 @@ def test_a_newcomer_evolve_runs_under_the_default_budget(tmp_path, digits_small,
     assert max(t.generation for t in commit.info.tried) >= 1
     fixed = CliRunner().invoke(app, ["evolve", str(tmp_path / "s"), *quick, "--generations", "1", "--candidates", "1"])
     assert fixed.exit_code == 0 and "time budget" not in fixed.output and "rung" not in fixed.output
-
-
-def test_a_rung_holds_its_learning_rate_and_the_last_survivor_decays_it():
-    """Warmup-stable-decay across rungs: `stable` warms up like `cosine`, then holds the peak where
-    `cosine` decays to 0."""
-    from mupath.train.optim import lr_at
-    hp = {"opt_lr": 1e-2, "opt_lr_warmup_ratio": 0.1}
-    stable, cosine = dict(hp, opt_lr_schedule="stable"), dict(hp, opt_lr_schedule="cosine")
-    assert [lr_at(s, 100, stable) for s in (0, 5)] == [lr_at(s, 100, cosine) for s in (0, 5)]    # warmup
-    assert all(lr_at(s, 100, stable) == 1e-2 for s in (10, 50, 99))
-    assert lr_at(50, 100, cosine) < 1e-2 and lr_at(100, 100, cosine) == 0
 
 
 def test_a_continuation_starts_from_its_parents_optimizer_state():

@@ -209,7 +209,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
             rung = dataclasses.replace(rung, train_seconds=max(rung.train_seconds, last))
         survivors = rung_paths[:rung.candidates]
         _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
-        children = search.continuations(survivors, k, final=rung.candidates == 1)
+        children = search.continuations(survivors, k)
         cap = max(s0 * eta ** (k + 1), eta * s0 * settings.validations * (rung.candidates == 1))  # last: eta runs
         rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or zero.step_seconds
         expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap

@@ -205,7 +205,7 @@ VALUE_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "lora_rank": _number(1, 1024, integer=True),
     "opt_name": ("sgd or adamw", lambda v: v in ("sgd", "adamw")),
     "opt_lr": _number(0, 10, lo_open=True),
-    "opt_lr_schedule": ("cosine, constant or stable", lambda v: v in ("cosine", "constant", "stable")),
+    "opt_lr_schedule": ("cosine or constant", lambda v: v in ("cosine", "constant")),
     "opt_lr_warmup_ratio": _number(0, 1, hi_open=True),
     "opt_momentum": _number(0, 1, hi_open=True),
     "opt_nesterov": _BOOL,

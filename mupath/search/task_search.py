@@ -207,11 +207,10 @@ class TaskSearch:
             out.append(self._child(parent, rung))
         return out
 
-    def continuations(self, survivors: list[PathRecord], rung: int, *, final: bool = False) -> list[Child]:
+    def continuations(self, survivors: list[PathRecord], rung: int) -> list[Child]:
         """Each survivor trained further from its own weights: its unmutated child (the µ2Net
-        inheritance), kept only if it beats the survivor's score; the `final` rung's (the last survivor's)
-        decays its learning rate, every other rung's holds it (`_child`)."""
-        return [self._child(p, rung, mutate=False, final=final) for p in survivors]
+        inheritance), kept only if it beats the survivor's score."""
+        return [self._child(p, rung, mutate=False) for p in survivors]
 
     def ranked(self, paths: list[PathRecord]) -> list[PathRecord]:
         """`paths` best score first (ties: the later one, as `best`)."""
@@ -220,14 +219,9 @@ class TaskSearch:
 
     def _child(self, parent: PathRecord, rung: int, *, mutate: bool = True,
                insert: dict[str, list[int]] | None = None, data: dict[str, Any] | None = None,
-               set_hparams: dict[str, Any] | None = None, final: bool = False) -> Child:
+               set_hparams: dict[str, Any] | None = None) -> Child:
         """A child of `parent`; `data`: its data hyperparameters (default: the task's sampled ones for
-        another task's parent, the parent's own for this task's), `set_hparams`: values set on it.
-        Its learning-rate schedule is a warmup-stable-decay split across rungs: a candidate that a later
-        rung may continue holds its peak learning rate (`stable`), and only the `final` survivor decays it
-        (`cosine`). A cosine in every rung decays to 0 and the continuation restarts from the peak: on
-        a candidate whose steps are costly the restart undid what the short decay had gained."""
-        set_hparams = {**(set_hparams or {}), "opt_lr_schedule": "cosine" if final else "stable"}
+        another task's parent, the parent's own for this task's), `set_hparams`: values set on it."""
         if self.ds_hp is None:
             best = self.best()
             self.ds_hp = sample_ds_hparams(best.hparams if best else None, self.space, self.rng)

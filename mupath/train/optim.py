@@ -29,10 +29,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> 
 
 def lr_at(step: int, total: int, hp: dict[str, Any]) -> float:
     """Learning rate at `step` of `total` (reference schedules: `cosine` = warmup from lr/100 to lr over
-    warmup_ratio*T then cosine decay to 0; `constant` = 0.5*lr so the average matches). `stable` = the
-    warmup, then lr held: the first half of a warmup-stable-decay schedule, for a successive-halving
-    candidate that a survivor may continue (the survivor's `cosine` decays once, instead of every rung
-    decaying to 0 and the next restarting from its peak)."""
+    warmup_ratio*T then cosine decay to 0; `constant` = 0.5*lr so the average matches)."""
     lr = float(hp["opt_lr"])
     schedule = hp.get("opt_lr_schedule", "cosine")
     if schedule == "constant":
@@ -40,7 +37,5 @@ def lr_at(step: int, total: int, hp: dict[str, Any]) -> float:
     warmup = int(float(hp["opt_lr_warmup_ratio"]) * total)
     if step < warmup:
         return lr / 100 + (lr - lr / 100) * step / max(1, warmup)
-    if schedule == "stable":
-        return lr
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, progress)))
