@@ -83,6 +83,7 @@ def test_cache_is_shared_extended_and_bounded():
     first = cache.prefix(model, long, "t", 16, x, val)       # extends the shorter entry
     again = cache.prefix(model, long, "t", 16, x, val)       # a second candidate: served from memory
     assert cache.hits == 1 and cache.misses == 2 and again.train is first.train
+    assert first.fill_seconds > 0 and again.fill_seconds == 0       # a hit costs its reader no fill
     with torch.no_grad():
         direct = model.embed(to_model_input(x[:7], 16))
         for slot in ("block_0", "block_1", "block_2"):

@@ -64,6 +64,14 @@ def test_a_rung_pays_each_candidates_fixed_cost_once():
     assert halving.least_overhead(results) == pytest.approx(1.0)     # the last survivor's: no fill of its own
 
 
+def test_the_last_survivor_does_not_plan_for_its_ancestors_cache_fill():
+    """A rung 0 of one candidate whose fixed cost was mostly its cache fill (5 s of 6): the last survivor,
+    which reads that entry, is planned 1 s of fixed cost, not 6 (it left the fill's seconds unspent)."""
+    only = [CandidateResult("a", steps=100, train_time=7.0, wall_time=13.0, fill_time=5.0)]
+    assert halving.least_overhead(only) == pytest.approx(1.0)
+    assert halving.candidate_overhead(only) == pytest.approx(6.0)       # a rung's other candidates: as measured
+
+
 @pytest.mark.parametrize("text,seconds", [(90, 90.0), ("90", 90.0), ("90s", 90.0), ("10m", 600.0),
                                           ("1.5h", 5400.0), (" 2 min ", 120.0)])
 def test_durations(text, seconds):
@@ -297,9 +305,11 @@ def test_the_reserve_counts_the_test_images_the_check_will_run(halved):
     best = shared.best()
     sharing = shared.checked_tasks(best) if best is not None else set()
     expected = own + (others if "digits" in sharing else 0)
+    from mupath.search.task_search import RESERVE_FIXED_S, RESERVE_MARGIN
     from mupath.train.evaluate import cores
-    assert shared.reserve_seconds() == pytest.approx(1.5 * 0.01 * expected / cores() + 2.0)
-    assert everyone.reserve_seconds() == pytest.approx(1.5 * 0.01 * (own + others) / cores() + 2.0)
+    assert shared.reserve_seconds() == pytest.approx(RESERVE_MARGIN * 0.01 * expected / cores() + RESERVE_FIXED_S)
+    assert everyone.reserve_seconds() == pytest.approx(RESERVE_MARGIN * 0.01 * (own + others) / cores()
+                                                       + RESERVE_FIXED_S)
 
 
 def test_a_candidate_starts_no_step_after_the_iterations_deadline(tmp_path, digits_small):
@@ -314,10 +324,14 @@ def test_a_candidate_starts_no_step_after_the_iterations_deadline(tmp_path, digi
     search = TaskSearch(system.store, "digits", 0, EvolveSettings(**SETTINGS), "r")
     (child,) = search.mutated(1, 0)
     on_time = run_job(search.job(child, 10, 1))
-    search.job_deadline = time.time() - 1.0
+    search.deadline = time.perf_counter() - 1.0
     late = run_job(search.job(child, 10, 1))
     assert on_time.steps == 10 and late.steps == 0
-    assert search.job(child, 10, 1).budget.deadline == search.job_deadline
+    search.deadline = time.perf_counter() + 100.0
+    for forward_s in (0.01, 1.0):          # the reserve as it stands when the job is made
+        search._forward_s = forward_s
+        expected = time.time() + 100.0 - search.reserve_seconds()
+        assert search.job(child, 10, 1).budget.deadline == pytest.approx(expected, abs=0.5)
 
 
 def test_the_demo_runs_the_budgeted_search_unless_told_the_fixed_schedule():

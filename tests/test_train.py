@@ -114,6 +114,14 @@ def test_step_plan_spaces_validations_and_sizes_a_timed_candidate():
     assert plan.timed(0.01, 1.0, 40).total == 40              # nor than the steps taken
 
 
+def test_a_timed_candidate_sizes_its_steps_again_at_doubling_counts():
+    """After RATE_STEPS timed steps, then at 2x, 4x, ... that many: a 586-step candidate is sized last
+    after 384 timed steps (sized last at 192, its later steps' drift ran it into its deadline)."""
+    from mupath.train.loop import RATE_STEPS, _resize_at
+    timed = [step - 1 for step in range(1, 800) if _resize_at(step)]
+    assert timed == [RATE_STEPS * 2 ** k for k in range(9)] and timed[-2] == 384
+
+
 def test_a_timed_candidate_trains_as_many_steps_as_its_seconds_buy(monkeypatch):
     """`TrainConfig.seconds`: the step count comes from the rate of the steps after the first, up to the
     configured count. A fake clock on which every step takes 0.25 s: 7 s buy 28 steps, validated at 14

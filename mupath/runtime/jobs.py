@@ -191,6 +191,9 @@ class CandidateResult:
     scratch_file: str | None = None
     attempts: int = 1
     retried: tuple[str, ...] = ()
+    #: seconds of `wall_time` spent filling the activation cache (0 on a hit or without the cache): what a
+    #: later candidate reading the same entry does not pay
+    fill_time: float = 0.0
 
     # ---- one constructor per failure kind ---------------------------------------------------
     @classmethod

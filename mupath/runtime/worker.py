@@ -181,4 +181,5 @@ def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None
         job.path_id, outcome.improved, outcome.quality, outcome.score, tuple(outcome.evals), outcome.steps,
         outcome.images, outcome.train_time, outcome.eval_time, outcome.failure, owned_params, accounted,
         {cid: sum(p.numel() for p in m.parameters()) for cid, m in owned.items()},
-        time.perf_counter() - started, os.getpid(), 0 if prefix is None else prefix.start, device, scratch)
+        time.perf_counter() - started, os.getpid(), 0 if prefix is None else prefix.start, device, scratch,
+        fill_time=0.0 if prefix is None else prefix.fill_seconds)

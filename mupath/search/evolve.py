@@ -193,7 +193,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     deadline = started + float(settings.time_budget or 0) * (1 - SLACK)
     # no candidate trains past the deadline less the commit's reserve, whatever its steps cost (a
     # candidate's cost is known only once one like it has run)
-    search.job_deadline = time.time() + (deadline - time.perf_counter()) - search.reserve_seconds()
+    search.deadline = deadline
     zero = _rung_zero(search, run, started, deadline)
     rates = {p.id: float(p.metrics.get("train_time") or 0) / max(1, int(p.metrics.get("steps") or 1))
              for p in search.population}              #: each trained path's own seconds per training step

@@ -79,6 +79,13 @@ class Recipe:
 RECIPES = (Recipe("adapter", 0.5, 5e-3), Recipe("lora", 0.5, 1e-2), Recipe("adapter", 0.0, 5e-3),
            Recipe("lora", 0.0, 1e-2), Recipe("ssf", 0.0, 1e-2), Recipe("", 0.0, 1e-2))
 
+#: the commit's reserve under a time budget (`TaskSearch.reserve_seconds`): the measured forward cost of the
+#: test images it and the no-forgetting check run, times this margin, plus a fixed part (the commit's writes).
+#: Measured on the stream at 60 s (5 seeds, 2 cores) the commit and check took 0.85-1.1 times the forward
+#: estimate plus under a second; the earlier 1.5 x + 2 s left 3-4 s of every 60 unspent
+RESERVE_MARGIN = 1.25
+RESERVE_FIXED_S = 1.0
+
 
 class TaskSearch:
     """One task iteration's search over `store` (see the module docstring)."""
@@ -116,9 +123,9 @@ class TaskSearch:
         self.planned = 0
         self.scratch_files: dict[str, str] = {}        #: path id -> its candidate's scratch file
         self._forward_s: float | None = None
-        #: under a time budget, `time.time()` after which no candidate starts a training step (set by
-        #: `evolve.run_rungs`: the task's deadline less the commit's reserve)
-        self.job_deadline: float | None = None
+        #: under a time budget, the task iteration's deadline on `time.perf_counter()` (set by
+        #: `evolve.run_rungs`); each job is given it less the commit's reserve as it is then (`job_deadline`)
+        self.deadline: float | None = None
         self.ds_hp: dict[str, Any] | None = None      #: a halving iteration's data hyperparameters
 
     @property
@@ -268,6 +275,15 @@ class TaskSearch:
                     else fresh_size(s.kind, s.config, self.store) for s in plan.slots if s.trainable)
         return accounted_params(frozen, self.task, self.users, self.sizes) + owned
 
+    def job_deadline(self) -> float | None:
+        """`time.time()` after which a job starts no training step: the deadline less the commit's reserve
+        as it stands now. The reserve grows once a best path says which tasks the check re-runs, so it is
+        read per job: fixed at the start (this task's own test images only), it let a last survivor train
+        into the check's time (mnist at 60 s: 60.5 s)."""
+        if self.deadline is None:
+            return None
+        return time.time() + (self.deadline - time.perf_counter()) - self.reserve_seconds()
+
     def reserve_seconds(self) -> float:
         """Seconds to keep for the commit and the no-forgetting check: this task's test images and those
         of the tasks the check re-runs (every other committed task, or with a shared check those sharing
@@ -282,7 +298,7 @@ class TaskSearch:
             checked = set() if self.settings.shared_check else self._others()
         records = [self.store.task_record(t) for t in checked] if self.settings.check_immutability else []
         images = self.record.sizes.get("test", 0) + sum(r.sizes.get("test", 0) for r in records)
-        return 1.5 * self._forward_s * images / cores() + 2.0
+        return RESERVE_MARGIN * self._forward_s * images / cores() + RESERVE_FIXED_S
 
     def _others(self) -> set[str]:
         return {t for t in self.retained if t not in (ROOT_TASK, self.task)}
@@ -310,7 +326,7 @@ class TaskSearch:
                             cache_floor=self.cache_floor)
         if not self.settings.halving:
             return job
-        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline, seconds=seconds)
+        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline(), seconds=seconds)
         parent = child.parent
         if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
             refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}

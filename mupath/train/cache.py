@@ -7,6 +7,7 @@ and the cache is bounded in bytes (least recently used entries go first)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -22,11 +23,14 @@ CHUNK = 250   #: images per forward when filling the cache (rows are computed in
 
 @dataclasses.dataclass(frozen=True)
 class Prefix:
-    """Cached activations after the first `start` body slots (embeddings included)."""
+    """Cached activations after the first `start` body slots (embeddings included). `fill_seconds`: what
+    computing them cost this lookup (0 on a hit): a candidate that finds them cached later does not pay
+    it, which is what a time budget plans its last survivor on."""
 
     start: int
     train: torch.Tensor
     val: torch.Tensor
+    fill_seconds: float = 0.0
 
 
 def frozen_prefix(model: PathModel, owned_ids: set[int], slot_ids: dict[str, str]) -> tuple[str, ...] | None:
@@ -115,13 +119,14 @@ class ActivationCache:
         if not fill:
             return None
         self.misses += 1
+        started = time.perf_counter()
         loaded = preload() if preload is not None and k < floor <= depth else None
         if loaded is not None:
             train, val = loaded
             self._store((data_key, image_size, ids[:n_embed + floor]), loaded, floor=True)
             k = floor
             if depth == floor:
-                return Prefix(depth, train, val)
+                return Prefix(depth, train, val, time.perf_counter() - started)
         with torch.no_grad():
             if k < floor < depth:
                 train = _run(model, train, train_x, k, floor, image_size, raw=train is None)
@@ -131,7 +136,7 @@ class ActivationCache:
             train = _run(model, train, train_x, k, depth, image_size, raw=train is None)
             val = _run(model, val, val_x, k, depth, image_size, raw=val is None, preprocessed=True)
         self._store((data_key, image_size, ids), (train, val), floor=depth == floor)
-        return Prefix(depth, train, val)
+        return Prefix(depth, train, val, time.perf_counter() - started)
 
 
 def _run(model: PathModel, tokens: torch.Tensor | None, images: torch.Tensor, k: int, depth: int,
