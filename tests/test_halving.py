@@ -143,8 +143,7 @@ def test_the_first_rung_starts_with_the_recipes(halved):
 def test_rung_zero_is_equal_in_time_and_capped_in_steps(halved):
     """The first recipe trains `steps_per_validation` steps; every other first-rung candidate trains as
     many seconds as those took, at most halving_rate times as many steps (a candidate whose steps cost
-    less trains more of them, never past the cap); survivors of a rung that keeps several train on at most
-    eta^(k+1) times as many (the last survivor as many as its seconds buy, here within that too)."""
+    less trains more of them, never past the cap); survivors train on at most eta^(k+1) times."""
     _, tried = _tried(halved, "digits")
     first = [t for t in tried if t.generation == 0]
     spv, eta = SETTINGS["steps_per_validation"], EvolveSettings().halving_rate

@@ -170,13 +170,6 @@ class CandidateRunner:
         return results
 
 
-#: the last survivor trains for the seconds left, at most this many times the steps its measured rate buys
-#: in them (a bound for a runaway estimate only; the step count is sized from its own rate as it trains).
-#: Capped at eta fixed-schedule candidates' steps instead, a cheap survivor left a third of its task's
-#: budget unspent (the demo's fashion_mnist: 900 steps, 124 s of 180)
-LAST_SURVIVOR_STEP_MARGIN = 2.0
-
-
 @dataclasses.dataclass(frozen=True)
 class RungZero:
     """What rung 0 trained and measured: its entrants' results, `r0` (each candidate's seconds of
@@ -191,9 +184,9 @@ class RungZero:
 def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     """Successive halving within `settings.time_budget` (see `mupath.search.halving`): rung 0 (`_rung_zero`),
     then rungs of the best 1/eta trained eta times longer from their own weights, the last for all the
-    time that is left. A candidate of rung k trains at most s0 * eta^(k+1) steps, so one whose steps are
-    cheap ends early and leaves its time to the rest; the last survivor, which has no rest to leave it to,
-    trains for its seconds (at most LAST_SURVIVOR_STEP_MARGIN times the steps its measured rate buys)."""
+    time that is left. A candidate of rung k trains at most s0 * eta^(k+1) steps (the last survivor at
+    most eta fixed-schedule candidates' steps), so one whose steps are cheap ends early and leaves its
+    time to the rest."""
     settings = search.settings
     workers, eta = max(1, settings.workers), settings.halving_rate
     s0 = settings.steps_per_validation
@@ -217,10 +210,8 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
         survivors = rung_paths[:rung.candidates]
         _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
         children = search.continuations(survivors, k)
+        cap = max(s0 * eta ** (k + 1), eta * s0 * settings.validations * (rung.candidates == 1))  # last: eta runs
         rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or zero.step_seconds
-        cap = s0 * eta ** (k + 1)
-        if rung.candidates == 1 and rate > 0:    # the last survivor: its seconds bound it, the cap only a runaway
-            cap = max(cap, math.ceil(LAST_SURVIVOR_STEP_MARGIN * rung.train_seconds / rate))
         expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
         results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
         for c, r in zip(children, results):
