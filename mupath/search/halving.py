@@ -68,9 +68,10 @@ def candidate_overhead(results: Sequence[CandidateResult]) -> float:
     return statistics.median(rest) if rest else 0.0
 
 
-def fixed_costs(results: Sequence[CandidateResult]) -> list[float]:
-    """Each trained candidate's seconds besides its training steps."""
-    return [max(0.0, r.wall_time - r.train_time) for r in results if r.steps > 0]
+def fixed_costs(results: Sequence[CandidateResult], *, without_fills: bool = False) -> list[float]:
+    """Each trained candidate's seconds besides its training steps (`without_fills`: less its cache fill)."""
+    return [max(0.0, r.wall_time - r.train_time - (r.fill_time if without_fills else 0.0))
+            for r in results if r.steps > 0]
 
 
 def least_overhead(results: Sequence[CandidateResult]) -> float:
@@ -78,7 +79,7 @@ def least_overhead(results: Sequence[CandidateResult]) -> float:
     which builds like its ancestor and finds the entry its ancestor filled (a timed candidate never fills
     one of its own: `runtime.worker.fills_cache`), is expected to pay. With the fill counted, a rung 0 of
     one candidate left the fill's seconds unspent (mnist at 60 s: 5.1 s planned, 0.3 s paid)."""
-    rest = [max(0.0, r.wall_time - r.train_time - r.fill_time) for r in results if r.steps > 0]
+    rest = fixed_costs(results, without_fills=True)
     return min(rest) if rest else 0.0
 
 
