@@ -152,23 +152,37 @@ def test_rung_zero_is_equal_in_time_and_capped_in_steps(halved):
     assert all(t.steps <= spv * eta ** (t.generation + 1) for t in tried if t.generation == 1)
 
 
-def test_a_recipe_adds_modules_only_where_its_parent_has_none(tmp_path, digits_small):
-    """On a parent that already has an adapter before block 1 (another task's path), the top-half adapter
-    recipe would add nothing (a new head on the parent: the head recipe's) and is skipped; the others add
-    what the parent lacks."""
+def test_a_recipe_trains_a_copy_where_its_parent_has_the_module(tmp_path, digits_small):
+    """On another task's path with an adapter before block 1, the top-half adapter recipe trains a copy of
+    that adapter (the µ2Net clone, starting from the other task's weights) instead of being skipped; the
+    every-block adapter recipe copies it and adds one before block 0; the other kinds add what the parent
+    lacks."""
     import dataclasses
 
+    from mupath.search.mutation import wanted_slots
     from mupath.search.task_search import TaskSearch
-    from mupath.store.records import ROOT_TASK
+    from mupath.store.records import ROOT_TASK, CandidateComponent
     system = System.create(tmp_path / "s", **TINY_ROOT)
     system.add_task(digits_small)
     search = TaskSearch(system.store, "digits", 0, EvolveSettings(**SETTINGS), "r")
     root = system.manifest.retained()[ROOT_TASK]
-    search.parent_pool = [dataclasses.replace(root, id="p-other", task="other",
-                                              hparams={**root.hparams, "adapter_layers": [1]})]
-    added = [{k: v for k, v in r.plan.mutations.items() if k.endswith("_added")} for r in search.recipes()]
-    assert added == [{"loras_added": [1]}, {"adapters_added": [0]}, {"loras_added": [0, 1]},
-                     {"ssfs_added": [0, 1]}, {}]
+    hp = {**root.hparams, "adapter_layers": [1]}
+    kind, config = wanted_slots({**search.space.defaults, **hp}, 3, search.lineage)["adapter_1"]
+    search.comps["c-other"] = CandidateComponent("c-other", kind, "adapter_1", config, 10, blob="b")
+    search.users["c-other"] = {"other"}                          # another task's: frozen to this one
+    other = dataclasses.replace(root, id="p-other", task="other", parent_id=root.id, hparams=hp,
+                                components={**root.components, "adapter_1": "c-other"})
+    search.paths[other.id] = other
+    search.parent_pool = [other]
+    recipes = search.recipes()
+    moves = [{k: v for k, v in r.plan.mutations.items() if k.endswith("_added") or k == "cloned"} for r in recipes]
+    moves = [{k: [x for x in v if x != "norm"] if k == "cloned" else v for k, v in m.items()} for m in moves]
+    assert moves[:5] == [{"adapters_added": [], "cloned": ["adapter_1"]}, {"loras_added": [1], "cloned": []},
+                         {"adapters_added": [0], "cloned": ["adapter_1"]}, {"loras_added": [0, 1], "cloned": []},
+                         {"ssfs_added": [0, 1], "cloned": []}]
+    copy = next(s for s in recipes[0].plan.slots if s.slot == "adapter_1")
+    assert copy.trainable and copy.id != "c-other" and copy.init is not None and copy.init.source == "c-other"
+    assert not next(s for s in recipes[1].plan.slots if s.slot == "adapter_1").trainable   # shared as it is
 
 
 def test_survivors_train_on_from_their_own_weights(halved):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from mupath.model.components import FRESH_KINDS
@@ -126,13 +126,14 @@ class Lineage:
 def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[str, Any],
                space: SearchSpace, lineage: Lineage, *, rng: random.Random, mutate_adapters: bool,
                mutate: bool = True, insert: Mapping[str, Sequence[int]] | None = None,
-               set_hparams: Mapping[str, Any] | None = None) -> ChildPlan:
+               set_hparams: Mapping[str, Any] | None = None, clone: Collection[str] = ()) -> ChildPlan:
     """A mutated child of `parent` for `task` (see module docstring). `mutate=False` gives the
     unmutated child (`head_first`): the parent's model hyperparameters and body, sharing every frozen
     component it may share, with only what must be new (a head for another task's parent, the
     family's always-cloned slots, a random-init root's components). `insert`: module kinds (adapter,
     ssf, lora) put before these blocks as well: the family's known-good recipes, with `set_hparams`
-    (a recipe's learning rate) set on the child."""
+    (a recipe's learning rate) set on the child; `clone`: slots whose frozen component the child copies
+    and trains (a recipe's modules where the parent already has them)."""
     base = {k: v for k, v in space.defaults.items()}
     base.update(parent.hparams)
     base.update(ds_hp)
@@ -157,7 +158,8 @@ def make_child(parent: PathRecord, task: str, num_classes: int, ds_hp: Mapping[s
         comp = lineage.comps[found]
         clone_mu = action_mu(space, f"clone:{slot}", mu, hp)
         if (lineage.trainable(found) or slot in lineage.family.force_clone
-                or (found in lineage.always_clone and clone_mu > 0) or (mutate and rng.random() < clone_mu)):
+                or (found in lineage.always_clone and clone_mu > 0) or slot in clone
+                or (mutate and rng.random() < clone_mu)):
             if not lineage.trainable(found):
                 cloned.append(slot)
             slots.append(SlotPlan(slot, lineage.new_id("c"), kind, dict(comp.config), True, SlotInit.copy(found)))
