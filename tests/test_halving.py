@@ -13,7 +13,7 @@ from mupath.cli.main import app
 from mupath.errors import ConfigError, MupathError
 from mupath.runtime.jobs import CandidateResult
 from mupath.search import halving
-from mupath.search.halving import first_rung_size, next_rung, rung_counts
+from mupath.search.halving import SURVIVOR_PASSES, first_rung_size, next_rung, rung_counts, survivor_cap
 from mupath.search.settings import EvolveSettings, parse_duration
 
 
@@ -21,6 +21,15 @@ def test_rung_counts_halve_down_to_one():
     assert rung_counts(9, 3) == [9, 3, 1]
     assert rung_counts(10, 3) == [10, 4, 2, 1]
     assert rung_counts(1, 2) == [1]
+
+
+def test_the_last_survivor_is_capped_in_passes_where_that_is_more():
+    """A small task keeps eta fixed-schedule candidates' steps; a large one may train SURVIVOR_PASSES
+    passes over its images (fashion_mnist's 54,000 at batch 64: far past the 900 fixed steps)."""
+    assert survivor_cap(900, 1293, 64) == 900                      # digits: 16 passes are 324 steps
+    assert survivor_cap(900, 3600, 64) == 900                      # mnist: 16 passes are the fixed cap
+    assert survivor_cap(900, 54000, 64) == SURVIVOR_PASSES * 54000 // 64
+    assert survivor_cap(900, 0, 64) == 900 and survivor_cap(90, 100, 0) == SURVIVOR_PASSES * 100
 
 
 def test_first_rung_is_the_largest_whose_schedule_fits():

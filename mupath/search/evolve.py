@@ -21,6 +21,7 @@ from mupath.search.halving import (
     least_overhead,
     next_rung,
     per_step_seconds,
+    survivor_cap,
 )
 from mupath.search.settings import EvolveSettings
 from mupath.search.space import search_space
@@ -185,7 +186,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
     """Successive halving within `settings.time_budget` (see `mupath.search.halving`): rung 0 (`_rung_zero`),
     then rungs of the best 1/eta trained eta times longer from their own weights, the last for all the
     time that is left. A candidate of rung k trains at most s0 * eta^(k+1) steps (the last survivor at
-    most eta fixed-schedule candidates' steps), so one whose steps are cheap ends early and leaves its
+    most `survivor_cap`'s), so one whose steps are cheap ends early and leaves its
     time to the rest."""
     settings = search.settings
     workers, eta = max(1, settings.workers), settings.halving_rate
@@ -210,7 +211,10 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
         survivors = rung_paths[:rung.candidates]
         _rung_started(run.progress, search, k, len(survivors), rung.train_seconds, deadline)
         children = search.continuations(survivors, k)
-        cap = max(s0 * eta ** (k + 1), eta * s0 * settings.validations * (rung.candidates == 1))  # last: eta runs
+        cap = s0 * eta ** (k + 1)
+        if rung.candidates == 1:      # the last: eta runs' steps, or more passes over a large task's images
+            cap = max(cap, survivor_cap(eta * s0 * settings.validations, search.record.sizes.get("train", 0),
+                                        settings.batch_size))
         rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or zero.step_seconds
         expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
         results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
