@@ -77,7 +77,8 @@ def run_evolved(out: Path, seed: int, budget: float) -> dict[str, Any]:
             "wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
             "accounted": status[entry.task].accounted_params, "candidates": entry.candidates,
             "parent_task": entry.parent_task,
-            "reused": sorted({comps[c].task for c in path.components.values()} - {entry.task, ROOT_TASK})}
+            "reused": sorted({comps[c].task for c in path.components.values()} - {entry.task, ROOT_TASK}),
+            "grown_from": status[entry.task].grown_from}
     checked = system.check_immutability()
     result = {"tasks": rows, "forgetting": 0.0 if sorted(checked) == sorted(TASKS) else None,
               "root_params": system.root_params, "store": str(folder)}
@@ -195,6 +196,15 @@ def steps_rows(results: Results, seeds: list[int]) -> list[list[object]]:
     return rows
 
 
+def builds_on(evs: list[dict[str, Any]]) -> str:
+    """The earlier tasks the evolved task's paths share components with, and those it was grown from (their
+    modules copied and trained on: reuse that shares nothing), over the seeds."""
+    shared = sorted({t for e in evs for t in e["reused"]})
+    grown = sorted({e["grown_from"] for e in evs if e.get("grown_from")})
+    parts = ([f"shares {', '.join(shared)}"] if shared else []) + ([f"grown from {', '.join(grown)}"] if grown else [])
+    return "; ".join(parts) or "-"
+
+
 def write_report(results: Results, seeds: list[int], budget: float) -> Path:
     summary, _ = method_rows(results, seeds)
     ft = statistics.mean(summary["finetune-all"]["params"])
@@ -204,7 +214,7 @@ def write_report(results: Results, seeds: list[int], budget: float) -> Path:
     for task in TASKS:
         evs = [results.run(f"evolved/seed{s}")["tasks"][task] for s in seeds]
         per_task.append([task, "evolved", spread([e["test"] for e in evs]), spread([e["wall"] for e in evs], ".0f"),
-                         ", ".join(sorted({t for e in evs for t in e["reused"]})) or "-"])
+                         builds_on(evs)])
         for method in complete_methods(results, seeds):
             lr = chosen_lr(results, method, task)
             rs = [results.run(f"{method}@{lr:g}/{task}/seed{s}") for s in seeds]
@@ -245,7 +255,7 @@ def write_report(results: Results, seeds: list[int], budget: float) -> Path:
                                                         targets),
         "### Per method (mean over the 4 tasks; seeds: mean [min–max])\n\n"
         + table(["method", "avg test acc", "params / task", "÷ finetune-all", "wall s per seed"], rows),
-        "### Per task\n\n" + table(["task", "method", "test acc", "wall s", "evolved reuses (tasks)"], per_task),
+        "### Per task\n\n" + table(["task", "method", "test acc", "wall s", "evolved builds on"], per_task),
         "### Where the evolved run's steps went (means over the seeds)\n\nAll candidates' training steps, the "
         "retained path's lineage (its own steps and those of the candidates it trained on from), the share "
         "spent on candidates that lost, and the LoRA baseline's steps at its chosen rate in the same wall time. "

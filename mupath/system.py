@@ -44,6 +44,9 @@ class TaskStatus:
     path_id: str | None
     scale_shifts: int = 0        #: blocks with a scale-and-shift before them
     deltas: int = 0              #: blocks with a low-rank delta on their weights
+    #: the other task whose path this one was grown from (its modules copied and trained on, or shared),
+    #: None for a path grown from the root: reuse that `reused_from` misses when every borrowed module was copied
+    grown_from: str | None = None
 
     @property
     def val_quality(self) -> float | None:      # the name before issue 21
@@ -241,12 +244,14 @@ def task_statuses(store: Store) -> list[TaskStatus]:
         owned = sum(sizes[c] for c in ids if comps[c].task == name and users[c] == {name})
         shared = sum(sizes[c] for c in ids) - owned
         reused = [c for c in ids if comps[c].task not in (name, ROOT_TASK)]
+        parent = next((p for p in retained.values() if p.id == path.parent_id), None)
         out.append(TaskStatus(
             name, checks[name].test_accuracy if name in checks else None, path.quality, owned, shared,
             accounted_params(ids, name, users, sizes), len(reused),
             sorted({comps[c].task for c in reused}), int(path.hparams.get("num_layers", 0)),
             len(path.hparams.get("adapter_layers", [])), path.id, len(path.hparams.get("ssf_layers", [])),
-            len(path.hparams.get("lora_layers", []))))
+            len(path.hparams.get("lora_layers", [])),
+            parent.task if parent is not None and parent.task not in (name, ROOT_TASK) else None))
     return out
 
 

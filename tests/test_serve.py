@@ -97,6 +97,7 @@ def test_tasks_and_healthz(client, system):
         assert entry["test_accuracy"] == status[name].test_accuracy
         assert entry["params_owned"] == status[name].params_owned
         assert entry["reused_from"] == status[name].reused_from
+        assert entry["grown_from"] == status[name].grown_from
     assert client.get("/openapi.json").json()["paths"]["/v1/predict"]
 
 

@@ -67,6 +67,11 @@ def test_paths_reuse_components_and_locks_follow_retained_paths(two_task_system)
         assert s.params_owned + s.params_shared > 0
         assert 0 <= s.test_accuracy <= 1
         assert s.test_accuracy == pytest.approx(system.evaluate(s.task))
+    # grown from: the other task whose retained path is this one's parent (None for the root or its own)
+    task_of = {p.id: t for t, p in retained.items()}
+    for task, s in status.items():
+        parent = task_of.get(retained[task].parent_id or "")
+        assert s.grown_from == (parent if parent not in (None, task, ROOT_TASK) else None)
 
 
 def test_same_seed_same_retained_paths(tmp_path, digits_small):

@@ -16,17 +16,19 @@ def fmt_params(n: float) -> str:
 
 
 def status_table(system: System, times: dict[str, float] | None = None) -> Table:
-    """Per task: test accuracy, parameters owned / shared, components reused from other tasks."""
+    """Per task: test accuracy, parameters owned / shared, components reused from other tasks and the task
+    whose path it was grown from (its modules copied: reuse that shares no component)."""
     table = Table(title=f"mupath system at {system.path}")
     for col in ("task", "test acc", "params owned", "params shared", "accounted", "reused comps",
-                "reused from", "layers", "adapters", "ssf", "lora"):
-        table.add_column(col, justify="left" if col in ("task", "reused from") else "right")
+                "reused from", "grown from", "layers", "adapters", "ssf", "lora"):
+        table.add_column(col, justify="left" if col in ("task", "reused from", "grown from") else "right")
     if times is not None:
         table.add_column("training time", justify="right")
     for st in system.status():
         row = [st.task, "-" if st.test_accuracy is None else f"{st.test_accuracy:.4f}",
                fmt_params(st.params_owned), fmt_params(st.params_shared), fmt_params(st.accounted_params),
-               str(st.reused_components), ", ".join(st.reused_from) or "-", str(st.num_layers),
+               str(st.reused_components), ", ".join(st.reused_from) or "-", st.grown_from or "-",
+               str(st.num_layers),
                str(st.adapters), str(st.scale_shifts), str(st.deltas)]
         if times is not None:
             row.append(f"{times.get(st.task, 0.0):.0f}s")

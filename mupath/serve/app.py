@@ -169,4 +169,4 @@ def _task_entry(t: ServedTask) -> dict[str, object]:
             "test_accuracy": info.test_accuracy, "params_owned": info.params_owned,
             "params_shared": info.params_shared, "accounted_params": info.accounted_params,
             "reused_components": info.reused_components, "reused_from": list(info.reused_from),
-            "image_shape": list(info.image_shape), "image_size": t.image_size}
+            "grown_from": info.grown_from, "image_shape": list(info.image_shape), "image_size": t.image_size}

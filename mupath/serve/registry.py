@@ -37,6 +37,7 @@ class TaskInfo:
     reused_components: int
     reused_from: tuple[str, ...]
     image_shape: tuple[int, int, int]
+    grown_from: str | None = None      #: the other task whose path this one was grown from (`TaskStatus`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,4 +181,5 @@ class Registry:
 def _info(record: TaskRecord, status: TaskStatus) -> TaskInfo:
     return TaskInfo(status.test_accuracy, status.params_owned, status.params_shared,
                     float(status.accounted_params), status.reused_components, tuple(status.reused_from),
-                    (int(record.image_shape[0]), int(record.image_shape[1]), int(record.image_shape[2])))
+                    (int(record.image_shape[0]), int(record.image_shape[1]), int(record.image_shape[2])),
+                    status.grown_from)

@@ -105,7 +105,8 @@ function renderTasks() {
   const body = $("tasks").tBodies[0];
   body.replaceChildren();
   for (const t of state.tasks) {
-    const reuse = t.reused_components ? `${t.reused_components} from ${t.reused_from.join(", ")}` : "none";
+    const shared = t.reused_components ? `${t.reused_components} from ${t.reused_from.join(", ")}` : "none";
+    const reuse = t.grown_from ? `${shared}; grown from ${t.grown_from}` : shared;
     const name = el("td", {}, el("span", { cls: "swatch", "data-task": t.name }), t.name);
     body.append(el("tr", { "data-task": t.name }, name,
       el("td", { cls: "num", text: String(t.classes.length), title: t.classes.join(", ") }),
