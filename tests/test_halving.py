@@ -162,10 +162,11 @@ def test_rung_zero_is_equal_in_time_and_capped_in_steps(halved):
 
 
 def test_a_recipe_trains_a_copy_where_its_parent_has_the_module(tmp_path, digits_small):
-    """On another task's path with an adapter before block 1, the top-half adapter recipe trains a copy of
-    that adapter (the µ2Net clone, starting from the other task's weights) instead of being skipped; the
-    every-block adapter recipe copies it and adds one before block 0; the other kinds add what the parent
-    lacks."""
+    """On another task's path with an adapter before block 1 (the top half of the tiny root), the top-half
+    adapter recipe trains a copy of that adapter (the µ2Net clone, starting from the other task's weights)
+    instead of being skipped, ranked after the top half's recipe that adds new modules (the low-rank delta)
+    and before the every-block ones; the every-block adapter recipe adds one before block 0 and shares the
+    parent's frozen one."""
     import dataclasses
 
     from mupath.search.mutation import wanted_slots
@@ -186,12 +187,14 @@ def test_a_recipe_trains_a_copy_where_its_parent_has_the_module(tmp_path, digits
     recipes = search.recipes()
     moves = [{k: v for k, v in r.plan.mutations.items() if k.endswith("_added") or k == "cloned"} for r in recipes]
     moves = [{k: [x for x in v if x != "norm"] if k == "cloned" else v for k, v in m.items()} for m in moves]
-    assert moves[:5] == [{"adapters_added": [], "cloned": ["adapter_1"]}, {"loras_added": [1], "cloned": []},
-                         {"adapters_added": [0], "cloned": ["adapter_1"]}, {"loras_added": [0, 1], "cloned": []},
+    assert moves[:5] == [{"loras_added": [1], "cloned": []}, {"adapters_added": [], "cloned": ["adapter_1"]},
+                         {"adapters_added": [0], "cloned": []}, {"loras_added": [0, 1], "cloned": []},
                          {"ssfs_added": [0, 1], "cloned": []}]
-    copy = next(s for s in recipes[0].plan.slots if s.slot == "adapter_1")
+    copy = next(s for s in recipes[1].plan.slots if s.slot == "adapter_1")
     assert copy.trainable and copy.id != "c-other" and copy.init is not None and copy.init.source == "c-other"
-    assert not next(s for s in recipes[1].plan.slots if s.slot == "adapter_1").trainable   # shared as it is
+    for shared in (recipes[0], recipes[2]):                   # shared as it is, frozen
+        assert next(s for s in shared.plan.slots if s.slot == "adapter_1").id == "c-other"
+    assert [r.index for r in recipes] == sorted(r.index for r in recipes)    # planned in the order they run
 
 
 def test_survivors_train_on_from_their_own_weights(halved):
