@@ -233,6 +233,7 @@ def task_statuses(store: Store) -> list[TaskStatus]:
     retained, comps, checks = snap.retained, snap.components, snap.checks
     users = compute_users(retained)
     sizes = {cid: c.num_params for cid, c in comps.items()}
+    task_of = {p.id: t for t, p in retained.items()}      #: a retained path's task, to name what a path grew from
     out = []
     for rec in snap.tasks:
         name = rec.name
@@ -244,14 +245,14 @@ def task_statuses(store: Store) -> list[TaskStatus]:
         owned = sum(sizes[c] for c in ids if comps[c].task == name and users[c] == {name})
         shared = sum(sizes[c] for c in ids) - owned
         reused = [c for c in ids if comps[c].task not in (name, ROOT_TASK)]
-        parent = next((p for p in retained.values() if p.id == path.parent_id), None)
+        grown = task_of.get(path.parent_id or "")
         out.append(TaskStatus(
             name, checks[name].test_accuracy if name in checks else None, path.quality, owned, shared,
             accounted_params(ids, name, users, sizes), len(reused),
             sorted({comps[c].task for c in reused}), int(path.hparams.get("num_layers", 0)),
             len(path.hparams.get("adapter_layers", [])), path.id, len(path.hparams.get("ssf_layers", [])),
             len(path.hparams.get("lora_layers", [])),
-            parent.task if parent is not None and parent.task not in (name, ROOT_TASK) else None))
+            grown if grown not in (None, name, ROOT_TASK) else None))
     return out
 
 
