@@ -95,8 +95,6 @@ class Budget:
     #: cache (a fill is not part of its seconds: on a large task it would eat the budget), it reads what
     #: its ancestor or the first candidates filled; None: the count
     seconds: float | None = None
-    #: the part of its lineage's learning-rate schedule the candidate runs (`train.optim.PHASES`)
-    phase: str = "full"
 
 
 def size_penalty(accounted: float, root_params: int, scale_factor: float) -> float:

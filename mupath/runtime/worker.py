@@ -109,7 +109,7 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     penalty = size_penalty(accounted, job.score.root_params, float(job.score.scale_factor))
     deadline = job.budget.deadline        # the job's wall-clock bound, on this process's perf_counter
     cfg = TrainConfig(job.budget.steps_per_validation, job.budget.validations, job.budget.batch_size, job.seed,
-                      keep_optimizer=job.budget.keep_optimizer, seconds=job.budget.seconds, phase=job.budget.phase,
+                      keep_optimizer=job.budget.keep_optimizer, seconds=job.budget.seconds,
                       deadline=None if deadline is None else time.perf_counter() + deadline - time.time())
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)

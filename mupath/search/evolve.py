@@ -158,10 +158,9 @@ class CandidateRunner:
     tracker: Tracker
 
     def __call__(self, children: list[Child], steps: int | None = None, validations: int | None = None,
-                 seconds: float | None = None, phase: str = "full") -> list[CandidateResult]:
+                 seconds: float | None = None) -> list[CandidateResult]:
         search, progress = self.search, self.progress
-        jobs = pin_blobs(search.store, search.run_id,
-                         [search.job(c, steps, validations, seconds, phase) for c in children])
+        jobs = pin_blobs(search.store, search.run_id, [search.job(c, steps, validations, seconds) for c in children])
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         results = list(self.executor.run(jobs, on_done=on_done, on_step=on_step))
@@ -218,10 +217,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
                                         settings.batch_size))
         rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or zero.step_seconds
         expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
-        final = rung.candidates == 1 or next_rung(k + 1, 1, zero.r0, eta, seconds_left=left - rung.seconds,
-                                                  workers=workers, overhead=zero.overhead) is None
-        results = run(children, cap, min(settings.validations, expected), rung.train_seconds,
-                      "decay" if final else "stable")
+        results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
         for c, r in zip(children, results):
             rates[c.plan.path.id] = r.train_time / max(1, r.steps)
         rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
@@ -250,7 +246,7 @@ def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadlin
                         or now + max(r.wall_time for r in results) > deadline - search.reserve_seconds()
                         or _rung_zero_size(search, results, r0 or 0.0, deadline, eta) <= len(results)):
             break
-        results += run(first[i:i + workers], s0 * eta if r0 else s0, 1, r0, "stable")
+        results += run(first[i:i + workers], s0 * eta if r0 else s0, 1, r0)
         r0 = r0 or max([r.train_time for r in results if r.steps > 0] + [0.0]) or None
     step_s, overhead = per_step_seconds(results), candidate_overhead(results)
     r0 = r0 or step_s * s0
@@ -258,7 +254,7 @@ def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadlin
     entrants = list(results)
     _rung_started(run.progress, search, 0, max(n0, len(results)), r0, deadline)
     while len(entrants) < n0 and time.perf_counter() + overhead + r0 < deadline - search.reserve_seconds():
-        entrants += run(search.mutated(min(workers, n0 - len(entrants)), 0), s0 * eta, 1, r0, "stable")
+        entrants += run(search.mutated(min(workers, n0 - len(entrants)), 0), s0 * eta, 1, r0)
     return RungZero(entrants, r0, step_s, overhead)
 
 

@@ -323,14 +323,10 @@ class TaskSearch:
         return sharing_tasks(self.retained if retained is None else retained, self.touched(best), self.task)
 
     def job(self, child: Child, steps: int | None = None, validations: int | None = None,
-            seconds: float | None = None, phase: str = "full") -> CandidateJob:
+            seconds: float | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
         all siblings as in the reference: they are compared on the same batches. `seconds`: train for
-        that long, at most `steps` (`Budget.seconds`); `phase`: the part of its lineage's schedule it runs
-        (`train.optim.PHASES`). A `stable` child of a finished path of this task (its retained one, on a
-        revisit) has no bar: a run that has not decayed its learning rate is not compared with one that
-        has; its decayed continuation is, and the commit keeps the retained path unless a child scores at
-        least as high."""
+        that long, at most `steps` (`Budget.seconds`)."""
         seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation)
         settings = self.settings
         if steps is not None:             # a rung's own length (successive halving)
@@ -340,11 +336,8 @@ class TaskSearch:
                             cache_floor=self.cache_floor)
         if not self.settings.halving:
             return job
-        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline(), seconds=seconds,
-                                     phase=phase)
+        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline(), seconds=seconds)
         parent = child.parent
-        if phase == "stable" and parent.id not in self.scratch_files:
-            job = job.replace(score=dataclasses.replace(job.score, bar=None))
         if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
             refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}
             return job.replace(budget=budget, refs=refs)          # a continuation: the survivor's moments

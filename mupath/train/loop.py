@@ -36,8 +36,6 @@ class TrainConfig:
     #: candidate whose steps cost less trains more of them (successive halving's rungs are equal in time)
     #: and one that needs fewer ends early; None: the fixed count
     seconds: float | None = None
-    #: the part of its lineage's learning-rate schedule this candidate runs (`optim.PHASES`)
-    phase: str = "full"
 
 
 #: a candidate trained for `TrainConfig.seconds` times this many steps, after its first (untimed: first
@@ -125,8 +123,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
                 rate_started = time.perf_counter()
             idx = next(batches)
             logits = _batch_logits(model, train_x, idx, hp, gen=gen if augmenting else None, prefix=prefix)
-            lr = lr_at(step, plan.total, hp, cfg.phase)
-            bad = _optimise(optimizer, params, logits, train_y[idx], lr, cfg.clip_norm)
+            bad = _optimise(optimizer, params, logits, train_y[idx], lr_at(step, plan.total, hp), cfg.clip_norm)
             if bad is not None:
                 return TrainOutcome(False, best_quality, best_score, evals, None, step,
                                     step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,

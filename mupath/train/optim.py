@@ -27,29 +27,15 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> 
     raise ValueError(f"unknown optimizer {name}")
 
 
-#: where a candidate's schedule sits in its lineage's (`lr_at`): `full`, a whole schedule (warm-up, then cosine
-#: decay to 0); `stable`, the warm-up and then the peak rate, no decay (a candidate that a longer continuation
-#: may take on: successive halving's rungs before the last); `decay`, the cosine decay from the peak alone (the
-#: last survivor's continuation, which ends the lineage's schedule)
-PHASES = ("full", "stable", "decay")
-
-
-def lr_at(step: int, total: int, hp: dict[str, Any], phase: str = "full") -> float:
+def lr_at(step: int, total: int, hp: dict[str, Any]) -> float:
     """Learning rate at `step` of `total` (reference schedules: `cosine` = warmup from lr/100 to lr over
-    warmup_ratio*T then cosine decay to 0; `constant` = 0.5*lr so the average matches). `phase` (PHASES)
-    cuts the cosine schedule into a warm-up-stable part and a decay part (warmup-stable-decay, as in
-    MiniCPM and Hägele et al. 2024: a run at the peak rate continued by a decay matches one cosine of the
-    whole length, while a cosine restarted at every continuation decays and warms up again)."""
+    warmup_ratio*T then cosine decay to 0; `constant` = 0.5*lr so the average matches)."""
     lr = float(hp["opt_lr"])
     schedule = hp.get("opt_lr_schedule", "cosine")
     if schedule == "constant":
         return 0.5 * lr
-    if phase == "decay":
-        return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
     warmup = int(float(hp["opt_lr_warmup_ratio"]) * total)
     if step < warmup:
         return lr / 100 + (lr - lr / 100) * step / max(1, warmup)
-    if phase == "stable":
-        return lr
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, progress)))
