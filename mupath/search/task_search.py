@@ -85,8 +85,8 @@ RECIPES = (Recipe("adapter", 0.5, 3e-3), Recipe("lora", 0.5, 1e-2), Recipe("adap
 
 #: the commit's reserve under a time budget (`TaskSearch.reserve_seconds`): the measured forward cost of the
 #: test images it and the no-forgetting check run, times this margin, plus a fixed part (the commit's writes).
-#: Measured on the stream at 60 s (5 seeds, 2 cores) the commit and check took 0.85-1.1 times the forward
-#: estimate plus under a second; the earlier 1.5 x + 2 s left 3-4 s of every 60 unspent
+#: The forward cost is timed as the check runs (`_forward_seconds`); it read 0.95-1.05 times what the
+#: demo's digits check then paid, and the margin covers the machine's speed moving between the two
 RESERVE_MARGIN = 1.25
 RESERVE_FIXED_S = 1.0
 
@@ -300,8 +300,8 @@ class TaskSearch:
     def reserve_seconds(self) -> float:
         """Seconds to keep for the commit and the no-forgetting check: this task's test images and those
         of the tasks the check re-runs (every other committed task, or with a shared check those sharing
-        a component with the best path so far), at the root's measured forward cost per image (a path
-        costs about what the root does), on every core, with a margin."""
+        a component with the best path so far), at the root's measured forward cost per image on every
+        core (a path costs about what the root does), with a margin."""
         if self._forward_s is None:      # measured once per task iteration
             self._forward_s = _forward_seconds(self.store, int(self.space.defaults["ds_image_size"]))
         best = self.best()
@@ -311,7 +311,7 @@ class TaskSearch:
             checked = set() if self.settings.shared_check else self._others()
         records = [self.store.task_record(t) for t in checked] if self.settings.check_immutability else []
         images = self.record.sizes.get("test", 0) + sum(r.sizes.get("test", 0) for r in records)
-        return RESERVE_MARGIN * self._forward_s * images / cores() + RESERVE_FIXED_S
+        return RESERVE_MARGIN * self._forward_s * images + RESERVE_FIXED_S
 
     def _others(self) -> set[str]:
         return {t for t in self.retained if t not in (ROOT_TASK, self.task)}
@@ -525,31 +525,34 @@ def candidate_job(store: Store, plan: ChildPlan, data_blob: str, settings: Evolv
         scratch_file=str(tables.scratch / f"{plan.path.id}.safetensors"))
 
 
-#: timed forwards of `_forward_seconds`, after a warm-up of the same size; the least is kept
-FORWARD_REPEATS = 2
+#: images a batch in `_forward_seconds`'s warm-up (first-call allocations and thread start-up)
+WARMUP_IMAGES = 32
 
 
-def _forward_seconds(store: Store, image_size: int, images: int = 64) -> float:
-    """Seconds per image of the root's features at `image_size` on CHECK_THREADS threads (what the
-    commit's test logits and the check's re-runs cost per image, the head aside): the least of
-    FORWARD_REPEATS timings after a warm-up at the same batch size. One timing after a 2-image warm-up
-    could read 1.6x the steady cost (2.5 ms against 4.2 ms an image on an AMD EPYC), and the reserve
-    it sizes is taken from the last survivor's training: in a demo run fashion_mnist's survivor was
-    planned 75 s where 119 s were left, and its task iteration ended 22 s before its budget."""
+def _forward_seconds(store: Store, image_size: int) -> float:
+    """Wall seconds per image of the root's features run the way the commit's test logits and the
+    check's re-runs are: batches of EVAL_BATCH, `cores()` of them at once, each on CHECK_THREADS threads
+    (`logits_of`), timed once after a short warm-up (WARMUP_IMAGES a batch: without one the first
+    timing read 15% high; one at full size costs another second of the task's budget). A timing of 64
+    images on one thread, divided by the cores, read 1.06 ms an image where the check paid 1.57 (AMD
+    EPYC, 2 cores: a larger batch costs more per image, and two at once share the memory bus), so the
+    reserve fell short and the demo's digits ended 8-12% past its 100 s."""
     import torch
 
     from mupath.store.store import CHECK_THREADS
-    from mupath.train.evaluate import fixed_threads
+    from mupath.train.evaluate import EVAL_BATCH, fixed_threads, map_batches
     model = store.build_model(store.manifest.retained()[ROOT_TASK])
-    x = torch.zeros(images, 3, image_size, image_size)
-    timings = []
-    with torch.inference_mode(), fixed_threads(CHECK_THREADS):
-        model.features(x)                          # warm-up: first-call allocations at this size
-        for _ in range(FORWARD_REPEATS):
-            t0 = time.perf_counter()
-            model.features(x)
-            timings.append((time.perf_counter() - t0) / images)
-    return min(timings)
+    x = torch.zeros(EVAL_BATCH, 3, image_size, image_size)
+
+    def one(images: int) -> None:
+        with torch.inference_mode():
+            model.features(x[:images])
+
+    with fixed_threads(CHECK_THREADS):
+        list(map_batches(one, [WARMUP_IMAGES] * cores(), cores()))
+        t0 = time.perf_counter()
+        list(map_batches(one, [EVAL_BATCH] * cores(), cores()))
+    return (time.perf_counter() - t0) / (EVAL_BATCH * cores())
 
 
 def fresh_size(kind: str, config: dict[str, Any], store: Store) -> int:
