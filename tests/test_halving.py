@@ -337,6 +337,20 @@ def test_the_reserve_counts_the_test_images_the_check_will_run(halved):
                                                        + RESERVE_FIXED_S)
 
 
+def test_the_reserves_forward_timing_is_per_image_and_leaves_the_thread_count(halved):
+    """The commit's reserve scales a per-image wall time measured the way the check runs (one batch per core
+    at once, on CHECK_THREADS threads each): a positive cost well under a second an image, and the caller's
+    torch thread count is what it was."""
+    import torch
+
+    from mupath.search.task_search import TaskSearch, _forward_seconds
+    size = int(TaskSearch(halved.store, "parity", 1, EvolveSettings(**SETTINGS), "r").space.defaults["ds_image_size"])
+    threads = torch.get_num_threads()
+    per_image = _forward_seconds(halved.store, size)
+    assert 0.0 < per_image < 1.0
+    assert torch.get_num_threads() == threads
+
+
 def test_a_candidate_starts_no_step_after_the_iterations_deadline(tmp_path, digits_small):
     """Under a time budget every job carries the task iteration's deadline (less the commit's reserve): a
     candidate whose cost nobody could know beforehand stops there instead of overrunning the budget."""
