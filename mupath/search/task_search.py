@@ -85,9 +85,9 @@ RECIPES = (Recipe("adapter", 0.5, 3e-3), Recipe("lora", 0.5, 1e-2), Recipe("adap
 
 #: the commit's reserve under a time budget (`TaskSearch.reserve_seconds`): the measured forward cost of the
 #: test images it and the no-forgetting check run, times this margin, plus a fixed part (the commit's writes).
-#: The forward cost is timed as the check runs (`_forward_seconds`): 1.67 ms an image where the demo's
-#: fashion_mnist commit then paid 1.68 (AMD EPYC); the margin covers the timing's noise (about 5%). At
-#: 1.25 the demo's tasks ended 7-11% early (fashion_mnist 161 and 164 s of 180)
+#: The forward cost is timed as the check runs (`_forward_seconds`): 1.67 ms an image where fashion_mnist's
+#: commit then paid 1.68 (a fresh demo store at a 40 s budget, AMD EPYC); the margin covers the timing's
+#: noise (about 5%). At 1.25 the demo's tasks ended 7-11% early (fashion_mnist 161 and 164 s of 180)
 RESERVE_MARGIN = 1.1
 RESERVE_FIXED_S = 1.0
 
