@@ -228,10 +228,9 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
 
 def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadline: float) -> RungZero:
     """Rung 0: a first wave (the recipes, else mutated children, one per worker at least; a recipe is
-    skipped once the costliest candidate so far would not fit), each s0 steps long, so that a recipe whose
-    steps cost more (adapters on every block) is ranked on as many steps as the cheap ones, then mutated
-    children up to the size n0 the measured costs afford, each as many seconds as the first of the wave
-    took (r0; at most eta times s0 steps)."""
+    skipped once the costliest candidate so far would not fit), the first of them s0 steps long and the
+    rest as many seconds as those took (at most eta times the steps), then mutated children up to the
+    size n0 the measured costs afford."""
     settings = search.settings
     workers, eta = max(1, settings.workers), settings.halving_rate
     s0 = settings.steps_per_validation      # the first candidates' steps; the rest of rung 0 trains as long
@@ -247,7 +246,7 @@ def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadlin
                         or now + max(r.wall_time for r in results) > deadline - search.reserve_seconds()
                         or _rung_zero_size(search, results, r0 or 0.0, deadline, eta) <= len(results)):
             break
-        results += run(first[i:i + workers], s0, 1, None)
+        results += run(first[i:i + workers], s0 * eta if r0 else s0, 1, r0)
         r0 = r0 or max([r.train_time for r in results if r.steps > 0] + [0.0]) or None
     step_s, overhead = per_step_seconds(results), candidate_overhead(results)
     r0 = r0 or step_s * s0

@@ -95,9 +95,8 @@ class EvolveSettings:
         "other tasks' paths), sized from their measured step times, then rungs that keep the best "
         "1/`halving_rate` and train them `halving_rate` times longer from their own weights, until one is "
         "left or the time is spent (docs/design.md, \"Search\"). `generations` and `candidates` are then "
-        "unused; the first wave (the recipes) trains `steps_per_validation` steps each and every other "
-        "candidate of the first rung as many seconds as the first took (later rungs are equal in time: a "
-        "candidate whose steps cost less trains more). "
+        "unused; the first candidates train `steps_per_validation` steps and every other first-rung candidate "
+        "as many seconds as those took (rungs are equal in time: a candidate whose steps cost less trains more). "
         "The API and the CLI accept seconds or a string with a unit (s, m, h).")
     halving_rate: int = setting(3, help="successive halving (with --time-budget): each rung keeps the best 1/N "
                                 "of its candidates and trains them N times longer")
