@@ -64,7 +64,7 @@ def evolved(folder: Path, images: int, budget: float, seed: int, after_stream: b
     reused = sorted({comps[c].task for c in path.components.values()} - {NAME, ROOT_TASK})
     return {"wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
             "accounted": status.accounted_params, "root_params": system.root_params,
-            "candidates": entry.candidates, "parent_task": entry.parent_task, "reused": reused,
+            "candidates": entry.candidates, "reused": reused,
             "checked": sorted(system.check_immutability())}   # raises ForgettingError on any changed bit
 
 
@@ -126,8 +126,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "chosen on validation, and the other rates' time is the grid's extra cost. Parameters: the evolved task's "
         "accounted parameters (µ2Net rule), a baseline's trainable ones (finetune-all: its whole model).", "",
         table(["method", "learning rate", "val acc", "test acc", "wall s", "grid extra s", "params"], rows),
-        "", f"The evolved task's parent: {ev.get('parent_task') or 'the root'}; components reused from other tasks: "
-        f"{', '.join(ev.get('reused', [])) or 'none'}; tasks re-checked bit-identical after it: "
+        "", f"Components of other tasks the evolved task's path reuses: {', '.join(ev.get('reused', [])) or 'none'}; "
+        "tasks re-checked bit-identical after it: "
         f"{', '.join(ev.get('checked', [])) or 'none'}."])
     write_section("benchmarks.md", "wallclock-stream" if args.after_stream else "wallclock", body)
 
