@@ -21,6 +21,7 @@ from mupath.search.halving import (
     least_overhead,
     next_rung,
     per_step_seconds,
+    ranks_by_steps,
     survivor_cap,
 )
 from mupath.search.settings import EvolveSettings
@@ -229,8 +230,9 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
 def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadline: float) -> RungZero:
     """Rung 0: a first wave (the recipes, else mutated children, one per worker at least; a recipe is
     skipped once the costliest candidate so far would not fit), the first of them s0 steps long and the
-    rest as many seconds as those took (at most eta times the steps), then mutated children up to the
-    size n0 the measured costs afford."""
+    rest as many seconds as those took (at most eta times the steps), or s0 steps each where the budget
+    affords many passes over the task's images (`halving.ranks_by_steps`), then mutated children up to the
+    size n0 the measured costs afford, as many seconds as the first took."""
     settings = search.settings
     workers, eta = max(1, settings.workers), settings.halving_rate
     s0 = settings.steps_per_validation      # the first candidates' steps; the rest of rung 0 trains as long
@@ -240,14 +242,21 @@ def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadlin
     _rung_started(run.progress, search, 0, len(first), None, deadline, first=True)
     results: list[CandidateResult] = []
     r0: float | None = None           #: rung 0's seconds of training per candidate
+    by_steps = False                  #: the first wave ranked at equal steps (`halving.ranks_by_steps`)
     for i in range(0, len(first), workers):       # a short budget runs the first recipes only
         now = time.perf_counter()
         if results and (now - started > FIRST_WAVE_SHARE * budget
                         or now + max(r.wall_time for r in results) > deadline - search.reserve_seconds()
                         or _rung_zero_size(search, results, r0 or 0.0, deadline, eta) <= len(results)):
             break
-        results += run(first[i:i + workers], s0 * eta if r0 else s0, 1, r0)
-        r0 = r0 or max([r.train_time for r in results if r.steps > 0] + [0.0]) or None
+        if by_steps or not r0:
+            results += run(first[i:i + workers], s0, 1, None)
+        else:
+            results += run(first[i:i + workers], s0 * eta, 1, r0)
+        if not r0:
+            r0 = max([r.train_time for r in results if r.steps > 0] + [0.0]) or None
+            by_steps = r0 is not None and ranks_by_steps(budget, per_step_seconds(results),
+                                                         search.record.sizes.get("train", 0), settings.batch_size)
     step_s, overhead = per_step_seconds(results), candidate_overhead(results)
     r0 = r0 or step_s * s0
     n0 = _rung_zero_size(search, results, r0, deadline, eta)

@@ -39,6 +39,16 @@ MAX_FIRST_RUNG = 64
 #: and 0.982 capped) and digits' 943 (47 passes, test 0.964), while fashion_mnist's 900 capped steps are one
 #: pass over its 54,000 and ended 31-56 s before its 180. 16 passes of mnist is the fixed cap (900 steps)
 SURVIVOR_PASSES = 16
+#: the first wave is ranked at equal steps, not equal seconds, once the budget affords at least this many
+#: passes over the task's training images at the first recipe's pace (`ranks_by_steps`). Then any recipe's
+#: survivor may see its images many times, so what it can learn (its capacity) decides, not how fast it
+#: steps: on font_digits (2,160 training images, 90 s: about 34 passes) the every-block recipes, the
+#: baselines' shape, ranked last at a third of the others' steps and were never continued (the evolved task
+#: 0.2-0.3 points under the baselines over five runs). Under a pass or two (fashion_mnist's 54,000 at 60-180
+#: s: 0.5-2 passes) a step saved is an image seen: ranked at equal steps, the every-block adapters won the
+#: demo's fashion_mnist and trained ~400 steps where the top half's 743 reached 0.5-0.9 points more
+#: (d6da16e). The threshold sits between the two (mnist at 60 s: 10-13 passes, digits 17-35)
+STEPS_RANKING_PASSES = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +104,20 @@ def survivor_cap(fixed_steps: int, train_rows: int, batch_size: int) -> int:
     passes over the task's `train_rows` training images at `batch_size` where that is more: a large task's
     survivor trains for all its time, a small task's stops before it repeats its images past what helped."""
     return max(fixed_steps, math.ceil(SURVIVOR_PASSES * train_rows / max(1, batch_size)))
+
+
+def affordable_passes(budget_seconds: float, step_seconds: float, train_rows: int, batch_size: int) -> float:
+    """Passes over `train_rows` training images that `budget_seconds` of steps at `step_seconds` each (of
+    `batch_size` images) would make; infinite when nothing was measured or the task is empty."""
+    if step_seconds <= 0 or train_rows <= 0:
+        return math.inf
+    return budget_seconds / step_seconds * batch_size / train_rows
+
+
+def ranks_by_steps(budget_seconds: float, step_seconds: float, train_rows: int, batch_size: int) -> bool:
+    """Whether the first wave is ranked at equal steps (see STEPS_RANKING_PASSES): the budget affords that
+    many passes at the first recipe's measured pace."""
+    return affordable_passes(budget_seconds, step_seconds, train_rows, batch_size) >= STEPS_RANKING_PASSES
 
 
 def first_rung_size(seconds_left: float, candidate_seconds: float, eta: int, workers: int) -> int:

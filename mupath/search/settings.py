@@ -96,7 +96,10 @@ class EvolveSettings:
         "1/`halving_rate` and train them `halving_rate` times longer from their own weights, until one is "
         "left or the time is spent (docs/design.md, \"Search\"). `generations` and `candidates` are then "
         "unused; the first candidates train `steps_per_validation` steps and every other first-rung candidate "
-        "as many seconds as those took (rungs are equal in time: a candidate whose steps cost less trains more). "
+        "as many seconds as those took (rungs are equal in time: a candidate whose steps cost less trains more), "
+        "except that where the budget affords several passes over the task's training images (a small task) "
+        "the first wave, the recipes, trains `steps_per_validation` steps each, so that a costlier recipe that "
+        "learns more is not ranked on a fraction of the others' steps. "
         "The API and the CLI accept seconds or a string with a unit (s, m, h).")
     halving_rate: int = setting(3, help="successive halving (with --time-budget): each rung keeps the best 1/N "
                                 "of its candidates and trains them N times longer")
