@@ -60,24 +60,32 @@ class Results(quality_efficientnet.Results):
         self.save()
 
 
+def add_stream(system: System) -> None:
+    """The stream's tasks (as MODE loads them) added to `system` where it lacks them."""
+    for task in load_tasks(MODE).values():
+        if task.name not in system.tasks:
+            system.add_task(task)
+
+
+def reused_from(system: System, task: str) -> list[str]:
+    """The other tasks (the root left out) whose components `task`'s retained path uses."""
+    comps = system.manifest.components()
+    path = system.manifest.retained()[task]
+    return sorted({comps[c].task for c in path.components.values()} - {task, ROOT_TASK})
+
+
 def run_evolved(out: Path, seed: int, budget: float) -> dict[str, Any]:
     folder = out / f"seed{seed}" / "evolved"
     system = System.open(folder) if (folder / MANIFEST).exists() else System.create(folder)
-    tasks = load_tasks(MODE)
-    for task in tasks.values():
-        if task.name not in system.tasks:
-            system.add_task(task)
+    add_stream(system)
     report = system.evolve(TASKS, time_budget=budget, max_params=MAX_PARAMS, seed=seed, log=False)
     status = {s.task: s for s in system.status()}
-    comps = system.manifest.components()
     rows = {}
     for entry in report.tasks:
-        path = system.manifest.retained()[entry.task]
         rows[entry.task] = {
             "wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
             "accounted": status[entry.task].accounted_params, "candidates": entry.candidates,
-            "parent_task": entry.parent_task,
-            "reused": sorted({comps[c].task for c in path.components.values()} - {entry.task, ROOT_TASK}),
+            "parent_task": entry.parent_task, "reused": reused_from(system, entry.task),
             "grown_from": status[entry.task].grown_from}
     checked = system.check_immutability()
     result = {"tasks": rows, "forgetting": 0.0 if sorted(checked) == sorted(TASKS) else None,

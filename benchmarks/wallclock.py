@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.defaults import NAME, font_task
-from benchmarks.quality import TASKS, load_tasks
-from benchmarks.quality_wallclock import BUDGET, GRID, MAX_PARAMS, MODE
+from benchmarks.quality import TASKS
+from benchmarks.quality_wallclock import BUDGET, GRID, MAX_PARAMS, add_stream, reused_from
 from benchmarks.report import environment, table, write_section
 from benchmarks.timed import timed_baseline
 from mupath import System
-from mupath.store.records import ROOT_TASK
 from mupath.store.store import Store
 from mupath.system import MANIFEST
 
@@ -44,9 +43,7 @@ def evolve_stream(system: System, seed: int) -> None:
     budget and cap); a store that has them already is left as it is."""
     if all(name in system.manifest.retained() for name in TASKS):
         return
-    for task in load_tasks(MODE).values():
-        if task.name not in system.tasks:
-            system.add_task(task)
+    add_stream(system)
     system.evolve(TASKS, time_budget=BUDGET, max_params=MAX_PARAMS, seed=seed, log=False)
 
 
@@ -59,12 +56,9 @@ def evolved(folder: Path, images: int, budget: float, seed: int, after_stream: b
     report = system.evolve([NAME], time_budget=budget, max_params=MAX_PARAMS, seed=seed, log=False)
     status = {s.task: s for s in system.status()}[NAME]
     entry = report.tasks[0]
-    comps = system.manifest.components()
-    path = system.manifest.retained()[NAME]
-    reused = sorted({comps[c].task for c in path.components.values()} - {NAME, ROOT_TASK})
     return {"wall": entry.wall_time, "test": entry.test_accuracy, "val": entry.val_accuracy,
             "accounted": status.accounted_params, "root_params": system.root_params,
-            "candidates": entry.candidates, "reused": reused,
+            "candidates": entry.candidates, "reused": reused_from(system, NAME),
             "checked": sorted(system.check_immutability())}   # raises ForgettingError on any changed bit
 
 
