@@ -38,7 +38,9 @@ from mupath.search.baselines import (
     plan_baseline,
 )
 from mupath.search.ids import seed_for
+from mupath.search.mutation import ChildPlan
 from mupath.search.settings import EvolveSettings
+from mupath.store.records import ROOT_TASK
 from mupath.store.store import Store
 from mupath.train.pipeline import to_model_input
 
@@ -54,8 +56,10 @@ class Built:
     owned: dict[str, nn.Module]
 
 
-def build(store: Store, task: str, method: str, seed: int) -> Built:
-    """A fresh model of `method` for `task` (see the module docstring)."""
+def build(store: Store, task: str, method: str, seed: int, *, frozen_neck: bool = False) -> Built:
+    """A fresh model of `method` for `task` (see the module docstring). `frozen_neck` (adapters:D and
+    deltas:R): the root's neck stays frozen, as in every path the search builds (it never clones the neck
+    under the benchmarks' parameter cap), so the model is the search's every-block recipe exactly."""
     kind, arg = parse_method(method, store.depth)
     num_classes = store.task_record(task).num_classes
     if kind == "lora":
@@ -68,6 +72,8 @@ def build(store: Store, task: str, method: str, seed: int) -> Built:
     counter = itertools.count()
     plan = plan_baseline(store, task, method, EvolveSettings(seed=seed), lambda p: f"{p}{next(counter)}",
                          random.Random(seed))
+    if frozen_neck:
+        plan = _root_neck(store, plan)
     comps = store.manifest.components()
     modules, owned = {}, {}
     for slot in plan.slots:
@@ -81,6 +87,14 @@ def build(store: Store, task: str, method: str, seed: int) -> Built:
         if slot.trainable:
             owned[slot.slot] = modules[slot.slot]
     return Built(PathModel(modules, store.family), modules, owned)
+
+
+def _root_neck(store: Store, plan: ChildPlan) -> ChildPlan:
+    """`plan` with its neck slot the root's frozen neck."""
+    neck = store.manifest.retained()[ROOT_TASK].components["neck"]
+    slots = [dataclasses.replace(s, id=neck, trainable=False, init=None) if s.slot == "neck" else s
+             for s in plan.slots]
+    return dataclasses.replace(plan, slots=slots)
 
 
 def seconds_per_step(built: Built, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
@@ -103,15 +117,17 @@ def seconds_per_step(built: Built, x: torch.Tensor, y: torch.Tensor, lr: float) 
     return sum(times) / len(times)
 
 
-def timed_baseline(store: Store, task: str, method: str, lr: float, seconds: float, seed: int) -> dict[str, Any]:
+def timed_baseline(store: Store, task: str, method: str, lr: float, seconds: float, seed: int, *,
+                   frozen_neck: bool = False) -> dict[str, Any]:
     """Train `method` on `task` of `store` at learning rate `lr` for `seconds` of wall-clock (build,
-    calibration, training, validations and test included); its validation and test accuracy."""
+    calibration, training, validations and test included); its validation and test accuracy.
+    `frozen_neck`: see `build`."""
     started = time.perf_counter()
     base = EvolveSettings(seed=seed)
     hp = baseline_hparams(store, task, "finetune-all", None, base)
     hp["opt_lr"] = lr
     size = int(hp["ds_image_size"])
-    built = build(store, task, method, seed_for(seed, method, task))
+    built = build(store, task, method, seed_for(seed, method, task), frozen_neck=frozen_neck)
     data = store.task_data(task)
     x = to_model_input(data["train.x"][:base.batch_size], size)
     step_s = seconds_per_step(built, x, data["train.y"][:base.batch_size], lr)
