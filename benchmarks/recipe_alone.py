@@ -65,7 +65,7 @@ def spread(values: list[float]) -> str:
     return f"{sum(values) / len(values):.4f} [{min(values):.4f}-{max(values):.4f}]"
 
 
-def report(rows: list[dict[str, Any]], command: str) -> None:
+def report(rows: list[dict[str, Any]]) -> None:
     lines = [[r["seed"], f"{r['evolved']['test']:.4f} ({r['evolved']['val']:.4f})", r["shape"],
               f"{r['evolved']['wall']:.0f}", f"{r['alone']['test']:.4f} ({r['alone']['val']:.4f})",
               r["alone"]["steps"], *(f"{r['baselines'][m]['test']:.4f}" for m in GRID)] for r in rows]
@@ -74,7 +74,7 @@ def report(rows: list[dict[str, Any]], command: str) -> None:
                   *(spread([r["baselines"][m]["test"] for r in rows]) for m in GRID)])
     body = "\n".join([
         "## The search's exploration at a short budget: its every-block recipe trained alone", "",
-        environment().rstrip(), f"- command: `{command}`", "",
+        environment().rstrip(), "",
         f"{NAME} from an empty store, the runs of `benchmarks/wallclock.py` (one per seed). \"recipe alone\": the "
         f"search's first-wave recipe `adapter` on every block at lr {RECIPE.lr:g} (the root's neck frozen, as in "
         "every searched path) trained as one run for the evolved task's wall time; no learning-rate grid. "
@@ -103,9 +103,7 @@ def main() -> None:
             tmp.write_text(json.dumps(results, indent=1))
             os.replace(tmp, path)
             print(folder, results[str(folder)]["alone"], flush=True)
-    command = (f"python -m benchmarks.recipe_alone --runs {' '.join(str(f) for f in args.runs)} "
-               f"--seeds {args.seeds}")
-    report([results[str(f)] for f in args.runs], command)
+    report([results[str(f)] for f in args.runs])
 
 
 if __name__ == "__main__":

@@ -226,3 +226,24 @@ def test_lora_on_efficientnet_leaves_depthwise_and_same_padding_convs_alone(tmp_
         assert torch.allclose(built.model.eval().features(x), plain.features(x), atol=1e-5)
     res = run_lora(system.store, ["a"], {"a": 32}, 2, steps_per_validation=1, batch_size=16, val_limit=30)
     assert res.images == {"a": 32} and res.root_unchanged == {"a": True}
+
+
+def test_the_timed_recipe_alone_keeps_the_roots_neck_frozen(tmp_path):
+    """benchmarks/timed.build(frozen_neck=True) is the search's every-block adapters recipe: adapters and a
+    head train, the neck is the root's own frozen component; without it the adapters baseline trains a copy."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.timed import build
+    from conftest import blobs_task
+    system = System.create(tmp_path / "e", root="tf_efficientnet_lite0", image_size=32)
+    system.add_task(blobs_task("a", n=90, seed=0))
+    store = system.store
+    depth = store.depth
+    alone = build(store, "a", "adapters:4", 0, frozen_neck=True)
+    assert set(alone.owned) == {f"adapter_{i}" for i in range(depth)} | {"head"}
+    assert not any(p.requires_grad for p in alone.modules["neck"].parameters())
+    neck_id = system.manifest.retained()[ROOT_TASK].components["neck"]
+    root_neck = store.blobs.get_tensors(store.manifest.components()[neck_id].blob)
+    assert all(torch.equal(v, alone.modules["neck"].state_dict()[k]) for k, v in root_neck.items())
+    assert "neck" in build(store, "a", "adapters:4", 0).owned
