@@ -27,6 +27,7 @@ from typing import Any
 
 from benchmarks import quality_efficientnet
 from benchmarks.quality import TASKS, Mode, fmt_k, load_tasks, log
+from benchmarks.quality_efficientnet import spread
 from benchmarks.report import environment, table, write_section
 from benchmarks.timed import timed_baseline
 from mupath import System
@@ -124,12 +125,6 @@ def run_seed(results: Results, out: Path, seed: int, budget: float, methods: lis
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def spread(values: list[float], fmt: str = ".4f") -> str:
-    if len(values) == 1:
-        return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} [{format(min(values), fmt)}–{format(max(values), fmt)}]"
-
-
 def method_rows(results: Results, seeds: list[int]) -> tuple[dict[str, dict[str, list[float]]], float]:
     """Per method: per seed, the mean over tasks of test accuracy, parameters per task, wall seconds;
     and the grid's extra seconds (seed 0)."""

@@ -19,24 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from benchmarks.defaults import NAME
+from benchmarks.quality_efficientnet import spread
 from benchmarks.quality_wallclock import GRID
 from benchmarks.report import environment, table, write_section
 from benchmarks.timed import timed_baseline
+from benchmarks.wallclock import best_baseline
 from mupath.search.task_search import RECIPES
+from mupath.store.atomic import atomic_write_bytes
 from mupath.store.store import Store
 
 #: the recipe trained alone: the first wave's adapters on every block
 RECIPE = next(r for r in RECIPES if r.kind == "adapter" and r.start == 0.0)
 
 
-def evolved_shape(store: Store) -> str:
-    """The kinds and blocks of the evolved task's retained path, e.g. `adapters 0-15`."""
-    hp = store.manifest.retained()[NAME].hparams
+def evolved_shape(hp: dict[str, Any]) -> str:
+    """The kinds and blocks of a path with hyperparameters `hp`, e.g. `adapters 0-15`."""
     parts = []
     for key, name in (("adapter_layers", "adapters"), ("lora_layers", "deltas"), ("ssf_layers", "ssf")):
         blocks = sorted(hp.get(key) or [])
@@ -45,24 +46,15 @@ def evolved_shape(store: Store) -> str:
     return ", ".join(parts) or "head only"
 
 
-def best_baseline(results: dict[str, Any], method: str) -> dict[str, Any]:
-    """The run of `method` at its validation-chosen learning rate (ties: the first in the grid)."""
-    return max((results[f"{method}@{lr:g}"] for lr in GRID[method]), key=lambda r: r["val"])
-
-
 def measure(folder: Path, seed: int) -> dict[str, Any]:
     """The recipe alone for the evolved wall time of the wallclock run in `folder`, and that run's figures."""
     run = json.loads((folder / "results.json").read_text())
     store = Store.open(folder / "evolved", read_only=True)
-    width = int(store.manifest.retained()[NAME].hparams["adapter_dim"])
-    alone = timed_baseline(store, NAME, f"adapters:{width}", RECIPE.lr, float(run["evolved"]["wall"]), seed,
-                           frozen_neck=True)
-    return {"seed": seed, "evolved": run["evolved"], "shape": evolved_shape(store), "alone": alone,
+    hp = store.manifest.retained()[NAME].hparams
+    alone = timed_baseline(store, NAME, f"adapters:{int(hp['adapter_dim'])}", RECIPE.lr, float(run["evolved"]["wall"]),
+                           seed, frozen_neck=True)
+    return {"seed": seed, "evolved": run["evolved"], "shape": evolved_shape(hp), "alone": alone,
             "baselines": {m: best_baseline(run, m) for m in GRID}}
-
-
-def spread(values: list[float]) -> str:
-    return f"{sum(values) / len(values):.4f} [{min(values):.4f}-{max(values):.4f}]"
 
 
 def report(rows: list[dict[str, Any]]) -> None:
@@ -99,9 +91,7 @@ def main() -> None:
     for folder, seed in zip(args.runs, seeds):
         if str(folder) not in results:
             results[str(folder)] = measure(folder, seed)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=1))
-            os.replace(tmp, path)
+            atomic_write_bytes(path, json.dumps(results, indent=1).encode())
             print(folder, results[str(folder)]["alone"], flush=True)
     report([results[str(f)] for f in args.runs])
 
