@@ -118,9 +118,20 @@ CAP = 0.1     #: of the tiny root's, beyond its share of it: a new head and scal
 @pytest.fixture(scope="module")
 def halved(tmp_path_factory, digits_small, parity_task):
     """digits, then parity, each one task iteration of successive halving with a first rung of at most
-    6 (so that the budget, generous for the tiny root, bounds nothing on any machine)."""
+    6 (so that the budget, generous for the tiny root, bounds nothing on any machine). `system.jobs`:
+    each planned job's rung and budget, in the order planned."""
+    from mupath.search.task_search import TaskSearch
     patch = pytest.MonkeyPatch()
     patch.setattr(halving, "MAX_FIRST_RUNG", 6)
+    jobs: list = []
+    planned = TaskSearch.job
+
+    def recording(search, child, *args, **kwargs):
+        job = planned(search, child, *args, **kwargs)
+        jobs.append((search.task, child.generation, child.parent.id, job.budget))
+        return job
+
+    patch.setattr(TaskSearch, "job", recording)
     try:
         system = System.create(tmp_path_factory.mktemp("halving") / "store", **TINY_ROOT)
         system.add_task(digits_small)
@@ -129,6 +140,7 @@ def halved(tmp_path_factory, digits_small, parity_task):
         system.evolve(["parity"], **SETTINGS, max_params=CAP)
     finally:
         patch.undo()
+    system.jobs = jobs
     return system
 
 
@@ -238,6 +250,22 @@ def test_survivors_train_on_from_their_own_weights(halved):
     retained = halved.store.retained_path("digits")
     assert retained.id in {t.path for t in tried}
     assert halved.evaluate("digits") > 0
+
+
+def test_the_rungs_share_one_learning_rate_schedule(halved):
+    """A candidate that may be continued trains the first 1/eta of its cosine and stops part-way down; its
+    continuation starts where its parent stopped (`CandidateResult.lr_fraction`, no second warmup), and the
+    last survivor decays to zero: one schedule across the rungs, as one run alone has."""
+    _, tried = _tried(halved, "digits")
+    eta = EvolveSettings().halving_rate
+    jobs = [(rung, parent, b) for task, rung, parent, b in halved.jobs if task == "digits"]
+    assert [rung for rung, _, _ in jobs] == [t.generation for t in tried]
+    assert all(b.lr_horizon == eta and b.lr_from is None for rung, _, b in jobs if rung == 0)
+    middle = [b for rung, _, b in jobs if rung == 1]
+    assert middle and all(b.lr_horizon == eta and 0.5 < b.lr_from < 1 for b in middle)
+    (last,) = [b for rung, _, b in jobs if rung == 2]
+    assert last.lr_horizon == 1.0 and 0 < last.lr_from < 1
+    assert last.lr_from <= max(b.lr_from for b in middle)        # further down, or a rung-0 parent's
 
 
 def test_no_candidate_under_the_cap_is_a_one_line_error(tmp_path, digits_small):

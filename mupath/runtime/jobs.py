@@ -95,6 +95,10 @@ class Budget:
     #: cache (a fill is not part of its seconds: on a large task it would eat the budget), it reads what
     #: its ancestor or the first candidates filled; None: the count
     seconds: float | None = None
+    #: `TrainConfig.lr_horizon`: a candidate successive halving may continue stops part-way down its schedule
+    lr_horizon: float = 1.0
+    #: `TrainConfig.lr_from`: a continuation's schedule starts where its parent's stopped
+    lr_from: float | None = None
 
 
 def size_penalty(accounted: float, root_params: int, scale_factor: float) -> float:
@@ -194,6 +198,9 @@ class CandidateResult:
     #: seconds of `wall_time` spent filling the activation cache (0 on a hit or without the cache): what a
     #: later candidate reading the same entry does not pay
     fill_time: float = 0.0
+    #: the learning rate, as a fraction of its schedule's peak, where the best snapshot was taken
+    #: (`TrainOutcome.lr_fraction`): where a continuation of this candidate starts its schedule
+    lr_fraction: float = 0.0
 
     # ---- one constructor per failure kind ---------------------------------------------------
     @classmethod

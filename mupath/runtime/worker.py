@@ -110,6 +110,7 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     deadline = job.budget.deadline        # the job's wall-clock bound, on this process's perf_counter
     cfg = TrainConfig(job.budget.steps_per_validation, job.budget.validations, job.budget.batch_size, job.seed,
                       keep_optimizer=job.budget.keep_optimizer, seconds=job.budget.seconds,
+                      lr_horizon=job.budget.lr_horizon, lr_from=job.budget.lr_from,
                       deadline=None if deadline is None else time.perf_counter() + deadline - time.time())
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)
@@ -182,4 +183,4 @@ def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None
         outcome.images, outcome.train_time, outcome.eval_time, outcome.failure, owned_params, accounted,
         {cid: sum(p.numel() for p in m.parameters()) for cid, m in owned.items()},
         time.perf_counter() - started, os.getpid(), 0 if prefix is None else prefix.start, device, scratch,
-        fill_time=0.0 if prefix is None else prefix.fill_seconds)
+        fill_time=0.0 if prefix is None else prefix.fill_seconds, lr_fraction=outcome.lr_fraction)

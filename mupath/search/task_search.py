@@ -127,6 +127,8 @@ class TaskSearch:
         self.scratch = store.scratch_dir(run_id)
         self.planned = 0
         self.scratch_files: dict[str, str] = {}        #: path id -> its candidate's scratch file
+        #: path id -> where its candidate's learning-rate schedule stopped (`CandidateResult.lr_fraction`)
+        self.lr_fractions: dict[str, float] = {}
         self._forward_s: float | None = None
         #: under a time budget, the task iteration's deadline on `time.perf_counter()` (set by
         #: `evolve.run_rungs`); each job is given it less the commit's reserve as it is then (`job_deadline`)
@@ -327,10 +329,11 @@ class TaskSearch:
         return sharing_tasks(self.retained if retained is None else retained, self.touched(best), self.task)
 
     def job(self, child: Child, steps: int | None = None, validations: int | None = None,
-            seconds: float | None = None) -> CandidateJob:
+            seconds: float | None = None, horizon: float = 1.0) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
         all siblings as in the reference: they are compared on the same batches. `seconds`: train for
-        that long, at most `steps` (`Budget.seconds`)."""
+        that long, at most `steps` (`Budget.seconds`); `horizon`: its steps are the first 1/horizon of
+        its schedule (`Budget.lr_horizon`), a continuation's starting where its parent's stopped."""
         seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation)
         settings = self.settings
         if steps is not None:             # a rung's own length (successive halving)
@@ -340,10 +343,12 @@ class TaskSearch:
                             cache_floor=self.cache_floor)
         if not self.settings.halving:
             return job
-        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline(), seconds=seconds)
+        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline(), seconds=seconds,
+                                     lr_horizon=horizon)
         parent = child.parent
         if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
             refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}
+            budget = dataclasses.replace(budget, lr_from=self.lr_fractions.get(parent.id))
             return job.replace(budget=budget, refs=refs)          # a continuation: the survivor's moments
         return job.replace(budget=budget)
 
@@ -365,6 +370,7 @@ class TaskSearch:
         self.log.improved += 1
         if res.scratch_file:
             self.scratch_files[child.plan.path.id] = res.scratch_file
+            self.lr_fractions[child.plan.path.id] = res.lr_fraction
         path = admit(self, child.plan, res)
         path.metrics.update({"generation": child.generation, "iteration": self.iteration, "run_id": self.run_id})
         self.population.append(path)
