@@ -50,6 +50,15 @@ SURVIVOR_PASSES = 16
 #: (d6da16e). The threshold sits between the two (mnist at 60 s: 10-13 passes, digits 17-35)
 STEPS_RANKING_PASSES = 4.0
 
+#: the share of its steps a candidate that a later rung may continue spends decaying its learning rate to be
+#: ranked (`train.loop.TrainConfig.decay_share`): it holds the peak rate before, and its continuation starts
+#: from its weights and moments there at the peak, so a lineage trains on one warmup-stable-decay schedule
+#: (as one run alone trains on one schedule) and the last survivor alone decays for good. Each rung still ranks
+#: decayed weights: ranked at the peak rate itself (2fac5fc, 966f712) a high-rate recipe fell behind weaker
+#: ones (the demo's mnist LoRA at 1e-2: val 0.87-0.905 after 100 steps against 0.95-0.96 decayed); a
+#: cool-down of a fifth of the steps is what warmup-stable-decay schedules need to match a cosine's end
+DECAY_SHARE = 0.2
+
 
 @dataclasses.dataclass(frozen=True)
 class Rung:

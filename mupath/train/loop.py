@@ -14,7 +14,7 @@ from torch import nn
 from mupath.model.path_model import PathModel
 from mupath.train.cache import Prefix
 from mupath.train.evaluate import EVAL_BATCH, accuracy_of, logits_of
-from mupath.train.optim import cosine_lr, lr_at, make_optimizer
+from mupath.train.optim import lr_at, make_optimizer
 from mupath.train.pipeline import augment, batch_iterator, has_augmentation, to_model_input
 
 
@@ -36,12 +36,12 @@ class TrainConfig:
     #: candidate whose steps cost less trains more of them (successive halving's rungs are equal in time)
     #: and one that needs fewer ends early; None: the fixed count
     seconds: float | None = None
-    #: the candidate's steps are the first 1/`lr_horizon` of its cosine schedule (`optim.lr_at`): one that
-    #: successive halving may continue stops part-way down its schedule; 1: the whole schedule
-    lr_horizon: float = 1.0
-    #: a continuation's schedule starts at this fraction of the peak learning rate, where its parent's
-    #: stopped (`TrainOutcome.lr_fraction`), with no warmup; None: warmup, then the peak
-    lr_from: float | None = None
+    #: the share of its steps a candidate that successive halving may continue spends on a decay branch: it
+    #: holds the peak learning rate until then, keeps its weights and optimiser state there (its resume
+    #: point, `TrainOutcome.resume`) and decays to 0 over the rest, to be ranked (`optim.lr_at`); 0: none
+    decay_share: float = 0.0
+    #: warm up from lr/100 (False: a continuation, whose optimiser moments are loaded, starts at the peak)
+    warmup: bool = True
 
 
 #: a candidate trained for `TrainConfig.seconds` times this many steps, after its first (untimed: first
@@ -90,9 +90,33 @@ class TrainOutcome:
     #: the optimiser's state when the best snapshot was taken (`optimizer_tensors`): what a continuation
     #: of this candidate starts from (successive halving)
     best_optimizer: dict[str, torch.Tensor] | None = None
-    #: the schedule's learning rate, as a fraction of its peak, at the step after the best snapshot: where a
-    #: continuation of this candidate starts its own (`TrainConfig.lr_from`)
-    lr_fraction: float = 0.0
+    #: the owned tensors and the optimiser's state where the decay branch began (`TrainConfig.decay_share`):
+    #: what a continuation of this candidate starts from, at the peak rate; None: no branch was reached
+    resume: dict[str, dict[str, torch.Tensor]] | None = None
+    resume_optimizer: dict[str, torch.Tensor] | None = None
+
+
+class _Schedule:
+    """A candidate's learning rate step by step (`optim.lr_at`) and its decay branch
+    (`TrainConfig.decay_share`): where the branch begins is pinned once reached (a timed plan re-sized
+    later moves its end, never its start), and the owned tensors and optimiser state there are kept."""
+
+    def __init__(self, cfg: TrainConfig, hp: dict, owned: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
+                 params: list[torch.nn.Parameter]) -> None:
+        self.cfg, self.hp, self.owned, self.optimizer, self.params = cfg, hp, owned, optimizer, params
+        self.start: int | None = None
+        self.weights: dict[str, dict[str, torch.Tensor]] | None = None
+        self.moments: dict[str, torch.Tensor] | None = None
+
+    def lr(self, step: int, total: int) -> float:
+        """The learning rate of `step` of `total`, keeping the resume point when `step` is the branch's
+        first; the schedule decays from step 0 without a branch, and holds its peak before one."""
+        share = self.cfg.decay_share
+        if share and self.start is None and step >= total - math.ceil(share * total):
+            self.start, self.weights = step, _snapshot(self.owned)
+            self.moments = optimizer_tensors(self.optimizer, self.params) if self.cfg.keep_optimizer else None
+        decay_from = 0 if not share else total if self.start is None else self.start
+        return lr_at(step, total, self.hp, decay_from=decay_from, warmup=self.cfg.warmup)
 
 
 def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: TrainConfig,
@@ -117,10 +141,8 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
     best: dict[str, dict[str, torch.Tensor]] | None = None
     best_optimizer: dict[str, torch.Tensor] | None = None
     best_quality, best_score = float("-inf"), bar
-    best_fraction = 0.0
-    train_time = eval_time = 0.0
-    step = 0
-    rate_started = 0.0
+    schedule = _Schedule(cfg, hp, owned, optimizer, params)
+    step, rate_started, train_time, eval_time = 0, 0.0, 0.0, 0.0
     model.eval()  # no dropout anywhere; eval mode keeps any norm statistics fixed
     for interval in range(cfg.validations):
         t0 = time.perf_counter()
@@ -133,8 +155,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
                 rate_started = time.perf_counter()
             idx = next(batches)
             logits = _batch_logits(model, train_x, idx, hp, gen=gen if augmenting else None, prefix=prefix)
-            lr = lr_at(step, plan.total, hp, horizon=cfg.lr_horizon, start=cfg.lr_from)
-            bad = _optimise(optimizer, params, logits, train_y[idx], lr, cfg.clip_norm)
+            bad = _optimise(optimizer, params, logits, train_y[idx], schedule.lr(step, plan.total), cfg.clip_norm)
             if bad is not None:
                 return TrainOutcome(False, best_quality, best_score, evals, None, step,
                                     step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,
@@ -154,16 +175,9 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             best_score, best_quality = score, quality
             best = _snapshot(owned)
             best_optimizer = optimizer_tensors(optimizer, params) if cfg.keep_optimizer else None
-            best_fraction = _fraction_at(step, plan.total, hp, cfg)
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
                         step * cfg.batch_size, train_time, eval_time, best_optimizer=best_optimizer,
-                        lr_fraction=best_fraction)
-
-
-def _fraction_at(step: int, total: int, hp: dict, cfg: TrainConfig) -> float:
-    """The cosine schedule's learning rate at `step` as a fraction of its peak (`TrainOutcome.lr_fraction`)."""
-    return cosine_lr(step, total, 1.0, float(hp["opt_lr_warmup_ratio"]), horizon=cfg.lr_horizon,
-                     start=cfg.lr_from)
+                        resume=schedule.weights, resume_optimizer=schedule.moments)
 
 
 def _resize_at(step: int) -> bool:
@@ -195,7 +209,7 @@ def _optimizer(owned: dict[str, nn.Module], hp: dict,
                state: dict[str, torch.Tensor] | None) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
     """The optimiser of the owned parameters (made trainable), in their order. `state`: a parent's
     `best_optimizer`, loaded when it fits these parameters (a continuation of a trained candidate
-    keeps its moments; its schedule goes on from `TrainConfig.lr_from`)."""
+    keeps its moments and, with `TrainConfig.warmup` False, its peak rate)."""
     params = [p for m in owned.values() for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)

@@ -27,30 +27,22 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> 
     raise ValueError(f"unknown optimizer {name}")
 
 
-def lr_at(step: int, total: int, hp: dict[str, Any], *, horizon: float = 1.0, start: float | None = None) -> float:
+def lr_at(step: int, total: int, hp: dict[str, Any], *, decay_from: int = 0, warmup: bool = True) -> float:
     """Learning rate at `step` of `total` (reference schedules: `cosine` = warmup from lr/100 to lr over
     warmup_ratio*T then cosine decay to 0; `constant` = 0.5*lr so the average matches).
 
-    A candidate that successive halving may continue trains only the first `total` of T = `horizon` x
-    `total` steps of its cosine, so that it stops part-way down, where its continuation goes on: `start`
-    (a continuation's) is the fraction of lr its parent stopped at (`cosine_lr` with peak 1); it then decays from
-    start*lr to 0 over T with no second warmup (its parent's optimiser moments are loaded), one schedule
-    across the rungs, as one run alone has, instead of a restart from the top per rung."""
+    Successive halving's schedule across rungs (warmup-stable-decay, with a decay branch per rung): a
+    candidate that a later rung may continue holds the peak until `decay_from` and decays to 0 from there;
+    the continuation starts from its weights at `decay_from`, not its decayed ones, with no second warmup
+    (`warmup` False: its moments are loaded), so a lineage follows one schedule as one run alone does while
+    every rung is still ranked on decayed weights."""
     lr = float(hp["opt_lr"])
-    if hp.get("opt_lr_schedule", "cosine") == "constant":
+    schedule = hp.get("opt_lr_schedule", "cosine")
+    if schedule == "constant":
         return 0.5 * lr
-    return cosine_lr(step, total, lr, float(hp["opt_lr_warmup_ratio"]), horizon=horizon, start=start)
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup_ratio: float, *, horizon: float = 1.0,
-              start: float | None = None) -> float:
-    """The cosine schedule of peak `peak` at `step` (see `lr_at`); with `peak` 1, the fraction of the peak
-    a continuation starts from."""
-    length = total if horizon == 1.0 else max(1.0, horizon * total)
-    if start is not None:
-        return 0.5 * (start * peak) * (1 + math.cos(math.pi * min(1.0, step / max(1.0, length))))
-    warmup = int(warmup_ratio * length)
-    if step < warmup:
-        return peak / 100 + (peak - peak / 100) * step / max(1, warmup)
-    progress = (step - warmup) / max(1, length - warmup)
-    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
+    warmup_steps = int(float(hp["opt_lr_warmup_ratio"]) * total) if warmup else 0
+    if step < warmup_steps:
+        return lr / 100 + (lr - lr / 100) * step / max(1, warmup_steps)
+    start = max(warmup_steps, decay_from)
+    progress = (step - start) / max(1, total - start)
+    return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
