@@ -118,20 +118,9 @@ CAP = 0.1     #: of the tiny root's, beyond its share of it: a new head and scal
 @pytest.fixture(scope="module")
 def halved(tmp_path_factory, digits_small, parity_task):
     """digits, then parity, each one task iteration of successive halving with a first rung of at most
-    6 (so that the budget, generous for the tiny root, bounds nothing on any machine). `system.jobs`:
-    each planned job with its task and rung, in the order planned."""
-    from mupath.search.task_search import TaskSearch
+    6 (so that the budget, generous for the tiny root, bounds nothing on any machine)."""
     patch = pytest.MonkeyPatch()
     patch.setattr(halving, "MAX_FIRST_RUNG", 6)
-    jobs: list = []
-    planned = TaskSearch.job
-
-    def recording(search, child, *args, **kwargs):
-        job = planned(search, child, *args, **kwargs)
-        jobs.append((search.task, child.generation, job))
-        return job
-
-    patch.setattr(TaskSearch, "job", recording)
     try:
         system = System.create(tmp_path_factory.mktemp("halving") / "store", **TINY_ROOT)
         system.add_task(digits_small)
@@ -140,7 +129,6 @@ def halved(tmp_path_factory, digits_small, parity_task):
         system.evolve(["parity"], **SETTINGS, max_params=CAP)
     finally:
         patch.undo()
-    system.jobs = jobs
     return system
 
 
@@ -250,25 +238,6 @@ def test_survivors_train_on_from_their_own_weights(halved):
     retained = halved.store.retained_path("digits")
     assert retained.id in {t.path for t in tried}
     assert halved.evaluate("digits") > 0
-
-
-def test_a_lineage_trains_on_one_schedule_with_a_decay_branch_per_rung(halved):
-    """Every candidate a later rung may continue ends on a decay branch (ranked on decayed weights) and
-    keeps where the branch began; its continuation starts there, at the peak rate with no second warmup,
-    and the last survivor alone decays for good: one warmup-stable-decay schedule per lineage."""
-    from mupath.runtime.jobs import OPTIMIZER_REF, resume_id
-    _, tried = _tried(halved, "digits")
-    jobs = [(rung, job) for task, rung, job in halved.jobs if task == "digits"]
-    assert [rung for rung, _ in jobs] == [t.generation for t in tried]
-    assert not [t.failure for t in tried if t.failure]                         # the resume points loaded
-    first = [job.budget for rung, job in jobs if rung == 0]
-    assert all(b.decay_share == halving.DECAY_SHARE and b.warmup for b in first)
-    later = [job for rung, job in jobs if rung > 0]
-    assert [j.budget.decay_share for j in later] == [halving.DECAY_SHARE] * (len(later) - 1) + [0.0]
-    for job in later:
-        assert not job.budget.warmup and OPTIMIZER_REF in job.refs
-        trained = [s.init.source for s in job.slots if s.trainable and s.init and s.init.source]
-        assert trained and all(job.refs[c].id == resume_id(c) for c in trained)    # where the branch began
 
 
 def test_no_candidate_under_the_cap_is_a_one_line_error(tmp_path, digits_small):

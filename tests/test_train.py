@@ -73,41 +73,6 @@ def test_schedule_warms_up_from_lr_over_100_then_decays_to_zero():
     assert lr_at(5, 100, dict(hp, opt_lr_schedule="constant")) == 0.5
 
 
-def test_a_decay_branch_holds_the_peak_then_decays_and_a_continuation_starts_at_the_peak():
-    """Successive halving's schedule: a candidate a later rung may continue warms up, holds the peak until
-    its decay branch and decays to zero over it; its continuation starts at the peak (no second warmup)."""
-    hp = dict(opt_lr=2.0, opt_lr_warmup_ratio=0.1)
-    held = [lr_at(s, 100, hp, decay_from=80) for s in range(101)]
-    assert held[0] == 0.02 and all(v == 2.0 for v in held[10:81]) and held[100] < 1e-9
-    assert all(a >= b for a, b in zip(held[80:], held[81:]))
-    assert [lr_at(s, 100, hp, decay_from=100) for s in range(10, 100)] == [2.0] * 90        # before the branch
-    cont = [lr_at(s, 50, hp, warmup=False) for s in range(51)]
-    assert cont[0] == 2.0 and cont[50] < 1e-9 and all(a >= b for a, b in zip(cont, cont[1:]))
-    assert [lr_at(s, 100, hp) for s in range(101)] == [lr_at(s, 100, hp, decay_from=0) for s in range(101)]
-
-
-def test_train_path_keeps_the_decay_branchs_resume_point():
-    """`TrainOutcome.resume`: the owned tensors and optimiser state where the decay branch began (after
-    (1 - share) of the steps), what a continuation starts from; the best snapshot is the decayed end."""
-    torch.manual_seed(0)
-    x, y = torch.rand(32, 3, 8, 8), torch.randint(0, 3, (32,))
-    hp = dict(ds_image_size=8, opt_name="adamw", opt_lr=1e-2, opt_momentum=0.9, opt_nesterov=False,
-              opt_lr_warmup_ratio=0.1)
-    kw = dict(score_of=lambda q: q, bar=float("-inf"))
-
-    def run(cfg):
-        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
-        torch.nn.init.zeros_(model[1].weight)
-        return train_path(model, {"m": model}, hp, cfg, (x, y), (x, y), **kw)
-
-    branched = run(TrainConfig(10, 1, 8, 0, keep_optimizer=True, decay_share=0.2))
-    assert branched.resume is not None and float(branched.resume_optimizer["0.step"]) == 8.0
-    assert not torch.equal(branched.resume["m"]["1.weight"], branched.best_state["m"]["1.weight"])
-    half = run(TrainConfig(10, 1, 8, 0, keep_optimizer=True, decay_share=0.5))
-    assert float(half.resume_optimizer["0.step"]) == 5.0
-    assert run(TrainConfig(10, 1, 8, 0, keep_optimizer=True)).resume is None                 # no branch asked for
-
-
 def test_augmentation_is_seeded_and_identity_when_off():
     x = to_model_input(torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8), 8)
     off = dict(ds_crop=False, ds_flip_left_right=False)

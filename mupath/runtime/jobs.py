@@ -73,12 +73,6 @@ class SlotJob:
 OPTIMIZER_REF = "__optimizer__"
 
 
-def resume_id(component: str) -> str:
-    """The key prefix, in a candidate's scratch file, of `component`'s tensors at its decay branch's start
-    (`TrainOutcome.resume`): a continuation reads its parent's components there instead of the decayed ones."""
-    return f"__resume__.{component}"
-
-
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """How long a candidate trains and how it is validated."""
@@ -101,11 +95,6 @@ class Budget:
     #: cache (a fill is not part of its seconds: on a large task it would eat the budget), it reads what
     #: its ancestor or the first candidates filled; None: the count
     seconds: float | None = None
-    #: `TrainConfig.decay_share`: a candidate successive halving may continue ends on a decay branch and
-    #: keeps where it began as its resume point (`RESUME_REF`)
-    decay_share: float = 0.0
-    #: `TrainConfig.warmup` (False: a continuation, starting at the peak rate from its parent's moments)
-    warmup: bool = True
 
 
 def size_penalty(accounted: float, root_params: int, scale_factor: float) -> float:
@@ -205,9 +194,6 @@ class CandidateResult:
     #: seconds of `wall_time` spent filling the activation cache (0 on a hit or without the cache): what a
     #: later candidate reading the same entry does not pay
     fill_time: float = 0.0
-    #: the scratch file also holds the resume point of a decay branch (`resume_id`), and the optimiser state
-    #: under `OPTIMIZER_REF` is the one kept there: what a continuation starts from
-    resumable: bool = False
 
     # ---- one constructor per failure kind ---------------------------------------------------
     @classmethod

@@ -19,19 +19,11 @@ from mupath.model.components import ComponentSpec, load_component, new_component
 from mupath.model.path_model import PathModel
 from mupath.model.root import RootSpec, resample_pos_embed
 from mupath.runtime.device import resolve_device
-from mupath.runtime.jobs import (
-    OPTIMIZER_REF,
-    Budget,
-    CandidateJob,
-    CandidateResult,
-    SlotJob,
-    resume_id,
-    size_penalty,
-)
+from mupath.runtime.jobs import OPTIMIZER_REF, Budget, CandidateJob, CandidateResult, SlotJob, size_penalty
 from mupath.store.atomic import atomic_write_bytes
 from mupath.store.tensors import TensorSource, task_tensors, verified_bytes  # noqa: F401  (re-exported)
 from mupath.train.cache import fill_pays, frozen_prefix, load_floor, process_cache
-from mupath.train.loop import TrainConfig, TrainOutcome, train_path
+from mupath.train.loop import TrainConfig, train_path
 from mupath.train.pipeline import has_augmentation, to_model_input
 
 _FROZEN_CACHE: dict[tuple[str, str, str], nn.Module] = {}
@@ -118,7 +110,6 @@ def _train_candidate(job: CandidateJob, device: str, on_step: Callable[[int, int
     deadline = job.budget.deadline        # the job's wall-clock bound, on this process's perf_counter
     cfg = TrainConfig(job.budget.steps_per_validation, job.budget.validations, job.budget.batch_size, job.seed,
                       keep_optimizer=job.budget.keep_optimizer, seconds=job.budget.seconds,
-                      decay_share=job.budget.decay_share, warmup=job.budget.warmup,
                       deadline=None if deadline is None else time.perf_counter() + deadline - time.time())
     bar = float("-inf") if job.score.bar is None else float(job.score.bar)
     torch.manual_seed(job.seed)
@@ -182,25 +173,13 @@ def run_job(job: CandidateJob, on_step: Callable[[int, int], None] | None = None
         return CandidateResult.crashed(job, exc, time.perf_counter() - started)
     scratch = None
     if outcome.improved and outcome.best_state is not None:
-        atomic_write_bytes(Path(job.scratch_file), save_tensors(_scratch_tensors(outcome)))
+        flat = {f"{cid}/{k}": v.contiguous() for cid, state in outcome.best_state.items() for k, v in state.items()}
+        flat.update({f"{OPTIMIZER_REF}/{k}": v for k, v in (outcome.best_optimizer or {}).items()})
+        atomic_write_bytes(Path(job.scratch_file), save_tensors(flat))
         scratch = job.scratch_file
     return CandidateResult(
         job.path_id, outcome.improved, outcome.quality, outcome.score, tuple(outcome.evals), outcome.steps,
         outcome.images, outcome.train_time, outcome.eval_time, outcome.failure, owned_params, accounted,
         {cid: sum(p.numel() for p in m.parameters()) for cid, m in owned.items()},
         time.perf_counter() - started, os.getpid(), 0 if prefix is None else prefix.start, device, scratch,
-        fill_time=0.0 if prefix is None else prefix.fill_seconds, resumable=outcome.resume is not None)
-
-
-def _scratch_tensors(outcome: TrainOutcome) -> dict[str, torch.Tensor]:
-    """What a candidate that improved leaves in its scratch file: its best snapshot's owned tensors
-    (`<component>/<name>`) and, for a continuation, the optimiser's state and, where it ended on a decay
-    branch, the owned tensors where the branch began (`resume_id`; the optimiser's state is then that one)."""
-    flat = {f"{cid}/{k}": v.contiguous() for cid, state in (outcome.best_state or {}).items()
-            for k, v in state.items()}
-    if outcome.resume is not None:
-        flat.update({f"{resume_id(cid)}/{k}": v.contiguous() for cid, state in outcome.resume.items()
-                     for k, v in state.items()})
-    moments = outcome.resume_optimizer if outcome.resume is not None else outcome.best_optimizer
-    flat.update({f"{OPTIMIZER_REF}/{k}": v for k, v in (moments or {}).items()})
-    return flat
+        fill_time=0.0 if prefix is None else prefix.fill_seconds)

@@ -14,7 +14,6 @@ from mupath.errors import MupathError
 from mupath.runtime.executors import Executor, make_executor
 from mupath.runtime.jobs import CandidateJob, CandidateResult
 from mupath.search.halving import (
-    DECAY_SHARE,
     FIRST_WAVE_SHARE,
     SLACK,
     candidate_overhead,
@@ -160,10 +159,9 @@ class CandidateRunner:
     tracker: Tracker
 
     def __call__(self, children: list[Child], steps: int | None = None, validations: int | None = None,
-                 seconds: float | None = None, decay_share: float = 0.0) -> list[CandidateResult]:
+                 seconds: float | None = None) -> list[CandidateResult]:
         search, progress = self.search, self.progress
-        jobs = pin_blobs(search.store, search.run_id,
-                         [search.job(c, steps, validations, seconds, decay_share) for c in children])
+        jobs = pin_blobs(search.store, search.run_id, [search.job(c, steps, validations, seconds) for c in children])
         on_step = (lambda i, s, t: progress.candidate_step(i, s, t)) if progress else None
         on_done = (lambda i, r: progress.candidate_done(r)) if progress else None
         results = list(self.executor.run(jobs, on_done=on_done, on_step=on_step))
@@ -220,8 +218,7 @@ def run_rungs(search: TaskSearch, run: CandidateRunner, started: float) -> None:
                                         settings.batch_size))
         rate = max([rates.get(p.id, 0.0) for p in survivors] + [0.0]) or zero.step_seconds
         expected = min(cap, max(1, int(rung.train_seconds / rate))) if rate > 0 else cap
-        results = run(children, cap, min(settings.validations, expected), rung.train_seconds,
-                      0.0 if rung.candidates == 1 else DECAY_SHARE)
+        results = run(children, cap, min(settings.validations, expected), rung.train_seconds)
         for c, r in zip(children, results):
             rates[c.plan.path.id] = r.train_time / max(1, r.steps)
         rung_paths = search.ranked([search.paths[c.plan.path.id] if r.improved and c.plan.path.id in search.paths
@@ -253,9 +250,9 @@ def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadlin
                         or _rung_zero_size(search, results, r0 or 0.0, deadline, eta) <= len(results)):
             break
         if by_steps or not r0:
-            results += run(first[i:i + workers], s0, 1, None, DECAY_SHARE)
+            results += run(first[i:i + workers], s0, 1, None)
         else:
-            results += run(first[i:i + workers], s0 * eta, 1, r0, DECAY_SHARE)
+            results += run(first[i:i + workers], s0 * eta, 1, r0)
         if not r0:
             r0 = max([r.train_time for r in results if r.steps > 0] + [0.0]) or None
             by_steps = r0 is not None and ranks_by_steps(budget, per_step_seconds(results),
@@ -266,7 +263,7 @@ def _rung_zero(search: TaskSearch, run: CandidateRunner, started: float, deadlin
     entrants = list(results)
     _rung_started(run.progress, search, 0, max(n0, len(results)), r0, deadline)
     while len(entrants) < n0 and time.perf_counter() + overhead + r0 < deadline - search.reserve_seconds():
-        entrants += run(search.mutated(min(workers, n0 - len(entrants)), 0), s0 * eta, 1, r0, DECAY_SHARE)
+        entrants += run(search.mutated(min(workers, n0 - len(entrants)), 0), s0 * eta, 1, r0)
     return RungZero(entrants, r0, step_s, overhead)
 
 

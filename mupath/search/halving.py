@@ -6,10 +6,7 @@ candidates r0 seconds each (r0: what the first candidates' first validation inte
 `steps_per_validation` steps); rung k keeps the best
 ceil(n / eta) of rung k-1 and trains each survivor eta^k * r0 seconds more, starting from its own trained
 weights (an unmutated child of it: the µ2Net inheritance), and the last survivor trains for all the time
-that is left. A lineage follows one learning-rate schedule (warmup-stable-decay): each candidate before
-the last rung holds its peak rate and is ranked after a decay branch (DECAY_SHARE), and its continuation
-goes on from where that branch began, so only the last survivor decays for good. Rungs are equal in time,
-not in steps: a candidate whose steps cost less (a frozen bottom
+that is left. Rungs are equal in time, not in steps: a candidate whose steps cost less (a frozen bottom
 needs no backward pass there, and a small task's is served by the activation cache) trains more steps
 and is ranked on what it reached in the same seconds, which is what the budget buys. With c = r0 plus a
 candidate's measured fixed cost, rung k costs about n0 * c, so K rungs cost K * n0 * c; n0 is the
@@ -52,16 +49,6 @@ SURVIVOR_PASSES = 16
 #: demo's fashion_mnist and trained ~400 steps where the top half's 743 reached 0.5-0.9 points more
 #: (d6da16e). The threshold sits between the two (mnist at 60 s: 10-13 passes, digits 17-35)
 STEPS_RANKING_PASSES = 4.0
-
-#: the share of its steps a candidate that a later rung may continue spends decaying its learning rate to be
-#: ranked (`train.loop.TrainConfig.decay_share`): it holds the peak rate before, and its continuation starts
-#: from its weights and moments there at the peak, so a lineage trains on one warmup-stable-decay schedule
-#: (as one run alone trains on one schedule) and the last survivor alone decays for good. Each rung still ranks
-#: decayed weights: ranked at the peak rate itself (2fac5fc, 966f712) a high-rate recipe fell behind weaker
-#: ones (the demo's mnist LoRA at 1e-2: val 0.87-0.905 after 100 steps against 0.95-0.96 decayed). A fifth
-#: (7ca2c64) was still short for it: 0.950 on the demo's mnist, behind every block's adapters at 3e-3 (0.9575),
-#: whose survivor then trained 257 steps where the LoRA lineage's are cheap (test 0.968, under the floor)
-DECAY_SHARE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,6 @@ from mupath.runtime.jobs import (
     CandidateResult,
     ScoreRule,
     TensorRef,
-    resume_id,
 )
 from mupath.search.ids import id_stream, seed_for
 from mupath.search.mutation import ChildPlan, Lineage, committed_infos, make_child, sample_ds_hparams
@@ -128,8 +127,6 @@ class TaskSearch:
         self.scratch = store.scratch_dir(run_id)
         self.planned = 0
         self.scratch_files: dict[str, str] = {}        #: path id -> its candidate's scratch file
-        #: paths whose scratch file holds a decay branch's resume point (`CandidateResult.resumable`)
-        self.resumable: set[str] = set()
         self._forward_s: float | None = None
         #: under a time budget, the task iteration's deadline on `time.perf_counter()` (set by
         #: `evolve.run_rungs`); each job is given it less the commit's reserve as it is then (`job_deadline`)
@@ -330,13 +327,10 @@ class TaskSearch:
         return sharing_tasks(self.retained if retained is None else retained, self.touched(best), self.task)
 
     def job(self, child: Child, steps: int | None = None, validations: int | None = None,
-            seconds: float | None = None, decay_share: float = 0.0) -> CandidateJob:
+            seconds: float | None = None) -> CandidateJob:
         """The child's job. Its seed (batch order and augmentation draws) is the generation's, shared by
         all siblings as in the reference: they are compared on the same batches. `seconds`: train for
-        that long, at most `steps` (`Budget.seconds`); `decay_share`: end on a decay branch (a candidate a
-        later rung may continue, `Budget.decay_share`). A continuation starts at the peak rate from its
-        parent's optimiser state and, where the parent ended on a decay branch, from its weights where
-        that branch began (`continued_refs`)."""
+        that long, at most `steps` (`Budget.seconds`)."""
         seed = seed_for(self.settings.seed, self.task, self.iteration, child.generation)
         settings = self.settings
         if steps is not None:             # a rung's own length (successive halving)
@@ -346,12 +340,11 @@ class TaskSearch:
                             cache_floor=self.cache_floor)
         if not self.settings.halving:
             return job
-        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline(), seconds=seconds,
-                                     decay_share=decay_share)
+        budget = dataclasses.replace(job.budget, keep_optimizer=True, deadline=self.job_deadline(), seconds=seconds)
         parent = child.parent
         if child.generation > 0 and parent.task == self.task and parent.id in self.scratch_files:
-            refs = continued_refs(job.refs, self.scratch_files[parent.id], parent.id in self.resumable)
-            return job.replace(budget=dataclasses.replace(budget, warmup=False), refs=refs)   # a continuation
+            refs = {**job.refs, OPTIMIZER_REF: TensorRef(scratch=self.scratch_files[parent.id], id=OPTIMIZER_REF)}
+            return job.replace(budget=budget, refs=refs)          # a continuation: the survivor's moments
         return job.replace(budget=budget)
 
     def absorb(self, child: Child, res: CandidateResult) -> None:
@@ -372,8 +365,6 @@ class TaskSearch:
         self.log.improved += 1
         if res.scratch_file:
             self.scratch_files[child.plan.path.id] = res.scratch_file
-            if res.resumable:
-                self.resumable.add(child.plan.path.id)
         path = admit(self, child.plan, res)
         path.metrics.update({"generation": child.generation, "iteration": self.iteration, "run_id": self.run_id})
         self.population.append(path)
@@ -465,16 +456,6 @@ def admit(tables: TaskSearch | LookupTables, plan: ChildPlan, res: CandidateResu
             tables.sizes[s.id] = tables.comps[s.id].num_params
     tables.paths[path.id] = path
     return path
-
-
-def continued_refs(refs: dict[str, TensorRef], scratch: str, resumable: bool) -> dict[str, TensorRef]:
-    """A continuation's references: its parent's optimiser state (in the parent's `scratch` file) beside
-    the components' and, where the parent ended on a decay branch (`resumable`), the parent's components
-    as they were where that branch began (`jobs.resume_id`) instead of its decayed best snapshot."""
-    out = {cid: TensorRef(scratch=scratch, id=resume_id(cid)) if resumable and r.scratch == scratch and r.id == cid
-           else r for cid, r in refs.items()}
-    out[OPTIMIZER_REF] = TensorRef(scratch=scratch, id=OPTIMIZER_REF)
-    return out
 
 
 def data_moves(parent_hp: dict[str, Any], ds_hp: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -36,12 +36,6 @@ class TrainConfig:
     #: candidate whose steps cost less trains more of them (successive halving's rungs are equal in time)
     #: and one that needs fewer ends early; None: the fixed count
     seconds: float | None = None
-    #: the share of its steps a candidate that successive halving may continue spends on a decay branch: it
-    #: holds the peak learning rate until then, keeps its weights and optimiser state there (its resume
-    #: point, `TrainOutcome.resume`) and decays to 0 over the rest, to be ranked (`optim.lr_at`); 0: none
-    decay_share: float = 0.0
-    #: warm up from lr/100 (False: a continuation, whose optimiser moments are loaded, starts at the peak)
-    warmup: bool = True
 
 
 #: a candidate trained for `TrainConfig.seconds` times this many steps, after its first (untimed: first
@@ -90,33 +84,6 @@ class TrainOutcome:
     #: the optimiser's state when the best snapshot was taken (`optimizer_tensors`): what a continuation
     #: of this candidate starts from (successive halving)
     best_optimizer: dict[str, torch.Tensor] | None = None
-    #: the owned tensors and the optimiser's state where the decay branch began (`TrainConfig.decay_share`):
-    #: what a continuation of this candidate starts from, at the peak rate; None: no branch was reached
-    resume: dict[str, dict[str, torch.Tensor]] | None = None
-    resume_optimizer: dict[str, torch.Tensor] | None = None
-
-
-class _Schedule:
-    """A candidate's learning rate step by step (`optim.lr_at`) and its decay branch
-    (`TrainConfig.decay_share`): where the branch begins is pinned once reached (a timed plan re-sized
-    later moves its end, never its start), and the owned tensors and optimiser state there are kept."""
-
-    def __init__(self, cfg: TrainConfig, hp: dict, owned: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-                 params: list[torch.nn.Parameter]) -> None:
-        self.cfg, self.hp, self.owned, self.optimizer, self.params = cfg, hp, owned, optimizer, params
-        self.start: int | None = None
-        self.weights: dict[str, dict[str, torch.Tensor]] | None = None
-        self.moments: dict[str, torch.Tensor] | None = None
-
-    def lr(self, step: int, total: int) -> float:
-        """The learning rate of `step` of `total`, keeping the resume point when `step` is the branch's
-        first; the schedule decays from step 0 without a branch, and holds its peak before one."""
-        share = self.cfg.decay_share
-        if share and self.start is None and step >= total - math.ceil(share * total):
-            self.start, self.weights = step, _snapshot(self.owned)
-            self.moments = optimizer_tensors(self.optimizer, self.params) if self.cfg.keep_optimizer else None
-        decay_from = 0 if not share else total if self.start is None else self.start
-        return lr_at(step, total, self.hp, decay_from=decay_from, warmup=self.cfg.warmup)
 
 
 def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: TrainConfig,
@@ -141,8 +108,9 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
     best: dict[str, dict[str, torch.Tensor]] | None = None
     best_optimizer: dict[str, torch.Tensor] | None = None
     best_quality, best_score = float("-inf"), bar
-    schedule = _Schedule(cfg, hp, owned, optimizer, params)
-    step, rate_started, train_time, eval_time = 0, 0.0, 0.0, 0.0
+    train_time = eval_time = 0.0
+    step = 0
+    rate_started = 0.0
     model.eval()  # no dropout anywhere; eval mode keeps any norm statistics fixed
     for interval in range(cfg.validations):
         t0 = time.perf_counter()
@@ -155,7 +123,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
                 rate_started = time.perf_counter()
             idx = next(batches)
             logits = _batch_logits(model, train_x, idx, hp, gen=gen if augmenting else None, prefix=prefix)
-            bad = _optimise(optimizer, params, logits, train_y[idx], schedule.lr(step, plan.total), cfg.clip_norm)
+            bad = _optimise(optimizer, params, logits, train_y[idx], lr_at(step, plan.total, hp), cfg.clip_norm)
             if bad is not None:
                 return TrainOutcome(False, best_quality, best_score, evals, None, step,
                                     step * cfg.batch_size, train_time + time.perf_counter() - t0, eval_time,
@@ -176,8 +144,7 @@ def train_path(model: nn.Module, owned: dict[str, nn.Module], hp: dict, cfg: Tra
             best = _snapshot(owned)
             best_optimizer = optimizer_tensors(optimizer, params) if cfg.keep_optimizer else None
     return TrainOutcome(best is not None, best_quality, best_score, evals, best, step,
-                        step * cfg.batch_size, train_time, eval_time, best_optimizer=best_optimizer,
-                        resume=schedule.weights, resume_optimizer=schedule.moments)
+                        step * cfg.batch_size, train_time, eval_time, best_optimizer=best_optimizer)
 
 
 def _resize_at(step: int) -> bool:
@@ -209,7 +176,7 @@ def _optimizer(owned: dict[str, nn.Module], hp: dict,
                state: dict[str, torch.Tensor] | None) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
     """The optimiser of the owned parameters (made trainable), in their order. `state`: a parent's
     `best_optimizer`, loaded when it fits these parameters (a continuation of a trained candidate
-    keeps its moments and, with `TrainConfig.warmup` False, its peak rate)."""
+    keeps its moments; the schedule restarts, warm-up included)."""
     params = [p for m in owned.values() for p in m.parameters()]
     for p in params:
         p.requires_grad_(True)

@@ -27,22 +27,15 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], hp: dict[str, Any]) -> 
     raise ValueError(f"unknown optimizer {name}")
 
 
-def lr_at(step: int, total: int, hp: dict[str, Any], *, decay_from: int = 0, warmup: bool = True) -> float:
+def lr_at(step: int, total: int, hp: dict[str, Any]) -> float:
     """Learning rate at `step` of `total` (reference schedules: `cosine` = warmup from lr/100 to lr over
-    warmup_ratio*T then cosine decay to 0; `constant` = 0.5*lr so the average matches).
-
-    Successive halving's schedule across rungs (warmup-stable-decay, with a decay branch per rung): a
-    candidate that a later rung may continue holds the peak until `decay_from` and decays to 0 from there;
-    the continuation starts from its weights at `decay_from`, not its decayed ones, with no second warmup
-    (`warmup` False: its moments are loaded), so a lineage follows one schedule as one run alone does while
-    every rung is still ranked on decayed weights."""
+    warmup_ratio*T then cosine decay to 0; `constant` = 0.5*lr so the average matches)."""
     lr = float(hp["opt_lr"])
     schedule = hp.get("opt_lr_schedule", "cosine")
     if schedule == "constant":
         return 0.5 * lr
-    warmup_steps = int(float(hp["opt_lr_warmup_ratio"]) * total) if warmup else 0
-    if step < warmup_steps:
-        return lr / 100 + (lr - lr / 100) * step / max(1, warmup_steps)
-    start = max(warmup_steps, decay_from)
-    progress = (step - start) / max(1, total - start)
-    return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    warmup = int(float(hp["opt_lr_warmup_ratio"]) * total)
+    if step < warmup:
+        return lr / 100 + (lr - lr / 100) * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, progress)))
