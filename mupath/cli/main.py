@@ -289,8 +289,8 @@ def demo(store: Path = typer.Argument(Path("runs/demo"), help="store folder (res
                                   "shipped in a package) or 'vit' (small random-init ViT)"),
          time_budget: str | None = typer.Option(None, help="time per task of the budgeted search (successive "
                                                 "halving from the family's recipes; 90, 90s, 2m); default "
-                                                "from the pretrained root: 180s for fashion_mnist, 120s for "
-                                                "mnist, 100s for digits, 40s for lfw_faces"),
+                                                "from the pretrained root: 180s for fashion_mnist, 100s for "
+                                                "mnist and digits, 60s for lfw_faces"),
          fixed_schedule: bool = typer.Option(False, "--fixed-schedule", help="the demo's fixed schedule instead "
                                              "(3 generations of 2 candidates, the bottom 12 blocks frozen; "
                                              "the ViT demo's default)")) -> None:
