@@ -247,3 +247,21 @@ def test_the_timed_recipe_alone_keeps_the_roots_neck_frozen(tmp_path):
     root_neck = store.blobs.get_tensors(store.manifest.components()[neck_id].blob)
     assert all(torch.equal(v, alone.modules["neck"].state_dict()[k]) for k, v in root_neck.items())
     assert "neck" in build(store, "a", "adapters:4", 0).owned
+
+
+def test_the_font_letters_task_has_26_balanced_classes_and_the_digits_are_unchanged_by_the_glyphs_option():
+    """benchmarks/defaults.font_task: the letters are a second font task of 26 classes, each drawn equally
+    often, named A-Z; the digits task keeps its 10 classes and images (its own renderer is the glyphs one)."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.defaults import GLYPHS, font_digits, font_glyphs, font_task
+    letters = font_task(260, "font_letters")
+    assert letters.name == "font_letters" and list(letters.class_names) == list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    x, y = font_glyphs(GLYPHS["font_letters"], 78)
+    assert x.shape == (78, 28, 28) and np.bincount(y, minlength=26).tolist() == [3] * 26
+    dx, dy = font_digits(30)
+    assert np.bincount(dy).tolist() == [3] * 10 and not np.array_equal(dx, x[:30])
+    assert list(font_task(100).class_names) == [str(d) for d in range(10)]
