@@ -67,7 +67,8 @@ def report(rows: list[dict[str, Any]], task: str = NAME) -> None:
                   spread([r["alone"]["test"] for r in rows]), "",
                   *(spread([r["baselines"][m]["test"] for r in rows]) for m in GRID)])
     body = "\n".join([
-        "## The search's exploration at a short budget: its every-block recipe trained alone", "",
+        "## The search's exploration at a short budget: its every-block recipe trained alone"
+        + ("" if task == NAME else f": {task}"), "",
         environment().rstrip(), "",
         f"{task} from an empty store, the runs of `benchmarks/wallclock.py` (one per seed). \"recipe alone\": the "
         f"search's first-wave recipe `adapter` on every block at lr {RECIPE.lr:g} (the root's neck frozen, as in "

@@ -121,7 +121,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
              else "from the default root")
     body = "\n".join([
         f"## Equal wall-clock on a task outside the built-in set{', after the stream' if args.after_stream else ''} "
-        "(one seed)", "", environment().rstrip(), "",
+        f"(one seed){'' if args.task == NAME else f': {args.task}'}", "", environment().rstrip(), "",
         f"{args.task} ({args.images} images rendered from matplotlib's fonts, never seen by mupath), seed {args.seed}, "
         f"{where} (EfficientNet-Lite0, ImageNet-pretrained, 64 px); evolved with `time_budget="
         f"{args.budget:g}, max_params={MAX_PARAMS:g}` (the built-in stream's benchmark's settings). The evolved "
