@@ -146,9 +146,8 @@ def test_the_first_rung_starts_with_the_recipes(halved):
     assert recipes[2]["adapters_added"] == [0, 1] and recipes[3]["loras_added"] == [0, 1]   # then every block
     assert recipes[4]["ssfs_added"] == [0, 1]
     assert set(recipes[5]) <= {"cloned", "opt_lr"}                         # a new head on the parent as it is
-    from mupath.search.task_search import BOTTOM, RECIPES          # each at its own learning rate; no
-    assert [r["opt_lr"][1] for r in recipes] == [r.lr for r in RECIPES if r.kind != BOTTOM]   # ViT block fits
-    assert not any("cloned" in r and "block_0" in r["cloned"] for r in recipes)      # the bottom's share
+    from mupath.search.task_search import RECIPES                  # each at its own learning rate
+    assert [r["opt_lr"][1] for r in recipes] == [r.lr for r in RECIPES]
     assert all(not t.data for t in first)                         # no augmentation: the parent's data hparams
 
 
@@ -309,30 +308,6 @@ def test_a_continuation_starts_from_its_parents_optimizer_state():
     opt = torch.optim.AdamW(other.parameters())
     assert not load_optimizer_tensors(opt, list(other.parameters()), state) and not opt.state
     assert optimizer_tensors(opt, list(other.parameters())) == {}
-
-
-def test_the_bottom_recipe_copies_the_stem_and_the_lowest_blocks_within_its_share(tmp_path, digits_small):
-    """On EfficientNet-Lite0 the bottom recipe trains copies of the stem and blocks 0-4 (1.7% of the root;
-    block 5 would pass BOTTOM_SHARE), adds no module, and runs third, after the top half's two recipes and
-    before every block's adapters; a user's frozen block 0 (`_mu_|clone:block_0=0`) drops it."""
-    from mupath.search.task_search import BOTTOM_SHARE, TaskSearch
-    system = System.create(tmp_path / "e", root="tf_efficientnet_lite0", image_size=32)
-    system.add_task(digits_small)
-    search = TaskSearch(system.store, "digits", 0, EvolveSettings(**SETTINGS), "r")
-    root = system.manifest.retained()["__root__"]
-    slots = search.bottom_slots(root)
-    assert slots == ["stem"] + [f"block_{i}" for i in range(5)]
-    size = sum(search.sizes[root.components[s]] for s in slots)
-    assert size <= BOTTOM_SHARE * system.root_params < size + search.sizes[root.components["block_5"]]
-    recipes = search.recipes()
-    moves = [r.plan.mutations for r in recipes]
-    assert moves[0]["adapters_added"] == [8, 9, 10, 11, 12, 13, 14, 15] and "loras_added" in moves[1]
-    assert moves[2]["cloned"] == slots and not moves[2].get("adapters_added")
-    assert moves[3]["adapters_added"] == list(range(16))
-    trained = {s.slot for s in recipes[2].plan.slots if s.trainable}
-    assert trained == {*slots, "head"}
-    pinned = EvolveSettings(**SETTINGS, hparams={"_mu_|clone:block_0": 0.0})
-    assert TaskSearch(system.store, "digits", 0, pinned, "r").bottom_slots(root) == []
 
 
 def test_recipes_keep_a_pinned_bottom_frozen(tmp_path, digits_small):

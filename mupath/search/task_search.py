@@ -62,16 +62,11 @@ class SearchLog:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """A known-good starting point of a task's first rung: modules of `kind` ("" = none: a new head on
-    the parent as it is; BOTTOM: a copy of the parent's bottom) before every block from `start` x the
-    depth up, trained at learning rate `lr`."""
+    the parent as it is) before every block from `start` x the depth up, trained at learning rate `lr`."""
 
     kind: str
     start: float
     lr: float
-
-
-#: a recipe kind: no new module, a trainable copy of the bottom of the parent (`TaskSearch.bottom_slots`)
-BOTTOM = "bottom"
 
 
 #: the recipes of a task's first rung, best first. The top half's modules come first: below them the
@@ -84,19 +79,9 @@ BOTTOM = "bottom"
 #: saw: 0.652 at 3e-3, 0.876 at 1e-2 in the same 102 s); mutations move them. Adapters at 3e-3: the rate
 #: the equal-wall-clock benchmark's validation chose for peft-style adapters on 3 of the stream's 4 tasks
 #: (5e-3 before; one task from a fresh store, seeds 0 and 1: fashion_mnist at 60 s val 0.876 / 0.870 ->
-#: 0.878 / 0.889, font_digits at 90 s val 0.9917 (seed 0) -> 0.9917 / 0.9958). The bottom's
-#: copy (BOTTOM: the embedding and the lowest blocks a copy of which costs at most BOTTOM_SHARE of the root's
-#: parameters, trained at 3e-3; the µ2Net clone, no new module) comes first among the every-block recipes:
-#: where a task's images are far from the root's, what full fine-tuning adds is low in the network. On
-#: font_letters (capital letters, 26 classes, 90 s, seed 0; `benchmarks/timed.py` builds, the search's wall
-#: time): the stem and blocks 0-4 copied, the rest frozen, test 0.9866 with 56k parameters besides the head,
-#: against 0.9732 for every block's adapters (the recipe the search kept), 0.9816 for every block's low-rank
-#: deltas, 0.9849 for peft's LoRA, 0.9950 for finetune-all and 0.9666 for the top half fine-tuned
-RECIPES = (Recipe("adapter", 0.5, 3e-3), Recipe("lora", 0.5, 1e-2), Recipe(BOTTOM, 0.0, 3e-3),
-           Recipe("adapter", 0.0, 3e-3), Recipe("lora", 0.0, 1e-2), Recipe("ssf", 0.0, 1e-2), Recipe("", 0.0, 1e-2))
-#: the bottom recipe's most parameters, a share of the root's: on EfficientNet-Lite0 the stem and blocks 0-4
-#: (58k of 3.37M, 1.7%; block 5 would bring it to 2.7%); a ViT's blocks are each larger, so it has none
-BOTTOM_SHARE = 0.02
+#: 0.878 / 0.889, font_digits at 90 s val 0.9917 (seed 0) -> 0.9917 / 0.9958)
+RECIPES = (Recipe("adapter", 0.5, 3e-3), Recipe("lora", 0.5, 1e-2), Recipe("adapter", 0.0, 3e-3),
+           Recipe("lora", 0.0, 1e-2), Recipe("ssf", 0.0, 1e-2), Recipe("", 0.0, 1e-2))
 
 #: the commit's reserve under a time budget (`TaskSearch.reserve_seconds`): the measured forward cost of the
 #: test images it and the no-forgetting check run, times this margin, plus a fixed part (the commit's writes).
@@ -201,46 +186,23 @@ class TaskSearch:
         skipped, and on a path with the top half's adapters and deltas the first recipe left was the
         bottom half's, whose steps cost three times as much: digits on mnist's path trained 100 + 103
         steps of it in 100 s. New modules beside the frozen ones come first: a copy wins the first rung on
-        its head start (mnist re-evolved on fashion_mnist's path, 4 runs: 0.979 copy first, 0.981 new first).
-        The bottom recipe (`bottom_slots`) trains a copy of the parent's embedding and lowest blocks and adds
-        no module; it comes first among the recipes that reach the bottom."""
+        its head start (mnist re-evolved on fashion_mnist's path, 4 runs: 0.979 copy first, 0.981 new first)."""
         if self.task in self.retained or not self.parent_pool:
             return []
         parent = self.parent_pool[0]
         data = {k: v for k, v in self.space.defaults.items() if k.startswith("ds_")}
-        plans: list[tuple[tuple[bool, bool, int], Recipe, dict[str, list[int]], list[str]]] = []
-        seen: set[tuple[str, tuple[int, ...]]] = set()
+        plans, seen = [], set()
         for index, recipe in enumerate(RECIPES):
-            if recipe.kind == BOTTOM:
-                bottom = self.bottom_slots(parent)
-                if bottom:
-                    plans.append(((True, False, index), recipe, {}, bottom))
-                continue
             first = math.floor(recipe.start * self.store.depth)
             blocks = [i for i in self._allowed(recipe.kind) if i >= first] if recipe.kind else []
             if (blocks or not recipe.kind) and (recipe.kind, tuple(blocks)) not in seen:
                 seen.add((recipe.kind, tuple(blocks)))
                 copy = bool(blocks) and set(parent.hparams.get(f"{recipe.kind}_layers", [])).issuperset(blocks)
-                plans.append(((recipe.start == 0, copy, index), recipe, {recipe.kind: blocks} if recipe.kind else {},
-                              [f"{recipe.kind}_{i}" for i in blocks] if copy else []))
-        return [self._child(parent, 0, mutate=False, insert=insert, data=data, set_hparams={"opt_lr": recipe.lr},
-                            clone=clone)
-                for _, recipe, insert, clone in sorted(plans, key=lambda p: p[0])]
-
-    def bottom_slots(self, parent: PathRecord) -> list[str]:
-        """The slots the bottom recipe copies from `parent`: its embedding and its lowest blocks, as many as
-        keep the copy within BOTTOM_SHARE of the root's parameters; none when not even one block fits (a
-        ViT's blocks) or when a setting keeps one of them frozen (`_mu_|clone:<slot>=0`: the user's frozen
-        bottom, the activation cache's floor)."""
-        budget, total, slots = BOTTOM_SHARE * self.store.root_params, 0, []
-        names = [*self.store.family.embed_slots, *(f"block_{i}" for i in range(self.store.depth))]
-        for slot in [n for n in names if n in parent.components]:
-            total += self.sizes[parent.components[slot]]
-            key = f"_mu_|clone:{slot}"
-            if total > budget or self.settings.hparams.get(key, 1.0) == 0 or self.space.defaults.get(key, 1.0) == 0:
-                break
-            slots.append(slot)
-        return slots if any(s.startswith("block_") for s in slots) else []
+                plans.append(((recipe.start == 0, copy, index), recipe, blocks, copy))
+        return [self._child(parent, 0, mutate=False, insert={recipe.kind: blocks} if recipe.kind else {}, data=data,
+                            set_hparams={"opt_lr": recipe.lr},
+                            clone=[f"{recipe.kind}_{i}" for i in blocks] if copy else ())
+                for _, recipe, blocks, copy in sorted(plans, key=lambda p: p[0])]
 
     def _allowed(self, kind: str) -> list[int]:
         """The blocks a recipe may put `kind` before: all but those whose insertion the user pinned to 0
