@@ -68,6 +68,12 @@ def font_glyphs(chars: str, n: int, seed: int = 0, size: int = 28) -> tuple[np.n
     return images, labels.astype(np.int64)
 
 
+def task_suffix(task: str, sep: str = "-") -> str:
+    """What a font task's section names and titles append: nothing for the digits (their sections keep their
+    names), `sep` and the task's name otherwise."""
+    return "" if task == NAME else f"{sep}{task}"
+
+
 def font_digits(n: int, seed: int = 0, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """`n` grey digit images (uint8, size x size) and their labels, balanced over the 10 classes."""
     return font_glyphs(GLYPHS[NAME], n, seed, size)

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.defaults import GLYPHS, NAME
+from benchmarks.defaults import GLYPHS, NAME, task_suffix
 from benchmarks.quality_efficientnet import spread
 from benchmarks.quality_wallclock import GRID
 from benchmarks.report import environment, table, write_section
@@ -68,7 +68,7 @@ def report(rows: list[dict[str, Any]], task: str = NAME) -> None:
                   *(spread([r["baselines"][m]["test"] for r in rows]) for m in GRID)])
     body = "\n".join([
         "## The search's exploration at a short budget: its every-block recipe trained alone"
-        + ("" if task == NAME else f": {task}"), "",
+        + task_suffix(task, ": "), "",
         environment().rstrip(), "",
         f"{task} from an empty store, the runs of `benchmarks/wallclock.py` (one per seed). \"recipe alone\": the "
         f"search's first-wave recipe `adapter` on every block at lr {RECIPE.lr:g} (the root's neck frozen, as in "
@@ -76,7 +76,7 @@ def report(rows: list[dict[str, Any]], task: str = NAME) -> None:
         "Baselines: each at its validation-chosen learning rate, from the same runs. Test accuracy (validation).",
         "", table(["seed", "evolved", "evolved path", "wall s", "recipe alone", "its steps",
                    *(f"{m}" for m in GRID)], lines)])
-    write_section("benchmarks.md", "recipe-alone" + ("" if task == NAME else f"-{task}"), body)
+    write_section("benchmarks.md", "recipe-alone" + task_suffix(task), body)
 
 
 def main() -> None:

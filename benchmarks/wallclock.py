@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.defaults import GLYPHS, NAME, font_task
+from benchmarks.defaults import GLYPHS, NAME, font_task, task_suffix
 from benchmarks.quality import TASKS
 from benchmarks.quality_wallclock import BUDGET, GRID, MAX_PARAMS, add_stream, reused_from
 from benchmarks.report import environment, table, write_section
@@ -121,7 +121,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
              else "from the default root")
     body = "\n".join([
         f"## Equal wall-clock on a task outside the built-in set{', after the stream' if args.after_stream else ''} "
-        f"(one seed){'' if args.task == NAME else f': {args.task}'}", "", environment().rstrip(), "",
+        f"(one seed){task_suffix(args.task, ': ')}", "", environment().rstrip(), "",
         f"{args.task} ({args.images} images rendered from matplotlib's fonts, never seen by mupath), seed {args.seed}, "
         f"{where} (EfficientNet-Lite0, ImageNet-pretrained, 64 px); evolved with `time_budget="
         f"{args.budget:g}, max_params={MAX_PARAMS:g}` (the built-in stream's benchmark's settings). The evolved "
@@ -139,7 +139,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
 def section_name(after_stream: bool, task: str) -> str:
     """The docs/benchmarks.md section of a run: "wallclock", "-stream" after the stream, "-<task>" for a
     font task other than the digits."""
-    return "wallclock" + ("-stream" if after_stream else "") + ("" if task == NAME else f"-{task}")
+    return "wallclock" + ("-stream" if after_stream else "") + task_suffix(task)
 
 
 if __name__ == "__main__":

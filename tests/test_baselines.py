@@ -258,6 +258,8 @@ def test_the_font_letters_task_has_26_balanced_classes_and_the_digits_are_unchan
     import numpy as np
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.defaults import GLYPHS, font_digits, font_glyphs, font_task
+    from benchmarks.wallclock import section_name  # the digits' sections keep their names
+
     letters = font_task(260, "font_letters")
     assert letters.name == "font_letters" and list(letters.class_names) == list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     x, y = font_glyphs(GLYPHS["font_letters"], 78)
@@ -265,3 +267,5 @@ def test_the_font_letters_task_has_26_balanced_classes_and_the_digits_are_unchan
     dx, dy = font_digits(30)
     assert np.bincount(dy).tolist() == [3] * 10 and not np.array_equal(dx, x[:30])
     assert list(font_task(100).class_names) == [str(d) for d in range(10)]
+    assert section_name(False, "font_digits") == "wallclock" and section_name(True, "font_digits") == "wallclock-stream"
+    assert section_name(False, "font_letters") == "wallclock-font_letters"
